@@ -1,0 +1,71 @@
+"""The ``iclft`` command line. Thin: each command parses options and calls one library function.
+
+User mistakes raise :class:`iclft.errors.UserError`; :func:`main` prints them as one red line
+on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from iclft import __version__
+from iclft.cli import data as data_cmd
+from iclft.errors import UserError
+
+app = typer.Typer(
+    name="iclft",
+    help="In-context learning vs fine-tuning on tasks with implicit patterns.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"iclft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """In-context learning vs fine-tuning on tasks with implicit patterns."""
+
+
+app.command("tasks")(data_cmd.tasks)
+app.add_typer(data_cmd.app, name="data")
+
+
+def _register_optional() -> None:
+    """Sub-apps whose modules pull in torch are imported here so ``--help`` stays one place."""
+    from iclft.cli import eval as eval_cmd
+    from iclft.cli import models as models_cmd
+
+    app.add_typer(models_cmd.app, name="models")
+    app.command("eval")(eval_cmd.eval_command)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Entry point: run the app and turn user errors into one red line and exit code 2."""
+    try:
+        app()
+    except UserError as e:
+        line = Text("error: ", style="bold red")
+        line.append(str(e).replace("\n", " "))
+        err.print(line, soft_wrap=True, highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", style="red")
+        sys.exit(130)

@@ -1,0 +1,60 @@
+"""``iclft eval``: evaluate a model zero-shot and with k demonstrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from iclft.tasks import parse_task_list, parse_variant_list
+
+
+def eval_command(
+    model: str = typer.Option(
+        None, "--model", "-m", help="Alias (smollm2-135m, gemma3-270m), directory or hub id."
+    ),
+    task: str = typer.Option(..., "--task", "-t", help="Task(s), comma-separated, or 'all'."),
+    variant: str = typer.Option("clean,misleading", "--variant", "-v", help="clean, misleading."),
+    shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, e.g. 0,1,2,4,8,16,32."),
+    n: int = typer.Option(50, "-n", "--n", help="Test items per (task, variant)."),
+    seed: int = typer.Option(0, "--seed", "-s"),
+    demos: str = typer.Option("shared", "--demos", help="shared or per-query."),
+    scoring: str = typer.Option("generate", "--scoring", help="generate, loglik or auto."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    attn: str = typer.Option("sdpa", "--attn", help="sdpa, eager or flash_attention_2."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+) -> None:
+    """Score a model on tasks with k in-context demonstrations; writes results.jsonl,
+    predictions.jsonl and manifest.json into the output directory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from iclft.icl.evaluate import EvalSpec, parse_int_list, run_eval, unique
+
+    spec = EvalSpec(
+        tasks=tuple(parse_task_list(task)),
+        variants=unique(parse_variant_list(variant)),
+        shots=unique(parse_int_list(shots, "shots")),
+        n=n,
+        seed=seed,
+        demos=demos,
+        scoring=scoring,
+        max_new_tokens=max_new_tokens,
+    ).check()
+    res = run_eval(
+        spec, output, model=model, device=device, dtype=dtype, attn_implementation=attn,
+        batch_size=batch_size,
+    )
+    table = Table(title=f"accuracy ({output})")
+    for col in ("task", "variant", "shots", "accuracy", "95% CI", "substring", "shortcut"):
+        table.add_column(col)
+    for r in res.results:
+        table.add_row(
+            r["task"], r["variant"], str(r["shots"]), f"{r['accuracy']:.3f}",
+            f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", f"{r['substring_accuracy']:.3f}",
+            f"{r['shortcut_rate']:.3f}",
+        )
+    Console().print(table)

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny randomly initialised models of several architectures and a small
+byte-level BPE tokenizer trained on task text, all built here so tests need no download."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
+
+
+def _train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from iclft.tasks import get_task, task_names
+
+    texts = []
+    for name in task_names():
+        t = get_task(name)
+        texts.append(t.instruction)
+        for v in ("clean", "misleading"):
+            texts += [t.render_demo(e) for e in t.generate(v, 40, seed=123)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.pad_token = fast.eos_token
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return _train_tokenizer()
+
+
+def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
+    """A 2-layer model of the given architecture, random weights from ``seed``, fp32, eval."""
+    from transformers import AutoModelForCausalLM
+
+    common = dict(vocab_size=vocab_size, **overrides)
+    if arch == "llama":
+        from transformers import LlamaConfig as C
+
+        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                **common)
+    elif arch == "qwen2":
+        from transformers import Qwen2Config as C
+
+        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                **common)
+    elif arch == "gemma3":
+        from transformers import Gemma3TextConfig as C
+
+        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                max_position_embeddings=1024, sliding_window=64,
+                layer_types=["sliding_attention", "full_attention"], **common)
+    elif arch == "gpt2":
+        from transformers import GPT2Config as C
+
+        cfg = C(n_embd=32, n_layer=2, n_head=4, n_positions=1024, **common)
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    return model.float().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_tokenizer):
+    n = len(tiny_tokenizer)
+    return {a: make_tiny_model(a, n) for a in ARCHS}
