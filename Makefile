@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Until `iclft demo` (the full pipeline) lands: a small ICL sweep on the embedded default model.
 demo: install
-	$(PY) -m iclft demo -o runs/demo
+	$(PY) -m iclft data show --task expression --variant misleading -n 1
+	$(PY) -m iclft eval --model smollm2-135m --task expression,boolean,parity \
+		--variant clean,misleading --shots 0,1,4,8 -n 12 --seed 0 -o runs/demo
 
 test: install
 	$(PY) -m pytest -q

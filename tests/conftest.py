@@ -47,34 +47,36 @@ def tiny_tokenizer():
 
 def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
     """A 2-layer model of the given architecture, random weights from ``seed``, fp32, eval."""
+    import transformers as tf
     from transformers import AutoModelForCausalLM
 
-    common = dict(vocab_size=vocab_size, **overrides)
-    if arch == "llama":
-        from transformers import LlamaConfig as C
-
-        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                **common)
-    elif arch == "qwen2":
-        from transformers import Qwen2Config as C
-
-        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                **common)
-    elif arch == "gemma3":
-        from transformers import Gemma3TextConfig as C
-
-        cfg = C(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                max_position_embeddings=1024, sliding_window=64,
-                layer_types=["sliding_attention", "full_attention"], **common)
-    elif arch == "gpt2":
-        from transformers import GPT2Config as C
-
-        cfg = C(n_embd=32, n_layer=2, n_head=4, n_positions=1024, **common)
-    else:
-        raise ValueError(arch)
+    llama_like = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    configs = {
+        "llama": (tf.LlamaConfig, llama_like),
+        "qwen2": (tf.Qwen2Config, llama_like),
+        "gemma3": (
+            tf.Gemma3TextConfig,
+            {
+                **llama_like,
+                "head_dim": 8,
+                "sliding_window": 64,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+        ),
+        "gpt2": (tf.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=1024)),
+    }
+    cls, kwargs = configs[arch]
+    kwargs = {**kwargs, "vocab_size": vocab_size}
+    for k, v in overrides.items():  # gpt2 names its context n_positions
+        kwargs["n_positions" if arch == "gpt2" and k == "max_position_embeddings" else k] = v
+    cfg = cls(**kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     return model.float().eval()

@@ -45,7 +45,12 @@ def eval_command(
         max_new_tokens=max_new_tokens,
     ).check()
     res = run_eval(
-        spec, output, model=model, device=device, dtype=dtype, attn_implementation=attn,
+        spec,
+        output,
+        model=model,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn,
         batch_size=batch_size,
     )
     table = Table(title=f"accuracy ({output})")
@@ -53,8 +58,12 @@ def eval_command(
         table.add_column(col)
     for r in res.results:
         table.add_row(
-            r["task"], r["variant"], str(r["shots"]), f"{r['accuracy']:.3f}",
-            f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", f"{r['substring_accuracy']:.3f}",
+            r["task"],
+            r["variant"],
+            str(r["shots"]),
+            f"{r['accuracy']:.3f}",
+            f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            f"{r['substring_accuracy']:.3f}",
             f"{r['shortcut_rate']:.3f}",
         )
     Console().print(table)

@@ -99,7 +99,9 @@ def _fit_prompts(
     return prompt
 
 
-def _check_shots_fit(engine: Engine, task: Task, pool: DemoPool, query: Example, k: int, reserve: int):
+def _check_shots_fit(
+    engine: Engine, task: Task, pool: DemoPool, query: Example, k: int, reserve: int
+):
     """Refuse shot counts that cannot fit at all (rather than silently truncating them all)."""
     limit = context_limit(engine.model)
     if limit is None or k == 0:
@@ -147,8 +149,9 @@ def evaluate_task(
         preds = [task.parse(o) for o in outputs]
     else:
         choices = list(task.choices or ())
-        scores = engine.loglik(texts, [[" " + c for c in choices]] * len(texts), prefixes,
-                               progress=progress)
+        scores = engine.loglik(
+            texts, [[" " + c for c in choices]] * len(texts), prefixes, progress=progress
+        )
         preds = [choices[max(range(len(choices)), key=lambda j: s[j])] for s in scores]
         outputs = list(preds)
 
@@ -222,7 +225,13 @@ def run_eval(
     """``iclft eval``: load the model, evaluate every cell, write results, predictions and
     manifest into ``out_dir``. Everything is checked before the model loads."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from iclft.models.loading import load_model
     from iclft.models.registry import DEFAULT_MODEL
@@ -238,8 +247,9 @@ def run_eval(
         model or DEFAULT_MODEL, device=device, dtype=dtype, attn_implementation=attn_implementation
     )
     t_loaded = time.time()
-    engine = Engine(loaded.model, loaded.tokenizer, batch_size=batch_size,
-                    max_new_tokens=spec.max_new_tokens)
+    engine = Engine(
+        loaded.model, loaded.tokenizer, batch_size=batch_size, max_new_tokens=spec.max_new_tokens
+    )
     label = loaded.resolved.spec
     total = len(spec.tasks) * len(spec.variants) * len(spec.shots) * spec.n
     result = CellResult()
@@ -255,7 +265,10 @@ def run_eval(
         for name in spec.tasks:
             bar.update(job, description=f"eval {name}")
             cell = evaluate_task(
-                engine, get_task(name), spec, model_label=label,
+                engine,
+                get_task(name),
+                spec,
+                model_label=label,
                 progress=lambda k: bar.advance(job, k),
             )
             engine.clear()
@@ -274,8 +287,10 @@ def run_eval(
         seeds=[spec.seed],
         spec={**spec.__dict__},
         batch_size=batch_size,
-        timings={"load_seconds": round(t_loaded - started, 3),
-                 "eval_seconds": round(time.time() - t_loaded, 3)},
+        timings={
+            "load_seconds": round(t_loaded - started, 3),
+            "eval_seconds": round(time.time() - t_loaded, 3),
+        },
         engine_stats=engine.stats.__dict__,
     )
     return result

@@ -86,7 +86,9 @@ class DemoPool:
         else:
             v = VARIANTS.index(query.variant) if query.variant in VARIANTS else len(VARIANTS)
             base = _PER_QUERY_BASE * (1 + v) + query_index * self.stride
-            pool = [self.task.make_example("clean", self.seed, base + j) for j in range(self.stride)]
+            pool = [
+                self.task.make_example("clean", self.seed, base + j) for j in range(self.stride)
+            ]
         return [d for d in pool if d.question != query.question]
 
     def demos(self, query: Example, query_index: int, k: int) -> list[Example]:

@@ -139,7 +139,9 @@ SIMPLE: tuple[_F1, ...] = (
 )
 
 # function2 bodies: (name, source of the expression in z, value)
-_F2: tuple[tuple[str, Callable[[dict[str, int]], str], Callable[[int, dict[str, int]], int]], ...] = (
+_F2: tuple[
+    tuple[str, Callable[[dict[str, int]], str], Callable[[int, dict[str, int]], int]], ...
+] = (
     ("linear", lambda p: f"z * {p['u']} + {p['v']}", lambda z, p: z * p["u"] + p["v"]),
     ("affine_sub", lambda p: f"z * {p['u']} - {p['v']}", lambda z, p: z * p["u"] - p["v"]),
     ("shifted", lambda p: f"(z + {p['v']}) * {p['u']}", lambda z, p: (z + p["v"]) * p["u"]),

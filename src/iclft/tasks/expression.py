@@ -42,7 +42,9 @@ class ExpressionTask(Task):
     instruction = "Calculate the value of each arithmetic expression."
     answer_lead = "The result is:"
 
-    def __init__(self, terms: tuple[int, int, int] = (2, 4, 4), value_range: tuple[int, int] = (1, 9)):
+    def __init__(
+        self, terms: tuple[int, int, int] = (2, 4, 4), value_range: tuple[int, int] = (1, 9)
+    ):
         if len(terms) != 3 or min(terms) < 1 or terms[1] < 2:
             raise UserError(f"terms must be 3 positive counts with z having >= 2, got {terms}")
         lo, hi = value_range

@@ -1,0 +1,79 @@
+"""Evaluation cells: metrics, truncation, validation."""
+
+from __future__ import annotations
+
+import pytest
+from scipy.stats import binomtest
+
+from iclft.errors import UserError
+from iclft.icl.engine import Engine
+from iclft.icl.evaluate import EvalSpec, evaluate_task
+from iclft.icl.metrics import wilson_interval
+from iclft.tasks import get_task
+
+from ..conftest import make_tiny_model
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 199), (1, 1)])
+def test_wilson_matches_scipy(k, n):
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_evaluate_task_rows(tiny_models, tiny_tokenizer):
+    eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
+    spec = EvalSpec(tasks=("boolean",), shots=(0, 2), n=6, seed=1, scoring="auto").check()
+    out = evaluate_task(eng, get_task("boolean"), spec, model_label="tiny")
+    assert len(out.predictions) == 2 * 2 * 6
+    assert {(r["variant"], r["shots"]) for r in out.results} == {
+        (v, k) for v in ("clean", "misleading") for k in (0, 2)
+    }
+    for r in out.results:
+        assert r["scoring"] == "loglik" and r["n"] == 6
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+        assert r["method"] == ("baseline" if r["shots"] == 0 else "icl")
+        rows = [
+            p for p in out.predictions if p["variant"] == r["variant"] and p["shots"] == r["shots"]
+        ]
+        assert r["correct"] == sum(p["correct"] for p in rows)
+    for p in out.predictions:
+        assert p["prediction"] in ("True", "False")
+        assert set(p["scores"]) == {"True", "False"}
+        assert p["correct"] == (p["prediction"] == p["target"])
+
+
+def test_truncation_is_recorded(tiny_tokenizer):
+    model = make_tiny_model("llama", len(tiny_tokenizer), max_position_embeddings=200)
+    eng = Engine(model, tiny_tokenizer, max_new_tokens=4)
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3).check()
+    out = evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
+    six = [p for p in out.predictions if p["shots"] == 6]
+    assert all(p["shots_used"] < 6 for p in six)
+    assert all(len(tiny_tokenizer(p["prompt"])["input_ids"]) + 4 <= 200 for p in six)
+    row = next(r for r in out.results if r["shots"] == 6)
+    assert row["truncated"] == 3 and row["shots_used_mean"] < 6
+
+
+def test_shots_far_beyond_context_are_refused(tiny_tokenizer):
+    model = make_tiny_model("llama", len(tiny_tokenizer), max_position_embeddings=160)
+    eng = Engine(model, tiny_tokenizer)
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(64,), n=2).check()
+    with pytest.raises(UserError, match="cannot fit"):
+        evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"tasks": ("expression",), "scoring": "loglik"}, "choice task"),
+        ({"tasks": ("nope",)}, "unknown task"),
+        ({"tasks": ("boolean",), "variants": ("dirty",)}, "unknown variant"),
+        ({"tasks": ("boolean",), "shots": (-1,)}, "non-negative"),
+        ({"tasks": ("boolean",), "n": 0}, "positive"),
+        ({"tasks": ("boolean",), "demos": "sharde"}, "did you mean 'shared'"),
+        ({"tasks": ("boolean",), "scoring": "greedy"}, "unknown scoring"),
+    ],
+)
+def test_spec_validation(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        EvalSpec(**kwargs).check()
