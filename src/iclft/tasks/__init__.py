@@ -70,6 +70,8 @@ def parse_task_list(spec: str) -> list[str]:
 
 def parse_variant_list(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["both"]:
+        return list(VARIANTS)
     if not names:
         raise UserError("no variant given; allowed: " + ", ".join(VARIANTS))
     return [check_variant(v) for v in names]

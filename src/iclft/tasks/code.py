@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iclft.errors import UserError
 from iclft.tasks.base import Example, Task
 
 
@@ -155,6 +156,8 @@ class CodeTask(Task):
     answer_lead = "The output is:"
 
     def __init__(self, input_range: tuple[int, int] = (1, 20)):
+        if not 1 <= input_range[0] <= input_range[1]:
+            raise UserError(f"input_range must be 1 <= lo <= hi, got {input_range}")
         self.input_range = input_range
 
     def make_example(self, variant: str, seed: int, index: int) -> Example:
@@ -173,6 +176,7 @@ class CodeTask(Task):
             f1 = SIMPLE[int(rng.integers(len(SIMPLE)))]
             p1 = f1.params(rng)
             while f1.value(x, p1) == 0:  # a == 0 would make the shortcut right
+                f1 = SIMPLE[int(rng.integers(len(SIMPLE)))]
                 p1 = f1.params(rng)
             sign = "+" if rng.random() < 0.5 else "-"
             uses_a = sign

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from iclft.errors import UserError
 from iclft.tasks.base import Example, Task, balanced_label
 
 LABELS = ("even", "odd")
@@ -35,6 +36,9 @@ class ParityTask(Task):
     choices = LABELS
 
     def __init__(self, length: tuple[int, int] = (5, 8)):
+        if not 4 <= length[0] <= length[1]:
+            raise UserError(f"length must be 4 <= lo <= hi (misleading items need 3 odd "
+                            f"numbers before the last), got {length}")
         self.length = length
 
     def make_example(self, variant: str, seed: int, index: int) -> Example:

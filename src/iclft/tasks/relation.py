@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from iclft.errors import UserError
 from iclft.tasks.base import Example, Task, balanced_label
 
 LABELS = ("Yes", "No")
@@ -36,6 +37,8 @@ class RelationTask(Task):
     choices = LABELS
 
     def __init__(self, nodes: tuple[int, int] = (5, 8)):
+        if not 4 <= nodes[0] <= nodes[1] <= len(_POOL) + 2:
+            raise UserError(f"nodes must be 4 <= lo <= hi <= {len(_POOL) + 2}, got {nodes}")
         self.nodes = nodes
 
     def make_example(self, variant: str, seed: int, index: int) -> Example:
