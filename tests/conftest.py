@@ -86,3 +86,9 @@ def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
 def tiny_models(tiny_tokenizer):
     n = len(tiny_tokenizer)
     return {a: make_tiny_model(a, n) for a in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    """``make_tiny_model`` for tests that need a model with their own settings."""
+    return make_tiny_model

@@ -11,8 +11,6 @@ from iclft.icl.evaluate import EvalSpec, evaluate_task
 from iclft.icl.metrics import wilson_interval
 from iclft.tasks import get_task
 
-from ..conftest import make_tiny_model
-
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 199), (1, 1)])
 def test_wilson_matches_scipy(k, n):
@@ -42,8 +40,8 @@ def test_evaluate_task_rows(tiny_models, tiny_tokenizer):
         assert p["correct"] == (p["prediction"] == p["target"])
 
 
-def test_truncation_is_recorded(tiny_tokenizer):
-    model = make_tiny_model("llama", len(tiny_tokenizer), max_position_embeddings=200)
+def test_truncation_is_recorded(tiny_tokenizer, tiny_model_factory):
+    model = tiny_model_factory("llama", len(tiny_tokenizer), max_position_embeddings=200)
     eng = Engine(model, tiny_tokenizer, max_new_tokens=4)
     spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3).check()
     out = evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
@@ -54,8 +52,8 @@ def test_truncation_is_recorded(tiny_tokenizer):
     assert row["truncated"] == 3 and row["shots_used_mean"] < 6
 
 
-def test_shots_far_beyond_context_are_refused(tiny_tokenizer):
-    model = make_tiny_model("llama", len(tiny_tokenizer), max_position_embeddings=160)
+def test_shots_far_beyond_context_are_refused(tiny_tokenizer, tiny_model_factory):
+    model = tiny_model_factory("llama", len(tiny_tokenizer), max_position_embeddings=160)
     eng = Engine(model, tiny_tokenizer)
     spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(64,), n=2).check()
     with pytest.raises(UserError, match="cannot fit"):

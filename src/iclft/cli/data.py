@@ -31,7 +31,7 @@ def tasks() -> None:
 @app.command("generate")
 def generate(
     task: str = typer.Option(..., "--task", "-t", help="Task name (see `iclft tasks`)."),
-    variant: str = typer.Option("clean", "--variant", "-v", help="clean, misleading, clean,misleading or both."),
+    variant: str = typer.Option("clean", "--variant", "-v", help="clean, misleading, or both."),
     n: int = typer.Option(100, "-n", "--n", help="Number of examples per variant."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed gives the same file."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file."),

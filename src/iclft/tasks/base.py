@@ -88,7 +88,7 @@ def example_rng(task: str, variant: str, seed: int, index: int) -> np.random.Gen
     Examples are independent of ``n``, so the first 10 of a 100-item file equal a 10-item file.
     """
     if int(seed) < 0 or int(index) < 0:
-        raise UserError(f"seed and index must be non-negative integers, got seed={seed} index={index}")
+        raise UserError(f"seed and index must be non-negative integers, got {seed} and {index}")
     key = [zlib.crc32(task.encode()), zlib.crc32(variant.encode()), int(seed), int(index)]
     return np.random.default_rng(np.random.SeedSequence(key))
 

@@ -37,8 +37,10 @@ class ParityTask(Task):
 
     def __init__(self, length: tuple[int, int] = (5, 8)):
         if not 4 <= length[0] <= length[1]:
-            raise UserError(f"length must be 4 <= lo <= hi (misleading items need 3 odd "
-                            f"numbers before the last), got {length}")
+            raise UserError(
+                f"length must be 4 <= lo <= hi (misleading items need 3 odd "
+                f"numbers before the last), got {length}"
+            )
         self.length = length
 
     def make_example(self, variant: str, seed: int, index: int) -> Example:
