@@ -47,11 +47,15 @@ app.add_typer(data_cmd.app, name="data")
 
 def _register_optional() -> None:
     """Sub-apps whose modules pull in torch are imported here so ``--help`` stays one place."""
+    from iclft.cli import analyze as analyze_cmd
     from iclft.cli import eval as eval_cmd
+    from iclft.cli import finetune as finetune_cmd
     from iclft.cli import models as models_cmd
 
     app.add_typer(models_cmd.app, name="models")
     app.command("eval")(eval_cmd.eval_command)
+    app.add_typer(analyze_cmd.app, name="analyze")
+    app.command("finetune")(finetune_cmd.finetune_command)
 
 
 _register_optional()

@@ -1,0 +1,156 @@
+"""The validated fine-tuning configuration (one pydantic model; CLI flags and YAML both fill it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from iclft.errors import UnknownNameError, UserError
+
+METHODS = ("full", "lora", "kv", "layer-causal")
+PARAM_SETS = ("full", "kv", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSS_ON = ("target", "full")
+DATA_MODES = ("tasks", "demonstrations")
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: attention and MLP projections
+
+
+class FinetuneConfig(BaseModel):
+    """Everything that determines a fine-tuning run (saved as ``train_config.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "smollm2-135m"
+    method: str = "full"
+    #: parameters updated by ``layer-causal`` (the others select their own)
+    params: str = "kv"
+    tasks: list[str] = ["expression"]
+    data: Literal["tasks", "demonstrations"] = "tasks"
+    train_n: int = Field(1000, gt=0, description="training texts per task")
+    train_variant: Literal["clean", "misleading"] = "clean"
+    shots: int = Field(32, gt=0, description="demonstrations mode: k of the k-shot prompt")
+    loss_on: Literal["target", "full"] = "target"
+    steps: int | None = Field(300, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    lr: float = 1e-5
+    schedule: str = "constant_with_warmup"
+    warmup_steps: int = Field(20, ge=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: str = "adamw"
+    precision: str = "fp32"
+    seed: int = 0
+    eval_every: int = Field(0, ge=0, description="0: only before and after training")
+    eval_n: int = Field(50, gt=0)
+    eval_tasks: list[str] | None = None  # default: the training tasks
+    save_every: int = Field(0, ge=0, description="0: no intermediate checkpoints")
+    max_length: int = Field(1024, gt=8)
+    lora: LoraSettings = LoraSettings()
+    device: str = "auto"
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"learning rate must be > 0, got {v}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise UnknownNameError("method", v, METHODS)
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: str) -> str:
+        if v not in PARAM_SETS:
+            raise UnknownNameError("parameter set", v, PARAM_SETS)
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _opt(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise UnknownNameError("optimizer", v, OPTIMIZERS)
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _sched(cls, v: str) -> str:
+        if v not in SCHEDULES:
+            raise UnknownNameError("schedule", v, SCHEDULES)
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _prec(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise UnknownNameError("precision", v, PRECISIONS)
+        return v
+
+    @field_validator("tasks", "eval_tasks")
+    @classmethod
+    def _tasks(cls, v: list[str] | None) -> list[str] | None:
+        from iclft.tasks import get_task
+
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("at least one task is needed")
+        for t in v:
+            get_task(t)
+        return v
+
+    @property
+    def selection(self) -> str:
+        """Which parameters are updated: full, kv or lora."""
+        return self.params if self.method == "layer-causal" else self.method
+
+    @property
+    def layer_causal(self) -> bool:
+        return self.method == "layer-causal"
+
+
+def make_config(**values) -> FinetuneConfig:
+    """Build and validate, turning pydantic's errors into one user-facing line."""
+    try:
+        return FinetuneConfig(**values)
+    except ValidationError as e:
+        probs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            ctx = err.get("ctx", {}).get("error")
+            if isinstance(ctx, UserError):
+                msg = str(ctx)
+            probs.append(f"{loc}: {msg}")
+        raise UserError("invalid fine-tuning settings: " + "; ".join(probs)) from None
+
+
+def load_config_file(path: Path) -> dict:
+    """Read a YAML file of fine-tuning settings (keys as in :class:`FinetuneConfig`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    return data

@@ -1,0 +1,281 @@
+"""Fine-tuning with transformers' ``Trainer``: one shared wiring for every method.
+
+``run_finetune`` validates everything it can before loading the model (settings, the output
+directory, LoRA target modules and K/V modules, checked on a weightless meta-device copy of the
+architecture), then trains, writes ``curves.csv`` as it goes, checkpoints, and saves a final
+model that ``iclft eval --model DIR`` loads directly (full weights as safetensors, or a LoRA
+adapter whose ``base_model_name_or_path`` names the base model).
+
+Distributed: launched with ``accelerate launch -m iclft finetune ...`` the Trainer runs DDP
+(FSDP/DeepSpeed through the user's accelerate config); curves are evaluated and written by
+rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iclft.errors import UserError
+from iclft.finetune.callbacks import CurveCallback, NanGuard, RichProgress
+from iclft.finetune.config import FinetuneConfig
+from iclft.finetune.data import TokenizedTexts, demonstration_texts, task_texts
+from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
+from iclft.finetune.methods import (
+    check_lora_targets,
+    default_lora_targets,
+    kv_parameter_names,
+    select_parameters,
+    trainable_count,
+)
+
+CONFIG_NAME = "train_config.json"
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    steps: int
+    final_loss: float | None
+    train_seconds: float
+    trainable: int
+    total: int
+
+
+def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
+    """Refuse a directory that holds a different run (or this run, unless resuming)."""
+    saved = out_dir / CONFIG_NAME
+    if not saved.exists():
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            others = sorted(p.name for p in out_dir.iterdir())[:5]
+            raise UserError(
+                f"output directory {str(out_dir)!r} is not empty and holds no iclft fine-tuning "
+                f"run (found {', '.join(others)}); choose an empty or new directory"
+            )
+        return
+    old = json.loads(saved.read_text())
+    new = json.loads(cfg.model_dump_json())
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UserError(
+            f"output directory {str(out_dir)!r} holds a different fine-tuning run "
+            f"(settings differ: {', '.join(diff)}); choose another directory"
+        )
+    if not resume:
+        raise UserError(
+            f"output directory {str(out_dir)!r} already holds this run; pass --resume to "
+            "continue it or choose another directory"
+        )
+
+
+def _check_model_modules(cfg: FinetuneConfig) -> None:
+    """Check LoRA targets and K/V modules on a meta-device copy: no weights are loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from iclft.models.loading import resolve_model
+
+    resolved = resolve_model(cfg.model)
+    source = resolved.base.path if resolved.is_adapter and resolved.base else resolved.path
+    mcfg = AutoConfig.from_pretrained(str(source) if source else cfg.model)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(mcfg)
+    names = [n for n, _ in meta.named_modules()]
+    if cfg.selection == "lora":
+        if cfg.lora.target_modules:
+            check_lora_targets(cfg.lora.target_modules, names)
+        else:
+            default_lora_targets(mcfg.model_type, names)
+    if cfg.selection == "kv":
+        kv_parameter_names(meta)
+    if cfg.layer_causal:
+        from iclft.finetune.layer_causal import decoder_parts
+
+        decoder_parts(meta)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class ICLFTTrainer(Trainer):
+        """Trainer whose loss is layer-causal when asked; otherwise the model's own."""
+
+        layer_causal = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.layer_causal:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = layer_causal_loss(
+                model,
+                inputs["input_ids"],
+                inputs.get("attention_mask"),
+                inputs["labels"],
+                num_items_in_batch,
+            )
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer does for its own loss
+            return (loss, None) if return_outputs else loss
+
+    return ICLFTTrainer
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.exists():
+        return None
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    extra_callbacks: list | None = None,
+) -> FinetuneResult:
+    """Train ``cfg.model`` with ``cfg.method`` and write the run into ``out_dir``."""
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from iclft.models.loading import load_model, resolve_device
+    from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, cfg, resume)
+    if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
+        raise UserError("demonstrations mode trains on one task's k-shot prompt; give one task")
+    _check_model_modules(cfg)
+    ensure_writable_dir(out_dir)
+    started = time.time()
+    device = resolve_device(cfg.device)
+    if cfg.precision != "fp32" and device.type == "cpu" and cfg.precision == "fp16":
+        raise UserError("fp16 training needs a GPU; use --precision fp32 or bf16 on CPU")
+
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json_atomic(out_dir / CONFIG_NAME, json.loads(cfg.model_dump_json()))
+
+    loaded = load_model(cfg.model, device="cpu", dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
+    model.train()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+    if cfg.data == "tasks":
+        texts = task_texts(cfg.tasks, cfg.train_n, cfg.seed, cfg.train_variant)
+    else:
+        texts = demonstration_texts(cfg.tasks[0], cfg.shots, cfg.seed)
+    dataset = TokenizedTexts(texts, tok, cfg.loss_on, cfg.max_length)
+
+    weight_decay = cfg.weight_decay
+    model = select_parameters(model, cfg.selection, cfg)
+    if cfg.layer_causal:
+        freeze_readout(model)
+    if cfg.selection == "kv" and getattr(model.config, "model_type", "") == "gpt2":
+        weight_decay = 0.0  # decay would move the masked query third of c_attn
+    trainable, total = trainable_count(model)
+    if trainable == 0:
+        raise UserError("no parameter is trainable with these settings")
+
+    is_demo = cfg.data == "demonstrations"
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=cfg.steps if (cfg.steps and not cfg.epochs and not is_demo) else -1,
+        num_train_epochs=(1.0 if is_demo else (cfg.epochs or 1.0)),
+        per_device_train_batch_size=1 if is_demo else cfg.batch_size,
+        gradient_accumulation_steps=1 if is_demo else cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="constant" if is_demo else cfg.schedule,
+        warmup_steps=0 if is_demo else cfg.warmup_steps,
+        weight_decay=weight_decay,
+        optim="sgd" if (is_demo or cfg.optimizer == "sgd") else "adamw_torch",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # the NaN guard must see the real loss
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        report_to="none",
+        use_cpu=device.type == "cpu",
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential" if is_demo else "random",
+        dataloader_num_workers=0,
+    )
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    curves = CurveCallback(
+        out_dir / "curves.csv",
+        tok,
+        cfg.eval_tasks or cfg.tasks,
+        cfg.eval_n,
+        cfg.seed,
+        cfg.eval_every,
+        per_step,
+    )
+    nan = NanGuard()
+    trainer_cls = _make_trainer_class()
+    trainer_cls.layer_causal = cfg.layer_causal
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True),
+        callbacks=[nan, curves, RichProgress(show_progress), *(extra_callbacks or [])],
+    )
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+
+    ckpt = _last_checkpoint(out_dir / "checkpoints") if resume else None
+    t0 = time.time()
+    out = trainer.train(resume_from_checkpoint=ckpt)
+    train_seconds = time.time() - t0
+    if nan.bad_step is not None:
+        last = _last_checkpoint(out_dir / "checkpoints")
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+        raise UserError(
+            f"training stopped: the loss became NaN or infinite at step {nan.bad_step}; {keep} "
+            "(lower the learning rate)"
+        )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    final_loss = losses[-1] if losses else None
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.model
+        if cfg.selection == "lora":
+            unwrapped.peft_config["default"].base_model_name_or_path = cfg.model
+            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        else:
+            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        tok.save_pretrained(str(out_dir))
+        write_manifest(
+            out_dir,
+            command="finetune",
+            started=started,
+            model=loaded.resolved.describe(),
+            method=cfg.method,
+            parameters=cfg.selection,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            device=str(args.device),
+            world_size=world,
+            seeds=[cfg.seed],
+            steps=trainer.state.global_step,
+            final_loss=final_loss,
+            train_tokens=dataset.n_tokens(),
+            timings={"train_seconds": round(train_seconds, 3)},
+            metrics={k: v for k, v in out.metrics.items() if isinstance(v, (int, float))},
+        )
+    if final_loss is not None and not math.isfinite(final_loss):
+        raise UserError("training ended with a non-finite loss")
+    return FinetuneResult(
+        out_dir, trainer.state.global_step, final_loss, train_seconds, trainable, total
+    )

@@ -1,0 +1,155 @@
+"""Fine-tuning runs on a tiny saved model: methods, outputs, resume, NaN, validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from iclft.errors import UserError
+from iclft.finetune import make_config, run_finetune
+
+
+def _cfg(model_dir, **kw):
+    base = dict(
+        model=str(model_dir),
+        tasks=["boolean"],
+        train_n=16,
+        steps=4,
+        lr=1e-3,
+        batch_size=4,
+        warmup_steps=0,
+        eval_every=2,
+        eval_n=4,
+    )
+    return make_config(**{**base, **kw})
+
+
+def _weights(d):
+    return load_file(str(d / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["full", "kv", "layer-causal"])
+def test_methods_train_and_save_a_loadable_model(method, tiny_model_dir, tmp_path):
+    from iclft.models import load_model
+
+    out = tmp_path / method
+    res = run_finetune(_cfg(tiny_model_dir, method=method), out, show_progress=False)
+    assert res.steps == 4 and res.final_loss is not None
+    before, after = _weights(tiny_model_dir), _weights(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if method == "full":
+        assert any("mlp" in k for k in changed)
+    else:  # kv, and layer-causal with its default kv selection
+        assert changed and all(("k_proj" in k or "v_proj" in k) for k in changed)
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4]
+    assert {(r["task"], r["variant"]) for r in rows} == {
+        ("boolean", "clean"),
+        ("boolean", "misleading"),
+    }
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["steps"] == 4
+    lm = load_model(str(out))
+    assert lm.resolved.kind == "local"
+
+
+def test_lora_saves_an_adapter_that_eval_accepts(tiny_model_dir, tmp_path):
+    from iclft.icl.evaluate import EvalSpec, run_eval
+
+    out = tmp_path / "lora"
+    run_finetune(_cfg(tiny_model_dir, method="lora", lr=1e-2), out, show_progress=False)
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    spec = EvalSpec(tasks=("boolean",), shots=(0,), n=2).check()
+    res = run_eval(spec, tmp_path / "eval", model=str(out), show_progress=False)
+    assert len(res.predictions) == 4
+    manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    assert manifest["model"]["is_adapter"] is True
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, steps=6, save_every=3, eval_every=0)
+    run_finetune(cfg, tmp_path / "a", show_progress=False)
+    run_finetune(cfg, tmp_path / "b", show_progress=False, extra_callbacks=[_StopAt(3)])
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-3").exists()
+    res = run_finetune(cfg, tmp_path / "b", resume=True, show_progress=False)
+    assert res.steps == 6
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+class _Poison(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, steps=5, save_every=1, eval_every=0, method="full")
+    with pytest.raises(UserError, match="step 3") as e:
+        run_finetune(cfg, tmp_path / "x", show_progress=False, extra_callbacks=[_Poison()])
+    assert "checkpoint-2" in str(e.value)
+    ckpts = sorted(p.name for p in (tmp_path / "x" / "checkpoints").iterdir())
+    assert "checkpoint-3" not in ckpts and not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_demonstrations_mode_is_one_sgd_epoch_in_prompt_order(tiny_model_dir, tmp_path):
+    cfg = _cfg(
+        tiny_model_dir,
+        data="demonstrations",
+        shots=5,
+        method="kv",
+        lr=0.05,
+        eval_every=0,
+        loss_on="full",
+    )
+    res = run_finetune(cfg, tmp_path / "d", show_progress=False)
+    assert res.steps == 5  # batch 1, one epoch over k demonstrations
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lr": 0}, "learning rate must be > 0"),
+        ({"lr": -1e-3}, "learning rate must be > 0"),
+        ({"method": "ful"}, "did you mean 'full'"),
+        ({"tasks": ["nope"]}, "unknown task"),
+        ({"optimizer": "adam"}, "allowed: adamw, sgd"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, match, tiny_model_dir):
+    with pytest.raises(UserError, match=match):
+        _cfg(tiny_model_dir, **kwargs)
+
+
+def test_checks_happen_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    import iclft.models.loading as loading
+
+    def boom(*a, **k):
+        raise AssertionError("model loaded before validation")
+
+    monkeypatch.setattr(loading, "load_model", boom)
+    bad = _cfg(tiny_model_dir, method="lora", lora={"target_modules": ["nonexistent_proj"]})
+    with pytest.raises(UserError, match="nonexistent_proj"):
+        run_finetune(bad, tmp_path / "l", show_progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "train_config.json").write_text(
+        json.dumps(json.loads(_cfg(tiny_model_dir, lr=0.5).model_dump_json()))
+    )
+    with pytest.raises(UserError, match="different fine-tuning run"):
+        run_finetune(_cfg(tiny_model_dir), tmp_path / "other", show_progress=False)
