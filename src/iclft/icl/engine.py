@@ -208,6 +208,23 @@ class Engine:
         return ids.to(dev), mask.to(dev), pos.to(dev), cache
 
     # ----- grouping ---------------------------------------------------------------------
+    @staticmethod
+    def _shareable(hints: Sequence[Sequence[int] | None]) -> list[Sequence[int] | None]:
+        """A hint that no other item shares saves nothing (its cache would be built for one
+        item, one token at a time per prefix): such items fall back to the prefix common to
+        all hints (the instruction line in per-query mode), so they batch together."""
+        counts: dict[tuple[int, ...], int] = {}
+        for h in hints:
+            if h:
+                counts[tuple(h)] = counts.get(tuple(h), 0) + 1
+        if all(c > 1 for c in counts.values()):
+            return list(hints)
+        present = [h for h in hints if h]
+        common = present[0]
+        for h in present[1:]:
+            common = common[: _lcp(common, h)]
+        return [h if not h or counts[tuple(h)] > 1 else common for h in hints]
+
     def _plan(
         self,
         seqs: Sequence[Sequence[int]],
@@ -219,6 +236,7 @@ class Engine:
 
         ``keep[i]`` is how many trailing tokens of item i must stay in the suffix (at least 1,
         the position whose logits are needed); ``extra`` is how many tokens may be generated."""
+        hints = self._shareable(hints)
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i, (s, h) in enumerate(zip(seqs, hints)):
             n = max(min(_lcp(s, h), len(s) - keep[i]), 0) if h else 0
