@@ -146,8 +146,12 @@ def run_finetune(
     from iclft.models.loading import load_model, resolve_device
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
+    import os
+
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, cfg, resume)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:  # other ranks would see the settings rank 0 is about to write
+        _check_out_dir(out_dir, cfg, resume)
     if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
         raise UserError("demonstrations mode trains on one task's k-shot prompt; give one task")
     _check_model_modules(cfg)
@@ -157,9 +161,7 @@ def run_finetune(
     if cfg.precision != "fp32" and device.type == "cpu" and cfg.precision == "fp16":
         raise UserError("fp16 training needs a GPU; use --precision fp32 or bf16 on CPU")
 
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         write_json_atomic(out_dir / CONFIG_NAME, json.loads(cfg.model_dump_json()))
 
     loaded = load_model(cfg.model, device="cpu", dtype="float32")
@@ -211,7 +213,7 @@ def run_finetune(
         train_sampling_strategy="sequential" if is_demo else "random",
         dataloader_num_workers=0,
     )
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    world = max(1, args.world_size)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     curves = CurveCallback(
         out_dir / "curves.csv",
