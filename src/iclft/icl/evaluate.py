@@ -117,6 +117,16 @@ def _check_shots_fit(
         )
 
 
+def check_fit(engine: Engine, task: Task, spec: EvalSpec) -> None:
+    """Refuse shot counts that cannot fit the model's context (before any work starts)."""
+    scoring = scoring_for(task, spec.scoring)
+    reserve = spec.max_new_tokens if scoring == "generate" else 8
+    pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
+    first = task.generate(spec.variants[0], 1, spec.seed)[0]
+    for k in spec.shots:
+        _check_shots_fit(engine, task, pool, first, k, reserve)
+
+
 def evaluate_task(
     engine: Engine,
     task: Task,
@@ -130,9 +140,7 @@ def evaluate_task(
     pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
     queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
     reserve = spec.max_new_tokens if scoring == "generate" else 8
-    first = next(iter(queries.values()))[0]
-    for k in spec.shots:
-        _check_shots_fit(engine, task, pool, first, k, reserve)
+    check_fit(engine, task, spec)
     prompts: list[Prompt] = [
         _fit_prompts(engine, task, pool, q, i, k, reserve)
         for k in spec.shots
@@ -251,6 +259,8 @@ def run_eval(
         loaded.model, loaded.tokenizer, batch_size=batch_size, max_new_tokens=spec.max_new_tokens
     )
     label = loaded.resolved.spec
+    for name in spec.tasks:
+        check_fit(engine, get_task(name), spec)
     total = len(spec.tasks) * len(spec.variants) * len(spec.shots) * spec.n
     result = CellResult()
     with Progress(
