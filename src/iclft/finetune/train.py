@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,6 @@ def run_finetune(
 
     from iclft.models.loading import load_model, resolve_device
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
-
-    import os
 
     out_dir = Path(out_dir)
     rank = int(os.environ.get("RANK", "0"))

