@@ -1,0 +1,208 @@
+"""The experiment configuration: one YAML file validated by one pydantic model.
+
+Validation reports every problem at once, each with its location and, for unknown names, the
+nearest allowed one::
+
+    configs/x.yaml: methods[2]: unknown method 'ft-ful' (did you mean 'ft-full'?); shots[0]: ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from iclft.errors import UserError, did_you_mean
+
+METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
+FT_METHODS = {
+    "ft-full": "full",
+    "ft-lora": "lora",
+    "ft-kv": "kv",
+    "ft-layer-causal": "layer-causal",
+}
+VARIANT_NAMES = ("clean", "misleading")
+
+
+def _known(kind: str, allowed_fn):
+    def check(v: str) -> str:
+        allowed = list(allowed_fn())
+        if v not in allowed:
+            raise ValueError(f"unknown {kind} {v!r}{did_you_mean(v, allowed)}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _task_names():
+    from iclft.tasks import task_names
+
+    return task_names()
+
+
+MethodName = Annotated[str, _known("method", lambda: METHODS)]
+TaskName = Annotated[str, _known("task", _task_names)]
+VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneSettings(_Strict):
+    """Fine-tuning settings shared by every ``ft-*`` method (see ``iclft finetune --help``)."""
+
+    train_n: int = Field(200, gt=0)
+    train_variant: Literal["clean", "misleading"] = "clean"
+    loss_on: Literal["target", "full"] = "target"
+    steps: int = Field(30, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = (
+        "constant_with_warmup"
+    )
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_every: int = Field(0, ge=0)
+    eval_n: int = Field(20, gt=0)
+    save_every: int = Field(0, ge=0)
+    params: Literal["full", "kv", "lora"] = "kv"  # for ft-layer-causal
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: float = Field(16.0, gt=0)
+
+
+class CircuitsSettings(_Strict):
+    enabled: bool = False
+    tasks: list[TaskName] | None = None  # default: every task of the run that has pairs
+    shots: int = Field(4, ge=0)
+    n: int = Field(4, gt=0, description="patching pairs per task")
+    method: Literal["exact", "attribution"] = "attribution"
+    top_k: int = Field(20, gt=0)
+
+
+class SimilaritySettings(_Strict):
+    enabled: bool = False
+    tasks: list[TaskName] | None = None
+    shots: int = Field(8, gt=0)
+    n: int = Field(8, gt=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class AnalysisSettings(_Strict):
+    circuits: CircuitsSettings = CircuitsSettings()
+    similarity: SimilaritySettings = SimilaritySettings()
+
+
+class ExperimentConfig(_Strict):
+    """Everything a run needs; saved resolved as ``RUN_DIR/config.json``."""
+
+    name: str = "experiment"
+    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
+    tasks: list[TaskName] = Field(min_length=1)
+    variants: list[VariantName] = Field(default_factory=lambda: ["clean", "misleading"])
+    methods: list[MethodName] = Field(default_factory=lambda: ["baseline", "icl"], min_length=1)
+    shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
+    n: int = Field(50, gt=0, description="test items per cell")
+    demos: Literal["shared", "per-query"] = "shared"
+    scoring: Literal["generate", "loglik", "auto"] = "generate"
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(10, gt=0)
+    device: str = "auto"
+    dtype: str = "auto"
+    finetune: FinetuneSettings = FinetuneSettings()
+    #: per-method overrides of ``finetune`` (e.g. ``ft-full: {lr: 1.0e-5}``)
+    finetune_overrides: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
+    analysis: AnalysisSettings = AnalysisSettings()
+
+    def ft_methods(self) -> list[str]:
+        return [m for m in self.methods if m in FT_METHODS]
+
+    def finetune_for(self, method: str) -> FinetuneSettings:
+        merged = {**self.finetune.model_dump(), **self.finetune_overrides.get(method, {})}
+        return FinetuneSettings(**merged)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[check(), str]",):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "config"
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return "unknown setting"
+    if err["type"] == "missing":
+        return "required setting is missing"
+    return msg
+
+
+def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a mapping; every problem is reported in one line, each with its location."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of settings at the top level")
+    known = set(ExperimentConfig.model_fields)
+    try:
+        cfg = ExperimentConfig(**data)
+    except ValidationError as e:
+        probs = []
+        for err in e.errors():
+            loc = _loc(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+            msg = _message(err)
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+                msg += did_you_mean(str(err["loc"][0]), known)
+            probs.append(f"{loc}: {msg}")
+        raise UserError(f"{source}: " + "; ".join(probs)) from None
+    problems = []
+    for m in cfg.finetune_overrides:
+        try:
+            cfg.finetune_for(m)
+        except ValidationError as e:
+            for err in e.errors():
+                problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
+        if m not in FT_METHODS:
+            problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
+    if cfg.scoring == "loglik":
+        from iclft.tasks import get_task
+
+        free = [t for t in cfg.tasks if not get_task(t).is_choice]
+        if free:
+            problems.append(
+                f"scoring: loglik needs choice tasks, but {', '.join(free)} "
+                "has free answers (use auto or generate)"
+            )
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+    return cfg
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return validate_config(data or {}, str(path))
+
+
+def packaged_config(name: str) -> Path:
+    """A config shipped with iclft (``demo``, ``paper``, ``icl-vs-gd``)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.exists():
+        shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"no shipped config {name!r}; shipped: {', '.join(shipped)}")
+    return path
