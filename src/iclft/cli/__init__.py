@@ -51,11 +51,14 @@ def _register_optional() -> None:
     from iclft.cli import eval as eval_cmd
     from iclft.cli import finetune as finetune_cmd
     from iclft.cli import models as models_cmd
+    from iclft.cli import run as run_cmd
 
     app.add_typer(models_cmd.app, name="models")
     app.command("eval")(eval_cmd.eval_command)
     app.add_typer(analyze_cmd.app, name="analyze")
     app.command("finetune")(finetune_cmd.finetune_command)
+    app.command("run")(run_cmd.run_command)
+    app.command("demo")(run_cmd.demo_command)
 
 
 _register_optional()

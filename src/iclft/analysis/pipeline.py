@@ -1,0 +1,273 @@
+"""``iclft analyze circuits`` as a library call: patch every head, MLP and residual stream in
+three settings, find circuits, measure circuit shift, write ``circuits.json``, heat maps and
+the manifest.
+
+Settings (all on the same clean/corrupt pairs):
+
+* ``base``: the base model, zero-shot (instruction + query);
+* ``icl``: the base model with ``shots`` demonstrations (effects on the query's own tokens);
+* ``ft``: the fine-tuned model (``ft_model``, any spec :func:`iclft.models.load_model` takes),
+  zero-shot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iclft.errors import UnknownNameError, UserError
+
+METHOD_NAMES = ("exact", "attribution")
+Track = Callable[[str, int], Callable[[int], None]]
+"""``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
+
+
+def _no_track(description: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass(frozen=True)
+class CircuitSpec:
+    """What to analyse; :meth:`check` validates it before any model is loaded."""
+
+    task: str
+    shots: int
+    n: int
+    method: str = "attribution"
+    seed: int = 0
+    positions: str = "query"
+    top_k: int | None = 10
+    share: float | None = None
+    n_boot: int = 1000
+    batch_size: int = 32
+
+    def check(self) -> CircuitSpec:
+        from iclft.analysis.pairs import pair_tasks
+        from iclft.analysis.patching import POSITIONS
+        from iclft.tasks import get_task
+
+        get_task(self.task)
+        if self.task not in pair_tasks():
+            raise UserError(
+                f"task {self.task!r} has no patching pairs; available: {', '.join(pair_tasks())}"
+            )
+        if self.method not in METHOD_NAMES:
+            raise UnknownNameError("method", self.method, METHOD_NAMES)
+        if self.positions not in POSITIONS:
+            raise UnknownNameError("positions", self.positions, POSITIONS)
+        if not isinstance(self.shots, int) or self.shots < 1:
+            raise UserError(
+                f"--shots must be a positive integer (the ICL setting), got {self.shots}"
+            )
+        if not isinstance(self.n, int) or self.n < 1:
+            raise UserError(f"-n must be a positive integer, got {self.n}")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise UserError(f"--share must be in (0, 1], got {self.share}")
+        if self.share is None and (self.top_k is None or self.top_k < 1):
+            raise UserError(f"--top-k must be a positive integer, got {self.top_k}")
+        if self.n_boot < 0:
+            raise UserError(f"--bootstrap must be >= 0, got {self.n_boot}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        return self
+
+
+def check_ft_model(ft_model: str | Path | None) -> None:
+    """A fine-tuned model given as a directory must exist (checked before loading anything)."""
+    if ft_model is None:
+        return
+    p = Path(ft_model).expanduser()
+    if not p.is_dir():
+        raise UserError(
+            f"--ft-model {str(ft_model)!r} is not a directory (a saved model or adapter)"
+        )
+
+
+def _settings(spec: CircuitSpec, has_ft: bool) -> dict[str, tuple[str, int]]:
+    """setting -> (which model, shots)."""
+    out = {"base": ("base", 0), "icl": ("base", spec.shots)}
+    if has_ft:
+        out["ft"] = ("ft", 0)
+    return out
+
+
+def run_circuits(
+    spec: CircuitSpec,
+    out_dir: Path,
+    *,
+    model: str | None = None,
+    ft_model: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    track: Track = _no_track,
+    loaded: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the analysis and write ``out_dir/{circuits.json, heatmap_<setting>.png,
+    manifest.json}``; returns the circuits.json content. ``loaded`` may hold already loaded
+    ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
+    import torch
+
+    from iclft.analysis.anatomy import anatomy
+    from iclft.analysis.circuits import EffectTable, circuit, circuit_shift
+    from iclft.analysis.figures import plot_effect_heatmap
+    from iclft.analysis.pairs import make_pairs
+    from iclft.analysis.patching import METHODS, encode_pair, patched_metric
+    from iclft.models import load_model
+    from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
+
+    spec.check()
+    check_ft_model(ft_model)
+    out_dir = ensure_writable_dir(Path(out_dir))
+    started = time.time()
+    timings: dict[str, float] = {}
+
+    t0 = time.time()
+    models = dict(loaded or {})
+    if "base" not in models:
+        models["base"] = load_model(model, device=device, dtype=dtype)
+    if ft_model is not None and "ft" not in models:
+        models["ft"] = load_model(str(ft_model), device=device, dtype=dtype)
+    timings["load_s"] = round(time.time() - t0, 3)
+    settings = _settings(spec, "ft" in models)
+    anats = {k: anatomy(lm.model) for k, lm in models.items()}
+    shapes = {(a.n_layers, a.n_heads) for a in anats.values()}
+    if len(shapes) != 1:
+        raise UserError(f"the base and fine-tuned models differ in shape (layers, heads): {shapes}")
+
+    # pairs usable in every setting: same token length under each setting's tokenizer
+    t0 = time.time()
+    shot_counts = sorted({s for _, s in settings.values()})
+    tries = spec.n * 4 + 8
+    texts = {s: make_pairs(spec.task, tries, seed=spec.seed, shots=s) for s in shot_counts}
+    chosen: list[str] = []
+    tokens: dict[str, dict[str, Any]] = {name: {} for name in settings}
+    skipped = 0
+    for i in range(tries):
+        enc = {
+            name: encode_pair(models[which].tokenizer, texts[shots][i])
+            for name, (which, shots) in settings.items()
+        }
+        if any(v is None for v in enc.values()):
+            skipped += 1
+            continue
+        pid = texts[0][i].id
+        chosen.append(pid)
+        for name, tp in enc.items():
+            tokens[name][pid] = tp
+        if len(chosen) == spec.n:
+            break
+    if not chosen:
+        raise UserError(
+            f"no {spec.task} pair tokenises to equal lengths with this model's tokenizer"
+        )
+    timings["pairs_s"] = round(time.time() - t0, 3)
+
+    method = METHODS[spec.method]
+    kwargs: dict[str, Any] = {"positions": spec.positions}
+    if spec.method == "exact":
+        kwargs["batch_size"] = spec.batch_size
+    tables: dict[str, EffectTable] = {}
+    results: dict[str, Any] = {}
+    for name, (which, shots) in settings.items():
+        t0 = time.time()
+        an = anats[which]
+        comps = an.components()
+        per_pair = []
+        advance = track(f"{name}: patching {len(chosen)} pairs ({spec.method})", len(chosen))
+        for pid in chosen:
+            per_pair.append(method(an, tokens[name][pid], comps, **kwargs))
+            advance(1)
+        table = EffectTable.from_pairs(per_pair)
+        tables[name] = table
+        eff = table.effects()
+        circ = circuit(eff, table.components, top_k=spec.top_k, share=spec.share)
+        # faithfulness: the circuit's components patched together (exact, one forward a pair)
+        from iclft.analysis.anatomy import parse_component
+
+        circ_comps = [parse_component(c) for c in circ]
+        faith = [
+            patched_metric(an, tokens[name][pid], circ_comps, positions=spec.positions)
+            for pid in chosen
+        ]
+        raw = np.array([p - c for _, c, p in faith])
+        gap = np.array([cl - c for cl, c, _ in faith])
+        timings[f"{name}_s"] = round(time.time() - t0, 3)
+        effects = {c: _num(e) for c, e in zip(table.components, eff)}
+        results[name] = {
+            "model": which,
+            "shots": shots,
+            "effects": effects,
+            "circuit": circ,
+            "circuit_faithfulness": _num(raw.mean() / gap.mean()) if gap.mean() else None,
+            "clean_metric_mean": _num(table.clean.mean()),
+            "corrupt_metric_mean": _num(table.corrupt.mean()),
+            "per_pair": {
+                "pair_ids": list(table.pair_ids),
+                "clean": [_num(v) for v in table.clean],
+                "corrupt": [_num(v) for v in table.corrupt],
+                "raw_effects": [[_num(v) for v in row] for row in table.raw],
+            },
+        }
+        plot_effect_heatmap(
+            effects,
+            an.n_layers,
+            an.n_heads,
+            f"{spec.task} · {name} ({shots}-shot, {spec.method}, {len(chosen)} pairs)",
+            out_dir / f"heatmap_{name}.png",
+        )
+
+    rng = np.random.default_rng(spec.seed)
+    order = [("base", "icl"), ("base", "ft"), ("icl", "ft")]
+    shifts = [
+        circuit_shift(
+            tables[a],
+            tables[b],
+            names=(a, b),
+            top_k=spec.top_k,
+            share=spec.share,
+            n_boot=spec.n_boot,
+            rng=rng,
+        ).to_dict()
+        for a, b in order
+        if a in tables and b in tables
+    ]
+    an = anats["base"]
+    report = {
+        "task": spec.task,
+        "spec": asdict(spec),
+        "model": models["base"].resolved.describe(),
+        "ft_model": models["ft"].resolved.describe() if "ft" in models else None,
+        "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
+        "n_pairs": len(chosen),
+        "n_pairs_skipped_unequal_tokens": skipped,
+        "metric": "logp(clean answer) - logp(corrupt answer), all answer tokens",
+        "effect": "(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
+        "settings": results,
+        "shifts": shifts,
+    }
+    write_json_atomic(out_dir / "circuits.json", report)
+    base_lm = models["base"]
+    write_manifest(
+        out_dir,
+        command="analyze circuits",
+        started=started,
+        model=base_lm.resolved.describe(),
+        ft_model=report["ft_model"],
+        seeds={"pairs": spec.seed, "bootstrap": spec.seed},
+        device=str(base_lm.device),
+        dtype=str(base_lm.dtype),
+        torch_threads=torch.get_num_threads(),
+        spec=asdict(spec),
+        timings=timings,
+    )
+    return report
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return round(v, 6) if np.isfinite(v) else None

@@ -1,0 +1,97 @@
+"""``iclft analyze``: mechanistic analyses (circuits and circuit shift)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Mechanistic analyses: circuits and circuit shift.", no_args_is_help=True)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """A rich progress display on stderr; yields ``track(description, total) -> advance``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as progress:
+
+        def track(description: str, total: int) -> Callable[[int], None]:
+            task_id = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task_id, n)
+
+        yield track
+
+
+@app.command("circuits")
+def circuits_command(
+    model: str = typer.Option(
+        None, "--model", "-m", help="Base model: alias, directory or hub id."
+    ),
+    ft_model: Path = typer.Option(
+        None, "--ft-model", help="Directory of the fine-tuned model (adds the 'ft' setting)."
+    ),
+    task: str = typer.Option(
+        ..., "--task", "-t", help="expression, boolean, parity, relation, code."
+    ),
+    shots: int = typer.Option(4, "--shots", "-k", help="Demonstrations in the ICL setting (>= 1)."),
+    n: int = typer.Option(20, "-n", "--n", help="Clean/corrupt pairs."),
+    method: str = typer.Option("attribution", "--method", help="exact or attribution."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the pairs and the bootstrap."),
+    positions: str = typer.Option("query", "--positions", help="query, last or all."),
+    top_k: int = typer.Option(10, "--top-k", help="Circuit size (ignored with --share)."),
+    share: float = typer.Option(
+        None, "--share", help="Circuit = smallest set with this share of |effect|."
+    ),
+    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Patches per forward (exact)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+) -> None:
+    """Patch every head, MLP and residual stream in the base (0-shot), ICL (k-shot) and FT
+    (0-shot, --ft-model) settings; write circuits.json, heat maps and manifest.json."""
+    from rich.console import Console
+
+    from iclft.analysis.pipeline import CircuitSpec, check_ft_model, run_circuits
+    from iclft.store import ensure_writable_dir
+
+    spec = CircuitSpec(
+        task=task,
+        shots=shots,
+        n=n,
+        method=method,
+        seed=seed,
+        positions=positions,
+        top_k=top_k,
+        share=share,
+        n_boot=n_boot,
+        batch_size=batch_size,
+    ).check()
+    check_ft_model(ft_model)
+    ensure_writable_dir(output)
+    with _progress() as track:
+        report = run_circuits(
+            spec, output, model=model, ft_model=ft_model, device=device, dtype=dtype, track=track
+        )
+    out = Console()
+    for name, s in report["settings"].items():
+        out.print(f"{name:>4}: circuit {', '.join(s['circuit'])}")
+    for sh in report["shifts"]:
+        j, c = sh["jaccard_distance"], sh["cosine_distance"]
+        out.print(
+            f"shift {sh['from']} -> {sh['to']}: "
+            f"jaccard {j['value']} [{j['ci_low']}, {j['ci_high']}], "
+            f"1-cos {c['value']} [{c['ci_low']}, {c['ci_high']}]"
+        )
+    out.print(f"wrote {output / 'circuits.json'}")

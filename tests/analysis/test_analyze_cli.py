@@ -1,0 +1,74 @@
+"""``iclft analyze circuits``: the library call on tiny models, and the CLI's input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from iclft.analysis.pipeline import CircuitSpec, run_circuits
+from iclft.errors import UserError
+from iclft.models import LoadedModel, ResolvedModel
+
+
+def _loaded(model, tokenizer, name):
+    resolved = ResolvedModel(spec=name, kind="local", path=None)
+    return LoadedModel(model, tokenizer, resolved, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution"])
+def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, tiny_tokenizer):
+    n = len(tiny_tokenizer)
+    loaded = {
+        "base": _loaded(tiny_model_factory("qwen2", n, seed=0), tiny_tokenizer, "base"),
+        "ft": _loaded(tiny_model_factory("qwen2", n, seed=1), tiny_tokenizer, "ft"),
+    }
+    spec = CircuitSpec(task="parity", shots=1, n=3, method=method, top_k=3, n_boot=20)
+    report = run_circuits(spec, tmp_path, loaded=loaded, ft_model=None)
+    data = json.loads((tmp_path / "circuits.json").read_text())
+    assert data == json.loads(json.dumps(report))
+    assert set(data["settings"]) == {"base", "icl", "ft"}
+    assert data["n_pairs"] == 3
+    for s in data["settings"].values():
+        assert len(s["effects"]) == 2 * (4 + 2)
+        assert len(s["circuit"]) == 3
+        assert len(s["per_pair"]["raw_effects"]) == 3
+    assert [(s["from"], s["to"]) for s in data["shifts"]] == [
+        ("base", "icl"),
+        ("base", "ft"),
+        ("icl", "ft"),
+    ]
+    assert len(data["shifts"][0]["per_layer_cosine_distance"]) == 2
+    for name in ("base", "icl", "ft"):
+        png = tmp_path / f"heatmap_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["command"] == "analyze circuits"
+    assert manifest["spec"]["method"] == method
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "nope"], "unknown task"),
+        (["--task", "parity", "--method", "magic"], "unknown method"),
+        (["--task", "parity", "--shots", "0"], "--shots must be a positive"),
+        (["--task", "parity", "-n", "0"], "-n must be a positive"),
+        (["--task", "parity", "--positions", "first"], "unknown positions"),
+        (["--task", "parity", "--ft-model", "/no/such/dir"], "is not a directory"),
+    ],
+)
+def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeypatch):
+    import iclft.models
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(iclft.models, "load_model", no_load)
+    from iclft.cli import app
+
+    result = CliRunner().invoke(app, ["analyze", "circuits", *args, "-o", str(tmp_path / "o")])
+    assert isinstance(result.exception, UserError), result.output
+    assert message in str(result.exception)

@@ -1,0 +1,23 @@
+"""End to end on the real embedded model (a minute at most)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from iclft.analysis.pipeline import CircuitSpec, run_circuits
+
+
+@pytest.mark.integration
+def test_circuits_on_smollm2(tmp_path):
+    spec = CircuitSpec(task="parity", shots=1, n=2, method="attribution", top_k=5, n_boot=50)
+    run_circuits(spec, tmp_path, model="smollm2-135m", device="cpu", dtype="float32")
+    data = json.loads((tmp_path / "circuits.json").read_text())
+    assert data["anatomy"] == {"arch": "llama", "n_layers": 30, "n_heads": 9}
+    assert data["n_pairs"] == 2
+    for s in data["settings"].values():
+        assert len(s["effects"]) == 30 * (9 + 2)
+        assert len(s["circuit"]) == 5
+    assert (tmp_path / "heatmap_icl.png").exists()
+    assert json.loads((tmp_path / "manifest.json").read_text())["model"]["alias"] == "smollm2-135m"
