@@ -153,3 +153,19 @@ def test_checks_happen_before_the_model_loads(tiny_model_dir, tmp_path, monkeypa
     )
     with pytest.raises(UserError, match="different fine-tuning run"):
         run_finetune(_cfg(tiny_model_dir), tmp_path / "other", show_progress=False)
+
+
+def test_in_memory_gd_equals_trainer_demonstrations_mode(tiny_model_dir, tmp_path):
+    from iclft.finetune.gd import sgd_on_demonstrations
+    from iclft.models import load_model
+
+    cfg = _cfg(tiny_model_dir, data="demonstrations", shots=4, method="kv", lr=0.05,
+               eval_every=0, loss_on="full")  # fmt: skip
+    run_finetune(cfg, tmp_path / "t", show_progress=False)
+    lm = load_model(str(tiny_model_dir))
+    new = sgd_on_demonstrations(lm.model, lm.tokenizer, "boolean", 4, 0, 0.05)
+    trained = _weights(tmp_path / "t")
+    for name, p in new.named_parameters():
+        torch.testing.assert_close(p.detach(), trained[name], rtol=1e-5, atol=1e-6)
+    base = _weights(tiny_model_dir)
+    assert any(not torch.equal(base[n], p.detach()) for n, p in new.named_parameters())

@@ -1,0 +1,65 @@
+"""Gradient descent on the k demonstrations, in memory (the ICL-vs-GD protocol).
+
+Dai et al. and Deutch et al. compare ICL with the model after plain SGD on the demonstrations:
+batch 1, one epoch in prompt order, each demonstration one training sequence with the loss on
+all its tokens, only K and V projections trained. The analysis needs this for many (task, lr,
+vanilla/layer-causal) combinations and only the updated weights, so it runs a direct loop rather
+than the Trainer (which would write a run directory each time). ``iclft finetune --data
+demonstrations`` is the same procedure through the Trainer; a test checks both give the same
+weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from iclft.finetune.data import TokenizedTexts, demonstration_texts
+from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
+from iclft.finetune.methods import select_parameters
+
+
+class _Selection:
+    """The minimal settings object :func:`select_parameters` reads (no LoRA here)."""
+
+    class lora:  # noqa: N801
+        rank, alpha, dropout, target_modules = 8, 16.0, 0.0, None
+
+
+def sgd_on_demonstrations(
+    model: nn.Module,
+    tokenizer,
+    task: str,
+    k: int,
+    seed: int,
+    lr: float,
+    *,
+    layer_causal: bool = False,
+    params: str = "kv",
+) -> nn.Module:
+    """A copy of ``model`` after one epoch of batch-1 SGD over the k demonstrations of the
+    shared k-shot prompt of (task, seed), loss on all tokens; ``model`` is left unchanged."""
+    texts = demonstration_texts(task, k, seed)
+    rows = TokenizedTexts(texts, tokenizer, loss_on="full", max_length=10_000).rows
+    new = copy.deepcopy(model)
+    new.eval()  # no dropout: the update is a deterministic function of the demonstrations
+    new = select_parameters(new, params, _Selection)
+    if layer_causal:
+        freeze_readout(new)
+    opt = torch.optim.SGD([p for p in new.parameters() if p.requires_grad], lr=lr)
+    device = next(new.parameters()).device
+    for r in rows:
+        ids = torch.tensor([r["input_ids"]], device=device)
+        labels = torch.tensor([r["labels"]], device=device)
+        if layer_causal:
+            loss = layer_causal_loss(new, ids, None, labels)
+        else:
+            loss = new(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for p in new.parameters():
+        p.requires_grad_(False)
+    return new
