@@ -46,7 +46,7 @@ Track = Callable[[str, int], Advance]
 @dataclass(frozen=True)
 class Stage:
     key: str
-    kind: str  # icl | finetune | ft-eval | circuits
+    kind: str  # icl | finetune | ft-eval | circuits | similarity
     model: str
     seed: int
     method: str | None = None
@@ -85,6 +85,11 @@ def plan(cfg: ExperimentConfig) -> list[Stage]:
             for t in tasks:
                 stages.append(
                     Stage(f"m{mi}-circuits-{t}", "circuits", model, cfg.seeds[0], None, t)
+                )
+        if cfg.analysis.similarity.enabled:
+            for t in cfg.analysis.similarity.tasks or cfg.tasks:
+                stages.append(
+                    Stage(f"m{mi}-similarity-{t}", "similarity", model, cfg.seeds[0], None, t)
                 )
     return stages
 
@@ -264,6 +269,19 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
                 "summary": summary.get("summary") if isinstance(summary, dict) else None,
             }
         }
+    if stage.kind == "similarity":
+        from iclft.analysis.similarity import SimilaritySpec, run_similarity
+
+        c = cfg.analysis.similarity
+        spec = SimilaritySpec(task=stage.task, shots=c.shots, n=c.n, lr=c.lr, seed=stage.seed)
+        out = run_dir / "analysis" / model_slug(stage.model) / "similarity" / stage.task
+        models.loaded, models.key = None, None
+        result = run_similarity(
+            spec, out, model=stage.model, device=cfg.device, dtype=cfg.dtype,
+            track=lambda d, n: track(f"{stage.label} · {d}", n),
+        )  # fmt: skip
+        summary = result.get("summary") if isinstance(result, dict) else None
+        return {"analysis": {"dir": str(out.relative_to(run_dir)), "summary": summary}}
     raise AssertionError(stage.kind)
 
 
