@@ -20,13 +20,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Until `iclft demo` (the full pipeline) lands: a small ICL sweep on the embedded default model.
+# configs/demo.yaml on the embedded smollm2-135m on CPU: every stage at small scale, then the
+# report (runs/demo/report.html).
 demo: install
-	$(PY) -m iclft data show --task expression --variant misleading -n 1
-	$(PY) -m iclft eval --model smollm2-135m --task expression,boolean,parity \
-		--variant clean,misleading --shots 0,1,4,8 -n 12 --seed 0 -o runs/demo
+	$(PY) -m iclft demo -o runs/demo
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install
