@@ -25,6 +25,13 @@ install: $(STAMP)
 demo: install
 	$(PY) -m iclft demo -o runs/demo
 
+# Debian's chromium for the report's browser test; non-fatal: without it that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "chromium not installed: the browser test will be skipped"
+
 test: install browser
 	$(PY) -m pytest -q
 

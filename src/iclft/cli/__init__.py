@@ -51,6 +51,7 @@ def _register_optional() -> None:
     from iclft.cli import eval as eval_cmd
     from iclft.cli import finetune as finetune_cmd
     from iclft.cli import models as models_cmd
+    from iclft.cli import report as report_cmd
     from iclft.cli import run as run_cmd
 
     app.add_typer(models_cmd.app, name="models")
@@ -58,6 +59,7 @@ def _register_optional() -> None:
     app.add_typer(analyze_cmd.app, name="analyze")
     app.command("finetune")(finetune_cmd.finetune_command)
     app.command("run")(run_cmd.run_command)
+    app.command("report")(report_cmd.report_command)
     app.command("demo")(run_cmd.demo_command)
 
 

@@ -1,0 +1,493 @@
+"""Reading a run directory and aggregating its results into cells (one per model, task, variant,
+method and shot count, pooled over seeds).
+
+Interval of a cell: with one seed, the 95% Wilson interval of its items; with several seeds, the
+Wilson interval of the pooled items widened to cover every seed's accuracy, so the band shows the
+spread between seeds and never claims more certainty than the items give.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from iclft.errors import UserError
+from iclft.icl.metrics import wilson_interval
+from iclft.store import read_jsonl
+
+#: methods in the order the report shows them; unknown methods follow, sorted by name
+METHOD_ORDER = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
+VARIANT_ORDER = ("clean", "misleading")
+_REQUIRED = ("model", "task", "variant", "method", "accuracy")
+
+
+def model_slug(model: str) -> str:
+    """The directory name of a model under ``finetune/``: the spec with ``/`` as ``__``."""
+    return model.replace("/", "__")
+
+
+def file_slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (model specs, relative paths)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("_") or "x"
+
+
+def is_finetune(method: str) -> bool:
+    """Whether a method is a fine-tuned model evaluated 0-shot (``ft-*``)."""
+    return method.startswith("ft-")
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    """Sort key that puts the known methods in :data:`METHOD_ORDER` first."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (99, method)
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _opt_int(v: Any) -> int | None:
+    f = _opt_float(v)
+    return None if f is None else int(round(f))
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One evaluated cell for one seed, as the runner writes it to ``results.jsonl``."""
+
+    model: str
+    task: str
+    variant: str
+    method: str
+    shots: int
+    seed: int
+    accuracy: float
+    n: int | None = None
+    correct: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    scoring: str | None = None
+    substring_accuracy: float | None = None
+    shortcut_rate: float | None = None
+    parse_failures: int | None = None
+    train_examples: int | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> ResultRow:
+        """Validate one JSON row; ``where`` (``file:line``) goes into the error message."""
+        missing = [k for k in _REQUIRED if d.get(k) is None]
+        if missing:
+            raise UserError(f"{where}: result row lacks {', '.join(missing)}")
+        acc = _opt_float(d["accuracy"])
+        if acc is None or not 0.0 <= acc <= 1.0:
+            raise UserError(f"{where}: accuracy must be a number in [0, 1], got {d['accuracy']!r}")
+        method = str(d["method"])
+        shots = _opt_int(d.get("shots"))
+        shots = 0 if shots is None else shots
+        n, correct = _opt_int(d.get("n")), _opt_int(d.get("correct"))
+        if correct is None and n is not None:
+            correct = int(round(acc * n))
+        train = _opt_int(d.get("train_examples"))
+        if train is None and method == "icl":
+            train = shots
+        elif train is None and method == "baseline":
+            train = 0
+        return cls(
+            model=str(d["model"]),
+            task=str(d["task"]),
+            variant=str(d["variant"]),
+            method=method,
+            shots=shots,
+            seed=_opt_int(d.get("seed")) or 0,
+            accuracy=acc,
+            n=n,
+            correct=correct,
+            ci_low=_opt_float(d.get("ci_low")),
+            ci_high=_opt_float(d.get("ci_high")),
+            scoring=None if d.get("scoring") is None else str(d["scoring"]),
+            substring_accuracy=_opt_float(d.get("substring_accuracy")),
+            shortcut_rate=_opt_float(d.get("shortcut_rate")),
+            parse_failures=_opt_int(d.get("parse_failures")),
+            train_examples=train,
+        )
+
+
+CellKey = tuple[str, str, str, str, int]  # model, task, variant, method, shots
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, task, variant, method, shots) cell pooled over its seeds."""
+
+    model: str
+    task: str
+    variant: str
+    method: str
+    shots: int
+    accuracy: float  # mean over seeds
+    low: float  # interval (see the module docstring)
+    high: float
+    n_seeds: int
+    n: int | None  # items per seed (the smallest, if seeds differ)
+    n_total: int | None  # items over all seeds
+    std: float | None  # sample standard deviation over seeds (None with one seed)
+    acc_min: float
+    acc_max: float
+    substring_accuracy: float | None
+    shortcut_rate: float | None
+    parse_failures: int | None  # summed over seeds
+    train_examples: int | None
+    scoring: str | None
+
+    @property
+    def key(self) -> CellKey:
+        return (self.model, self.task, self.variant, self.method, self.shots)
+
+    def interval_text(self) -> str:
+        """``0.62 [0.48, 0.74]``."""
+        return f"{fmt(self.accuracy)} [{fmt(self.low)}, {fmt(self.high)}]"
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """A number for tables and sentences; an en dash for missing values."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
+    """Pool rows into cells: mean, spread and interval over seeds. A seed repeated within a cell
+    (a result written twice) counts once: the last row wins."""
+    by_cell: dict[CellKey, dict[int, ResultRow]] = {}
+    for r in rows:
+        by_cell.setdefault((r.model, r.task, r.variant, r.method, r.shots), {})[r.seed] = r
+    cells: dict[CellKey, Cell] = {}
+    for key, seeds in by_cell.items():
+        rs = [seeds[s] for s in sorted(seeds)]
+        accs = [r.accuracy for r in rs]
+        mean = sum(accs) / len(accs)
+        ns = [r.n for r in rs]
+        have_counts = all(r.n is not None and r.correct is not None for r in rs)
+        n_total = sum(r.n for r in rs) if have_counts else None  # type: ignore[misc]
+        if len(rs) == 1 and rs[0].ci_low is not None and rs[0].ci_high is not None:
+            low, high = rs[0].ci_low, rs[0].ci_high
+        elif have_counts and n_total:
+            low, high = wilson_interval(sum(r.correct for r in rs), n_total)  # type: ignore[misc]
+        else:
+            low, high = min(accs), max(accs)
+        low, high = min(low, min(accs)), max(high, max(accs))
+        pf = [r.parse_failures for r in rs]
+        trains = {r.train_examples for r in rs if r.train_examples is not None}
+        cells[key] = Cell(
+            *key,
+            accuracy=mean,
+            low=low,
+            high=high,
+            n_seeds=len(rs),
+            n=min(n for n in ns if n is not None) if any(n is not None for n in ns) else None,
+            n_total=n_total,
+            std=statistics.stdev(accs) if len(accs) > 1 else None,
+            acc_min=min(accs),
+            acc_max=max(accs),
+            substring_accuracy=_mean(r.substring_accuracy for r in rs),
+            shortcut_rate=_mean(r.shortcut_rate for r in rs),
+            parse_failures=sum(p for p in pf if p is not None)
+            if any(p is not None for p in pf)
+            else None,
+            train_examples=max(trains) if trains else None,
+            scoring=rs[-1].scoring,
+        )
+    return cells
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One row of a fine-tuning ``curves.csv``: 0-shot accuracy of one task and variant at a
+    training step, with the training loss logged at that step."""
+
+    step: int
+    examples_seen: int
+    loss: float | None
+    learning_rate: float | None
+    task: str
+    variant: str
+    accuracy: float | None
+    correct: int | None
+    n: int | None
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """A fine-tuning run found under ``finetune/<model_slug>/<method>/``."""
+
+    model: str
+    method: str
+    directory: Path
+    curve: tuple[CurvePoint, ...]
+    manifest: Mapping[str, Any]
+
+    @property
+    def examples_seen(self) -> int | None:
+        """Examples seen by the end of training (the curve's last point)."""
+        return max((p.examples_seen for p in self.curve), default=None)
+
+
+@dataclass(frozen=True)
+class AnalysisFigure:
+    """A PNG found under ``analysis/``; ``relpath`` is relative to the run directory."""
+
+    path: Path
+    relpath: str
+
+    @property
+    def caption(self) -> str:
+        """A caption from the path: ``analysis/circuits/expression/heatmap_icl.png`` ->
+        ``circuits · expression · heatmap icl``."""
+        parts = Path(self.relpath).with_suffix("").parts[1:]
+        return " · ".join(p.replace("_", " ") for p in parts) or self.relpath
+
+
+@dataclass(frozen=True)
+class AnalysisSummary:
+    """Scalars from an analysis JSON (``summary`` dict; circuit ``shifts``) to show as a table."""
+
+    relpath: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass
+class RunData:
+    """Everything the report reads from a run directory."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    rows: list[ResultRow]
+    cells: dict[CellKey, Cell]
+    finetune: list[FinetuneRun] = field(default_factory=list)
+    analysis_figures: list[AnalysisFigure] = field(default_factory=list)
+    analysis_summaries: list[AnalysisSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # problems met while reading
+
+    @property
+    def models(self) -> list[str]:
+        """Models in order of first appearance in results.jsonl."""
+        return list(dict.fromkeys(r.model for r in self.rows))
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks in the config's order when it lists them, then in order of appearance."""
+        seen = list(dict.fromkeys(r.task for r in self.rows))
+        cfg = [t for t in _names(self.config.get("tasks")) if t in seen]
+        return cfg + [t for t in seen if t not in cfg]
+
+    @property
+    def variants(self) -> list[str]:
+        seen = set(r.variant for r in self.rows)
+        return [v for v in VARIANT_ORDER if v in seen] + sorted(seen - set(VARIANT_ORDER))
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted({r.method for r in self.rows}, key=method_sort_key)
+
+    def cell(self, model: str, task: str, variant: str, method: str, shots: int = 0) -> Cell | None:
+        return self.cells.get((model, task, variant, method, shots))
+
+    def cells_for(
+        self, model: str, task: str, variant: str | None = None, method: str | None = None
+    ) -> list[Cell]:
+        """Cells of one model and task (optionally one variant/method), by shots."""
+        out = [
+            c
+            for c in self.cells.values()
+            if c.model == model
+            and c.task == task
+            and (variant is None or c.variant == variant)
+            and (method is None or c.method == method)
+        ]
+        return sorted(out, key=lambda c: (method_sort_key(c.method), c.variant, c.shots))
+
+    def ft_methods(self, model: str) -> list[str]:
+        """Fine-tuning methods with results or curves for ``model``."""
+        ms = {c.method for c in self.cells.values() if c.model == model and is_finetune(c.method)}
+        ms |= {f.method for f in self.finetune if f.model == model}
+        return sorted(ms, key=method_sort_key)
+
+    def finetune_run(self, model: str, method: str) -> FinetuneRun | None:
+        for f in self.finetune:
+            if f.model == model and f.method == method:
+                return f
+        return None
+
+
+def _names(value: Any) -> list[str]:
+    """Names from a config entry that may be a list of strings or of dicts with ``name``."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        return []
+    out = []
+    for v in value:
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, Mapping):
+            for k in ("name", "spec", "model", "task"):
+                if isinstance(v.get(k), str):
+                    out.append(v[k])
+                    break
+    return out
+
+
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        notes.append(f"{path.name} could not be read ({e}); left out.")
+        return {}
+    if not isinstance(obj, dict):
+        notes.append(f"{path.name} is not a JSON object; left out.")
+        return {}
+    return obj
+
+
+def read_curve(path: Path) -> list[CurvePoint]:
+    """Parse a ``curves.csv`` (empty loss/learning rate at step 0 are allowed)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for ln, r in enumerate(rows, 2):
+        step = _opt_int(r.get("step"))
+        if step is None or not r.get("task") or not r.get("variant"):
+            raise UserError(f"{path}:{ln}: a curve row needs step, task and variant")
+        seen = _opt_int(r.get("examples_seen"))
+        out.append(
+            CurvePoint(
+                step=step,
+                examples_seen=step if seen is None else seen,
+                loss=_opt_float(r.get("loss")),
+                learning_rate=_opt_float(r.get("learning_rate")),
+                task=str(r["task"]),
+                variant=str(r["variant"]),
+                accuracy=_opt_float(r.get("accuracy")),
+                correct=_opt_int(r.get("correct")),
+                n=_opt_int(r.get("n")),
+            )
+        )
+    return sorted(out, key=lambda p: (p.task, p.variant, p.step))
+
+
+def _find_finetune(run_dir: Path, models: list[str], notes: list[str]) -> list[FinetuneRun]:
+    root = run_dir / "finetune"
+    if not root.is_dir():
+        return []
+    by_slug = {model_slug(m): m for m in models}
+    runs = []
+    for method_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        curves, man_path = method_dir / "curves.csv", method_dir / "manifest.json"
+        if not curves.exists() and not man_path.exists():
+            continue
+        manifest = _read_json(man_path, notes)
+        spec = (
+            manifest.get("model", {}).get("spec")
+            if isinstance(manifest.get("model"), dict)
+            else None
+        )
+        slug = method_dir.parent.name
+        model = by_slug.get(slug) or (spec if isinstance(spec, str) else slug.replace("__", "/"))
+        method = method_dir.name
+        if not is_finetune(method):
+            method = f"ft-{method}"
+        curve: list[CurvePoint] = []
+        if curves.exists():
+            try:
+                curve = read_curve(curves)
+            except (UserError, OSError, csv.Error) as e:
+                notes.append(f"{curves.relative_to(run_dir)}: {e}; curve left out.")
+        runs.append(FinetuneRun(model, method, method_dir, tuple(curve), manifest))
+    return runs
+
+
+def _scalar(v: Any) -> str | None:
+    """A table cell for a scalar or an ``{value, ci_low, ci_high}`` dict; None otherwise."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return None if v is None else str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, Mapping) and "value" in v and set(v) <= {"value", "ci_low", "ci_high"}:
+        val = v.get("value")
+        if not isinstance(val, (int, float)):
+            return "–"
+        lo, hi = v.get("ci_low"), v.get("ci_high")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            return f"{val:.3g} [{lo:.3g}, {hi:.3g}]"
+        return f"{val:.3g}"
+    return None
+
+
+def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
+    obj = _read_json(path, notes)
+    out = []
+    summary = obj.get("summary")
+    if isinstance(summary, Mapping):
+        rows = tuple((str(k), s) for k, v in summary.items() if (s := _scalar(v)) is not None)
+        if rows:
+            out.append(AnalysisSummary(rel, ("quantity", "value"), rows))
+    shifts = obj.get("shifts")
+    if isinstance(shifts, list) and shifts and all(isinstance(s, Mapping) for s in shifts):
+        cols = [k for k, v in shifts[0].items() if _scalar(v) is not None]
+        if cols:
+            rows2 = tuple(tuple(_scalar(s.get(c)) or "–" for c in cols) for s in shifts)
+            task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
+            out.append(AnalysisSummary(f"{rel}: circuit shift{task}", tuple(cols), rows2))
+    return out
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read a run directory; raise :class:`UserError` when it has no results to report."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} does not exist")
+    results = run_dir / "results.jsonl"
+    raw = read_jsonl(results)
+    if not raw:
+        raise UserError(f"no results in {run_dir}; run `iclft run` first")
+    rows = [ResultRow.from_json(d, f"{results}:{i}") for i, d in enumerate(raw, 1)]
+    notes: list[str] = []
+    config = _read_json(run_dir / "config.json", notes)
+    manifest = _read_json(run_dir / "manifest.json", notes)
+    models = list(dict.fromkeys(r.model for r in rows))
+    data = RunData(run_dir, config, manifest, rows, aggregate(rows), notes=notes)
+    data.finetune = _find_finetune(run_dir, models, notes)
+    for key, c in list(data.cells.items()):  # ft rows without train_examples: from the curve
+        run = data.finetune_run(c.model, c.method) if is_finetune(c.method) else None
+        if c.train_examples is None and run is not None and run.examples_seen is not None:
+            data.cells[key] = replace(c, train_examples=run.examples_seen)
+    analysis = run_dir / "analysis"
+    if analysis.is_dir():
+        for p in sorted(analysis.rglob("*.png")):
+            data.analysis_figures.append(AnalysisFigure(p, p.relative_to(run_dir).as_posix()))
+        for p in sorted(analysis.rglob("*.json")):
+            if p.name in ("circuits.json", "similarity.json") or p.name.endswith("summary.json"):
+                rel = p.relative_to(run_dir).as_posix()
+                data.analysis_summaries.extend(_summaries(p, rel, notes))
+    return data

@@ -1,0 +1,480 @@
+"""The report's figures, one PNG per model and kind, drawn on matplotlib's Agg canvas (no
+display, no pyplot state). Every function copes with missing methods, variants and tasks: it
+draws what is there and returns ``None`` when there is nothing to draw.
+
+Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); variants
+are told apart by line style and marker as well as colour, never by colour alone.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from iclft.report.data import (
+    AnalysisFigure,
+    Cell,
+    CurvePoint,
+    RunData,
+    file_slug,
+    is_finetune,
+    method_sort_key,
+)
+from iclft.report.tables import headline
+from iclft.store import atomic_writer
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+METHOD_COLOURS = {
+    "baseline": "#000000",
+    "icl": "#0072B2",
+    "ft-full": "#D55E00",
+    "ft-lora": "#009E73",
+    "ft-kv": "#CC79A7",
+    "ft-layer-causal": "#E69F00",
+}
+METHOD_MARKERS = {
+    "baseline": "o",
+    "icl": "s",
+    "ft-full": "D",
+    "ft-lora": "^",
+    "ft-kv": "v",
+    "ft-layer-causal": "P",
+}
+#: ICL lines (solid / dash-dot) and horizontal references (dashed / dotted) per variant
+LINE = {"clean": "-", "misleading": "-."}
+REF_LINE = {"clean": "--", "misleading": ":"}
+VARIANT_MARKER_FILL = {"clean": "full", "misleading": "none"}
+DPI = 110
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8.5,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.facecolor": "white",
+}
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A PNG written for the report, with the section it belongs to and its caption."""
+
+    path: Path
+    section: str  # "shots", "robustness", "curves", "efficiency", "analysis"
+    caption: str
+
+
+def method_colour(method: str) -> str:
+    """The method's colour; unknown methods get sky blue."""
+    return METHOD_COLOURS.get(method, "#56B4E9")
+
+
+@contextmanager
+def _figure(n_panels: int, ncols: int = 3, panel: tuple[float, float] = (3.8, 3.1)) -> Iterator:
+    """A constrained-layout figure with ``n_panels`` axes in a grid, inside the report style."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(ncols, n_panels))
+    nrows = math.ceil(n_panels / ncols)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + 0.9), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax in axes[n_panels:]:
+            ax.set_visible(False)
+        yield fig, list(axes[:n_panels])
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _shared_legend(fig, axes: Sequence, ncol: int = 4) -> None:
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)))
+
+
+def _model_tasks(data: RunData, model: str) -> list[str]:
+    return [
+        t for t in data.tasks if any(c.model == model and c.task == t for c in data.cells.values())
+    ]
+
+
+def _method_variant_legend(
+    fig, methods: Sequence[str], variants: Sequence[str], refs: bool, final: bool = False
+) -> None:
+    """A compact legend: one colour per method, one line style per variant (for ICL lines and,
+    with ``refs``, the horizontal references), and the final-evaluation diamond."""
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+
+    handles: list = [Line2D([], [], color=method_colour(m), lw=2.5) for m in methods]
+    labels = ["ICL" if m == "icl" else m for m in methods]
+    for v in variants:
+        line = Line2D(
+            [],
+            [],
+            color="0.25",
+            ls=LINE.get(v, "-"),
+            marker="o",
+            fillstyle=VARIANT_MARKER_FILL.get(v, "full"),
+            lw=1.6,
+            ms=5,
+        )
+        if refs:
+            ref = Line2D([], [], color="0.25", ls=REF_LINE.get(v, "--"), lw=1.5)
+            handles.append((line, ref))
+            labels.append(f"{v} (line / reference)")
+        else:
+            handles.append(line)
+            labels.append(v)
+    if final:
+        handles.append(Line2D([], [], color="0.25", marker="D", ls="", ms=6))
+        labels.append("final 0-shot evaluation")
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(4, len(labels)),
+        handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)},
+        handlelength=3.2,
+    )
+
+
+def _symlog_x(ax, xs: Sequence[float]) -> None:
+    """Log-scaled x axis that still shows 0 (linear between 0 and 1), with plain numbers."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("symlog", linthresh=1, linscale=0.6)
+    top = max([1.0, *xs])
+    ax.set_xlim(-0.15, top * 1.35)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+
+
+def _band(ax, xs, cells: Sequence[Cell], colour: str, style: str, marker: str, fill: str, label):
+    ys = [c.accuracy for c in cells]
+    ax.fill_between(
+        xs, [c.low for c in cells], [c.high for c in cells], color=colour, alpha=0.15, lw=0
+    )
+    ax.plot(
+        xs, ys, ls=style, marker=marker, fillstyle=fill, color=colour, lw=1.8, ms=5, label=label
+    )
+
+
+def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile | None:
+    """Accuracy against k per task: ICL lines with interval bands per variant; baseline and each
+    fine-tuned model as labelled horizontal references (dashed clean, dotted misleading)."""
+    tasks = _model_tasks(data, model)
+    if not tasks:
+        return None
+    with _figure(len(tasks)) as (fig, axes):
+        for ax, task in zip(axes, tasks):
+            all_shots: list[float] = [0.0]
+            for variant in data.variants:
+                icl = data.cells_for(model, task, variant, "icl")
+                if icl:  # k = 0 is the baseline: the line starts there when it was evaluated
+                    icl = data.cells_for(model, task, variant, "baseline")[:1] + icl
+                    xs = [c.shots for c in icl]
+                    all_shots += xs
+                    fill = VARIANT_MARKER_FILL.get(variant, "full")
+                    style = LINE.get(variant, "-")
+                    _band(ax, xs, icl, method_colour("icl"), style, "o", fill, f"ICL {variant}")
+                for c in data.cells_for(model, task, variant):
+                    if c.method == "icl":
+                        continue
+                    ax.axhline(
+                        c.accuracy,
+                        color=method_colour(c.method),
+                        ls=REF_LINE.get(variant, "--"),
+                        lw=1.5,
+                        label=f"{c.method} {variant}",
+                    )
+            _symlog_x(ax, all_shots)
+            ticks = sorted(set(all_shots))
+            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+            ax.minorticks_off()
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(task)
+            ax.set_xlabel("shots k")
+            ax.set_ylabel("accuracy (exact match)")
+        methods = sorted(
+            {c.method for c in data.cells.values() if c.model == model}, key=method_sort_key
+        )
+        _method_variant_legend(fig, methods, data.variants, refs=True)
+        fig.suptitle(f"{model}: accuracy vs shots", fontsize=12)
+        _save(fig, path)
+    caption = (
+        f"{model}: accuracy against the number of in-context demonstrations k, per task. Bands: "
+        "95% interval (Wilson; across seeds widened to the seed range). Horizontal lines: 0-shot "
+        "baseline and each fine-tuned model (dashed clean, dotted misleading)."
+    )
+    return FigureFile(path, "shots", caption)
+
+
+def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
+    """Clean accuracy (x) against misleading accuracy (y) for baseline, best ICL and each
+    fine-tuning method, one panel per task, with the diagonal (the paper's Figure 3)."""
+    panels = []
+    for task in _model_tasks(data, model):
+        entries = [e for e in headline(data, model, task) if e.clean and e.misleading]
+        if entries:
+            panels.append((task, entries))
+    if not panels:
+        return None
+    with _figure(len(panels), panel=(3.4, 3.4)) as (fig, axes):
+        for ax, (task, entries) in zip(axes, panels):
+            ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1, label="_diag")
+            for e in entries:
+                c, m = e.clean, e.misleading
+                assert c is not None and m is not None
+                colour = method_colour(e.method)
+                ax.errorbar(
+                    c.accuracy,
+                    m.accuracy,
+                    xerr=[[c.accuracy - c.low], [c.high - c.accuracy]],
+                    yerr=[[m.accuracy - m.low], [m.high - m.accuracy]],
+                    fmt=METHOD_MARKERS.get(e.method, "o"),
+                    color=colour,
+                    ms=7,
+                    capsize=2,
+                    lw=1,
+                    label="ICL (best k)" if e.method == "icl" else e.method,
+                )
+                if e.method == "icl":
+                    ax.annotate(
+                        f"k={e.shots}",
+                        (c.accuracy, m.accuracy),
+                        textcoords="offset points",
+                        xytext=(6, 5),
+                        fontsize=8,
+                        color=colour,
+                    )
+            ax.set_xlim(-0.03, 1.03)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_aspect("equal")
+            ax.set_title(task)
+            ax.set_xlabel("clean accuracy")
+            ax.set_ylabel("misleading accuracy")
+        _shared_legend(fig, axes, ncol=6)
+        fig.suptitle(f"{model}: robustness to misleading inputs", fontsize=12)
+        _save(fig, path)
+    caption = (
+        f"{model}: clean accuracy (x) vs misleading accuracy (y) for the 0-shot baseline, ICL at "
+        "its best k by clean accuracy, and each fine-tuned model; bars are 95% intervals, the "
+        "dotted diagonal is equal accuracy on both."
+    )
+    return FigureFile(path, "robustness", caption)
+
+
+def _curve_series(points: Sequence[CurvePoint], task: str, variant: str) -> list[CurvePoint]:
+    return [p for p in points if p.task == task and p.variant == variant and p.accuracy is not None]
+
+
+def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | None:
+    """Per fine-tuning method of one model: training loss over steps (left) and 0-shot accuracy
+    over steps per task and variant (right) (the paper's Figure 4)."""
+    runs = [data.finetune_run(model, m) for m in data.ft_methods(model)]
+    runs = [r for r in runs if r is not None and r.curve]
+    if not runs:
+        return None
+    tasks = list(dict.fromkeys(p.task for r in runs for p in r.curve))
+    colours = {t: OKABE_ITO[i % len(OKABE_ITO)] for i, t in enumerate(tasks)}
+    with _figure(2 * len(runs), ncols=2, panel=(4.6, 2.9)) as (fig, axes):
+        for i, run in enumerate(runs):
+            ax_loss, ax_acc = axes[2 * i], axes[2 * i + 1]
+            steps: dict[int, float] = {}
+            for p in run.curve:
+                if p.loss is not None:
+                    steps[p.step] = p.loss
+            if steps:
+                xs = sorted(steps)
+                ax_loss.plot(
+                    xs,
+                    [steps[x] for x in xs],
+                    color=method_colour(run.method),
+                    lw=1.8,
+                    marker="o",
+                    ms=3,
+                    label="_loss",
+                )
+            else:
+                ax_loss.text(
+                    0.5,
+                    0.5,
+                    "no loss logged",
+                    ha="center",
+                    va="center",
+                    transform=ax_loss.transAxes,
+                    color="0.4",
+                )
+            span = [p.step for p in run.curve]
+            pad = max(1.0, 0.03 * (max(span) - min(span)))
+            for ax in (ax_loss, ax_acc):
+                ax.set_xlim(min(span) - pad, max(span) + pad)
+            ax_loss.set_title(f"{run.method}: training loss")
+            ax_loss.set_xlabel("step")
+            ax_loss.set_ylabel("loss")
+            for task in tasks:
+                for variant in ("clean", "misleading"):
+                    pts = _curve_series(run.curve, task, variant)
+                    if pts:
+                        ax_acc.plot(
+                            [p.step for p in pts],
+                            [p.accuracy for p in pts],
+                            color=colours[task],
+                            ls=LINE.get(variant, "-"),
+                            marker="o",
+                            fillstyle=VARIANT_MARKER_FILL.get(variant, "full"),
+                            ms=4,
+                            lw=1.6,
+                            label=f"{task} {variant}",
+                        )
+            ax_acc.set_ylim(-0.02, 1.02)
+            ax_acc.set_title(f"{run.method}: 0-shot accuracy")
+            ax_acc.set_xlabel("step")
+            ax_acc.set_ylabel("accuracy")
+        _shared_legend(fig, axes, ncol=4)
+        fig.suptitle(f"{model}: fine-tuning curves", fontsize=12)
+        _save(fig, path)
+    caption = (
+        f"{model}: training loss and 0-shot accuracy on held-out items over fine-tuning steps, "
+        "per method; solid lines clean, dash-dot misleading."
+    )
+    return FigureFile(path, "curves", caption)
+
+
+def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | None:
+    """Accuracy against the number of task examples the model was given: ICL (k demonstrations,
+    0 = baseline) and fine-tuning (examples seen so far, from the curves; the final 0-shot
+    evaluation as a diamond), on one symlog x axis so that 0 shows."""
+    tasks = _model_tasks(data, model)
+    ft_runs = {m: data.finetune_run(model, m) for m in data.ft_methods(model)}
+    panels = []
+    for task in tasks:
+        has_icl = bool(data.cells_for(model, task, method="icl"))
+        has_ft = any(
+            c.train_examples is not None and is_finetune(c.method)
+            for c in data.cells_for(model, task)
+        ) or any(r is not None and any(p.task == task for p in r.curve) for r in ft_runs.values())
+        if has_icl or has_ft:
+            panels.append(task)
+    if not panels:
+        return None
+    with _figure(len(panels)) as (fig, axes):
+        for ax, task in zip(axes, panels):
+            xs_all: list[float] = [0.0]
+            for variant in data.variants:
+                fill = VARIANT_MARKER_FILL.get(variant, "full")
+                style = LINE.get(variant, "-")
+                line = data.cells_for(model, task, variant, "baseline")[:1]
+                line += data.cells_for(model, task, variant, "icl")
+                line = [c for c in line if c.train_examples is not None]
+                if line:
+                    xs = [float(c.train_examples) for c in line]  # type: ignore[arg-type]
+                    xs_all += xs
+                    _band(ax, xs, line, method_colour("icl"), style, "o", fill, f"ICL {variant}")
+                for method, run in ft_runs.items():
+                    colour = method_colour(method)
+                    pts = _curve_series(run.curve, task, variant) if run else []
+                    if pts:
+                        xs = [float(p.examples_seen) for p in pts]
+                        xs_all += xs
+                        ax.plot(
+                            xs,
+                            [p.accuracy for p in pts],
+                            color=colour,
+                            ls=style,
+                            lw=1.5,
+                            marker=".",
+                            fillstyle=fill,
+                            label=f"{method} {variant}",
+                        )
+                    c = data.cell(model, task, variant, method)
+                    if c is not None and c.train_examples is not None:
+                        xs_all.append(float(c.train_examples))
+                        ax.errorbar(
+                            c.train_examples,
+                            c.accuracy,
+                            yerr=[[c.accuracy - c.low], [c.high - c.accuracy]],
+                            fmt="D",
+                            fillstyle=fill,
+                            color=colour,
+                            ms=6,
+                            capsize=2,
+                            label=f"{method} {variant} (final)",
+                        )
+            _symlog_x(ax, xs_all)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(task)
+            ax.set_xlabel("task examples given")
+            ax.set_ylabel("accuracy")
+        methods = (
+            ["icl", *ft_runs]
+            if any(data.cells_for(model, t, method="icl") for t in panels)
+            else list(ft_runs)
+        )
+        _method_variant_legend(fig, methods, data.variants, refs=False, final=bool(ft_runs))
+        fig.suptitle(f"{model}: data efficiency", fontsize=12)
+        _save(fig, path)
+    caption = (
+        f"{model}: accuracy against the number of task examples the model was given: k "
+        "demonstrations for ICL (0 is the baseline), examples seen so far for fine-tuning (lines "
+        "from the training curves; diamonds: the final 0-shot evaluation). Symlog x axis: linear "
+        "between 0 and 1, logarithmic above."
+    )
+    return FigureFile(path, "efficiency", caption)
+
+
+def copy_analysis_figure(fig: AnalysisFigure, figures_dir: Path) -> FigureFile:
+    """Copy an analysis PNG into ``figures/`` (so report.md's relative links all point there)."""
+    target = figures_dir / f"analysis__{file_slug(fig.relpath[len('analysis/') :])}"
+    with atomic_writer(target, "wb") as f, open(fig.path, "rb") as src:
+        shutil.copyfileobj(src, f)
+    return FigureFile(target, "analysis", f"{fig.caption} ({fig.relpath})")
+
+
+def make_figures(data: RunData, figures_dir: Path) -> list[FigureFile]:
+    """Draw every figure the data allows into ``figures_dir``; returns them in report order."""
+    out: list[FigureFile] = []
+    kinds = (
+        ("accuracy_vs_shots", plot_accuracy_vs_shots),
+        ("robustness", plot_robustness),
+        ("finetune_curves", plot_finetune_curves),
+        ("data_efficiency", plot_data_efficiency),
+    )
+    for prefix, draw in kinds:
+        for model in data.models:
+            f = draw(data, model, figures_dir / f"{prefix}__{file_slug(model)}.png")
+            if f is not None:
+                out.append(f)
+    out += [copy_analysis_figure(a, figures_dir) for a in data.analysis_figures]
+    return out
+
+
+__all__ = [
+    "FigureFile",
+    "make_figures",
+    "plot_accuracy_vs_shots",
+    "plot_data_efficiency",
+    "plot_finetune_curves",
+    "plot_robustness",
+]

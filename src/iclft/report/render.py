@@ -1,0 +1,323 @@
+"""Rendering the report as one self-contained HTML file (images as base64 data URIs, inline CSS,
+no external resources) and as Markdown that links the PNGs under ``figures/``.
+
+Both are built from the same list of :class:`Section` objects, so they say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iclft.report.data import Cell, RunData, fmt
+from iclft.report.figures import FigureFile
+from iclft.report.tables import headline, sentences
+
+#: a table: caption, column names, rows of cell texts
+Table = tuple[str, Sequence[str], Sequence[Sequence[str]]]
+
+
+@dataclass
+class Section:
+    """A report section: paragraphs, tables and figures, in that order; or a skip note."""
+
+    anchor: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    bullets: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[FigureFile] = field(default_factory=list)
+    code: str | None = None  # preformatted text (the resolved config)
+    note: str | None = None  # why the section is empty
+
+
+SECTION_TITLES = {
+    "shots": "1. Accuracy vs shots",
+    "robustness": "2. Robustness: clean vs misleading",
+    "curves": "3. Fine-tuning curves",
+    "efficiency": "4. Data efficiency",
+    "analysis": "5. Analysis",
+}
+
+
+def _cell_text(c: Cell | None) -> str:
+    if c is None:
+        return "–"
+    text = c.interval_text()
+    return text + f" sd {fmt(c.std)}" if c.n_seeds > 1 else text
+
+
+def headline_tables(data: RunData) -> list[Table]:
+    """One headline table per model: baseline / best ICL / each FT, clean and misleading."""
+    cols = (
+        "task",
+        "setting",
+        "clean accuracy [95%]",
+        "misleading accuracy [95%]",
+        "shortcut rate (misleading)",
+        "substring acc. (clean / misl.)",
+        "n",
+        "seeds",
+    )
+    out = []
+    for model in data.models:
+        rows = []
+        for task in data.tasks:
+            for e in headline(data, model, task):
+                c, m = e.clean, e.misleading
+                subs = " / ".join(fmt(x.substring_accuracy) if x else "–" for x in (c, m))
+                n = next((x.n for x in (c, m) if x is not None and x.n is not None), None)
+                seeds = max(x.n_seeds for x in (c, m) if x is not None)
+                rows.append(
+                    [
+                        task,
+                        e.label,
+                        _cell_text(c),
+                        _cell_text(m),
+                        fmt(m.shortcut_rate) if m else "–",
+                        subs,
+                        "–" if n is None else str(n),
+                        str(seeds),
+                    ]
+                )
+        if rows:
+            out.append((f"Headline: {model}", cols, rows))
+    return out
+
+
+def _flat(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, value)`` for the scalars of a nested mapping (lists shown as JSON)."""
+    out = []
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += _flat(v, key + ".")
+        elif isinstance(v, list):
+            out.append((key, json.dumps(v, default=str)[:200]))
+        else:
+            out.append((key, "–" if v is None else str(v)))
+    return out
+
+
+def run_info(data: RunData) -> Section:
+    """Config, versions, timings and device from ``config.json`` and ``manifest.json``."""
+    s = Section("run", "Run information")
+    man = data.manifest
+    if not man:
+        s.paragraphs.append("No manifest.json in the run directory: versions and timings unknown.")
+    else:
+        top = [(k, str(v)) for k, v in man.items() if not isinstance(v, (Mapping, list))]
+        if isinstance(man.get("device"), Mapping):
+            top += [(f"device.{k}", v) for k, v in _flat(man["device"])]
+        if top:
+            s.tables.append(("Versions and host", ("field", "value"), top))
+        if isinstance(man.get("packages"), Mapping):
+            pk = [(k, "–" if v is None else str(v)) for k, v in man["packages"].items()]
+            s.tables.append(("Packages", ("package", "version"), pk))
+        if isinstance(man.get("timings"), Mapping):
+            s.tables.append(("Timings", ("stage", "seconds"), _flat(man["timings"])))
+    seeds = sorted({r.seed for r in data.rows})
+    s.paragraphs.append(
+        f"{len(data.rows)} result rows, {len(data.cells)} cells, "
+        f"seeds {', '.join(map(str, seeds))}; "
+        f"models: {', '.join(data.models)}; tasks: {', '.join(data.tasks)}; "
+        f"methods: {', '.join(data.methods)}."
+    )
+    if data.config:
+        s.code = json.dumps(data.config, indent=2, default=str)
+    else:
+        s.paragraphs.append("No config.json in the run directory.")
+    return s
+
+
+def scoring_section(data: RunData) -> Section:
+    """How accuracy was scored, with the lenient substring figure explained."""
+    modes = sorted({r.scoring for r in data.rows if r.scoring})
+    has_sub = any(r.substring_accuracy is not None for r in data.rows)
+    s = Section("scoring", "Scoring")
+    s.paragraphs.append(
+        "Accuracy is exact match: the answer parsed from the model's output (or the chosen "
+        "candidate, with log-likelihood scoring) must equal the target. The paper's authors scored "
+        "with a substring test (the target appears anywhere in the generated text), which counts "
+        "'2' as found in '12'; that lenient figure is shown beside exact match in the headline "
+        "table ('substring acc.') and in tables/cells.csv."
+        + ("" if has_sub else " This run's results carry no substring figure.")
+    )
+    s.paragraphs.append(
+        f"Scoring modes in this run: {', '.join(modes) if modes else 'not recorded'}. Intervals "
+        "are 95% Wilson score intervals; with several seeds, the pooled Wilson interval widened to "
+        "cover every seed's accuracy. Sentences call two settings different only when their "
+        "intervals do not overlap."
+    )
+    return s
+
+
+def build_sections(
+    data: RunData, figures: Sequence[FigureFile], notes: Mapping[str, str]
+) -> list[Section]:
+    """All sections in report order; ``notes`` holds the skip note of figure sections."""
+    summary = Section("summary", "Summary")
+    summary.bullets = [s for _, _, s in sentences(data)]
+    head = Section("headline", "Headline table")
+    head.paragraphs.append(
+        "Per model and task: the 0-shot baseline, ICL at its best k (by clean accuracy) and each "
+        "fine-tuned model evaluated 0-shot. Accuracy is exact match with its 95% interval (mean "
+        "over seeds and their standard deviation, sd, when there are several); n is the number "
+        "of test items per seed; the shortcut rate is the share of misleading items answered "
+        "with the shortcut's answer."
+    )
+    head.tables = headline_tables(data)
+    out = [summary, head]
+    for key, title in SECTION_TITLES.items():
+        sec = Section(key, title, figures=[f for f in figures if f.section == key])
+        if not sec.figures:
+            sec.note = notes.get(key, "Nothing to show for this run.")
+        if key == "analysis":
+            for a in data.analysis_summaries:
+                sec.tables.append((a.relpath, a.columns, a.rows))
+            if sec.tables and not sec.figures:
+                sec.note = None
+        out.append(sec)
+    out += [scoring_section(data), run_info(data)]
+    if data.notes:
+        out.append(Section("notes", "Reading notes", bullets=list(data.notes)))
+    return out
+
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;
+color:#1b1b1b;background:#fff;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:1.8em;margin:0 0 4px}h2{border-bottom:2px solid #0072B2;padding-bottom:3px;
+margin-top:2em}.meta{color:#555;margin:0 0 1em}
+nav ol{columns:2;margin:0;padding-left:1.4em}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.92em}
+caption{text-align:left;font-weight:600;padding:4px 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef4fa}tr:nth-child(even) td{background:#fafafa}
+td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{color:#333;font-size:.92em;margin-top:4px}
+.note{background:#fff7e0;border-left:4px solid #E69F00;padding:6px 10px}
+ul.summary li{margin-bottom:.5em}
+pre{background:#f5f5f5;padding:10px;overflow:auto;font-size:.85em;max-height:420px}
+footer{color:#666;font-size:.85em;margin-top:3em}
+"""
+
+# Counts the images that loaded (naturalWidth > 0) once the page is loaded and writes the
+# result as JSON into #img-check: a check the browser test reads back; harmless to readers.
+IMG_CHECK_JS = """
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  var el = document.getElementById('img-check');
+  el.textContent = JSON.stringify({total: imgs.length, loaded: ok,
+                                   tables: document.querySelectorAll('table').length});
+});
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_table(t: Table) -> str:
+    caption, cols, rows = t
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return (
+        f"<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def render_html(data: RunData, sections: Sequence[Section]) -> str:
+    """The report as one HTML document with every image embedded."""
+    version = data.manifest.get("iclft_version", "unknown")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>iclft report: {_e(data.run_dir.name)}</title><style>{CSS}</style></head>",
+        "<body><main>",
+        "<h1>ICL vs fine-tuning on implicit patterns</h1>",
+        f'<p class="meta">Run directory <code>{_e(data.run_dir)}</code> · iclft {_e(version)} · '
+        f"report written {_e(time.strftime('%Y-%m-%d %H:%M'))}</p>",
+        "<nav><strong>Contents</strong><ol>"
+        + "".join(f'<li><a href="#{s.anchor}">{_e(s.title)}</a></li>' for s in sections)
+        + "</ol></nav>",
+    ]
+    for s in sections:
+        parts.append(f'<section id="{s.anchor}"><h2>{_e(s.title)}</h2>')
+        if s.note:
+            parts.append(f'<p class="note">{_e(s.note)}</p>')
+        parts += [f"<p>{_e(p)}</p>" for p in s.paragraphs]
+        if s.bullets:
+            cls = ' class="summary"' if s.anchor == "summary" else ""
+            parts.append(f"<ul{cls}>" + "".join(f"<li>{_e(b)}</li>" for b in s.bullets) + "</ul>")
+        parts += [_html_table(t) for t in s.tables]
+        for f in s.figures:
+            parts.append(
+                f'<figure><img src="{_data_uri(f.path)}" alt="{_e(f.caption)}">'
+                f"<figcaption>{_e(f.caption)}</figcaption></figure>"
+            )
+        if s.code:
+            parts.append(
+                f"<details open><summary>config.json</summary><pre>{_e(s.code)}</pre></details>"
+            )
+        parts.append("</section>")
+    parts += [
+        "<footer>Tables as CSV in <code>tables/</code>, figures as PNG in <code>figures/</code>. "
+        'Image check: <span id="img-check">not run (scripts disabled)</span></footer>',
+        f"</main><script>{IMG_CHECK_JS}</script></body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(t: Table) -> str:
+    caption, cols, rows = t
+    lines = [f"**{_md(caption)}**", "", "| " + " | ".join(_md(c) for c in cols) + " |"]
+    lines.append("|" + "---|" * len(cols))
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(data: RunData, sections: Sequence[Section], base: Path) -> str:
+    """The report as Markdown; images are linked relative to ``base`` (the run directory)."""
+    version = data.manifest.get("iclft_version", "unknown")
+    out = [
+        "# ICL vs fine-tuning on implicit patterns",
+        "",
+        f"Run directory `{data.run_dir}` · iclft {version} · report written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+    ]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        if s.note:
+            out += [f"> {s.note}", ""]
+        for p in s.paragraphs:
+            out += [p, ""]
+        if s.bullets:
+            out += [f"- {b}" for b in s.bullets] + [""]
+        out += [_md_table(t) for t in s.tables]
+        for f in s.figures:
+            rel = f.path.relative_to(base).as_posix()
+            out += [f"![{f.path.stem}]({rel})", "", f"*{f.caption}*", ""]
+        if s.code:
+            out += ["```json", s.code, "```", ""]
+    return "\n".join(out)

@@ -1,0 +1,258 @@
+"""The headline table (baseline / best ICL / each fine-tuning method, clean and misleading),
+one sentence per task computed from its numbers, and the CSV tables of the report."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from iclft.report.data import Cell, RunData, fmt, is_finetune
+from iclft.store import atomic_writer
+
+
+@dataclass(frozen=True)
+class HeadlineEntry:
+    """One line of the headline table: a setting of one model on one task."""
+
+    model: str
+    task: str
+    label: str  # "baseline", "ICL (k=8)", "ft-full"
+    method: str
+    shots: int
+    clean: Cell | None
+    misleading: Cell | None
+
+    def get(self, variant: str) -> Cell | None:
+        return self.clean if variant == "clean" else self.misleading
+
+
+def best_icl_shots(data: RunData, model: str, task: str) -> int | None:
+    """The shot count with the highest clean ICL accuracy (misleading when there is no clean
+    variant); ties go to the fewest shots. ``None`` when the run has no ICL cells."""
+    for variant in ("clean", "misleading"):
+        cells = data.cells_for(model, task, variant, "icl")
+        if cells:
+            return max(cells, key=lambda c: (c.accuracy, -c.shots)).shots
+    return None
+
+
+def headline(data: RunData, model: str, task: str) -> list[HeadlineEntry]:
+    """Baseline, best ICL and each fine-tuning method of one model on one task (present ones)."""
+    out = []
+
+    def add(label: str, method: str, shots: int) -> None:
+        clean = data.cell(model, task, "clean", method, shots)
+        mis = data.cell(model, task, "misleading", method, shots)
+        if clean or mis:
+            out.append(HeadlineEntry(model, task, label, method, shots, clean, mis))
+
+    add("baseline", "baseline", 0)
+    k = best_icl_shots(data, model, task)
+    if k is not None:
+        add(f"ICL (k={k})", "icl", k)
+    for m in data.ft_methods(model):
+        add(m, m, 0)
+    return out
+
+
+def compare(a: Cell, b: Cell) -> int:
+    """1 if ``a``'s interval lies wholly above ``b``'s, -1 if wholly below, 0 if they overlap."""
+    if a.low > b.high:
+        return 1
+    if a.high < b.low:
+        return -1
+    return 0
+
+
+def _n_text(*cells: Cell) -> str:
+    ns = [c.n for c in cells if c.n is not None]
+    if not ns:
+        return "with these intervals"
+    seeds = min(c.n_seeds for c in cells)
+    return f"at n={min(ns)}" + (f" × {seeds} seeds" if seeds > 1 else "")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = None) -> str:
+    """One sentence stating what the numbers of one task say, hedged where intervals overlap.
+
+    The lead setting is ICL when present (else the best fine-tuning, else the baseline); its
+    clean accuracy is compared with the best fine-tuning (by clean accuracy) or the baseline,
+    then its misleading accuracy with its clean one, with the rate of shortcut answers."""
+    where = f"On {task}" + (f" ({model})" if model else "")
+    if not entries:
+        return f"{where}, nothing was evaluated."
+    main = "clean" if any(e.clean for e in entries) else "misleading"
+    have = [e for e in entries if e.get(main)]
+    base = next((e for e in have if e.method == "baseline"), None)
+    icl = next((e for e in have if e.method == "icl"), None)
+    fts = [e for e in have if is_finetune(e.method)]
+    ft = max(fts, key=lambda e: e.get(main).accuracy) if fts else None  # type: ignore[union-attr]
+
+    def acc(e: HeadlineEntry, v: str = main) -> str:
+        return fmt(e.get(v).accuracy)  # type: ignore[union-attr]
+
+    def name(e: HeadlineEntry) -> str:
+        if e.method == "icl":
+            return e.label
+        if e.method == "baseline":
+            return "the 0-shot baseline"
+        return f"the best fine-tuning ({e.label})" if len(fts) > 1 else f"fine-tuning ({e.label})"
+
+    lead = icl or ft or base
+    other = (ft or base) if icl else base
+    if lead is None:
+        return f"{where}, nothing was evaluated."
+    a = lead.get(main)
+    parts: list[str] = []
+    if other is None or other is lead:
+        parts.append(f"{where}, only {name(lead)} was evaluated: {acc(lead)} {main}")
+    else:
+        b = other.get(main)
+        c = compare(a, b)  # type: ignore[arg-type]
+        if c > 0:
+            parts.append(
+                f"{where}, {name(lead)} reaches {acc(lead)} {main} vs {acc(other)} for "
+                f"{name(other)}"
+            )
+        elif c < 0:
+            parts.append(
+                f"{where}, {name(other)} reaches {acc(other)} {main} vs {acc(lead)} for "
+                f"{name(lead)}"
+            )
+        else:
+            parts.append(
+                f"{where}, {name(lead)} ({acc(lead)} {main}) and {name(other)} ({acc(other)}) "
+                f"are not distinguishable {_n_text(a, b)}"  # type: ignore[arg-type]
+            )
+        if base is not None and other is not base and lead is not base:
+            parts[-1] += f", with the 0-shot baseline at {acc(base)}"
+    if main == "clean" and lead.misleading is not None and lead.clean is not None:
+        m = lead.misleading
+        c = compare(m, lead.clean)
+        who = "ICL" if lead.method == "icl" else name(lead)
+        if c < 0:
+            text = f"on misleading items {who} drops to {fmt(m.accuracy)}"
+        elif c > 0:
+            text = f"on misleading items {who} rises to {fmt(m.accuracy)}"
+        else:
+            text = (
+                f"on misleading items {who} scores {fmt(m.accuracy)} (not distinguishable "
+                f"from clean {_n_text(m, lead.clean)})"
+            )
+        if m.shortcut_rate is not None:
+            text += f" and answers the shortcut {_pct(m.shortcut_rate)} of the time"
+        parts.append(text)
+        if lead is icl and ft is not None and ft.misleading is not None:
+            fm = ft.misleading
+            c2 = compare(m, fm)
+            rel = {
+                1: "below ICL",
+                -1: "above ICL",
+                0: f"not distinguishable from ICL {_n_text(m, fm)}",
+            }[c2]
+            parts.append(f"{ft.label} scores {fmt(fm.accuracy)} there ({rel})")
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
+def sentences(data: RunData) -> list[tuple[str, str, str]]:
+    """``(model, task, sentence)`` for every model and task of the run."""
+    many = len(data.models) > 1
+    return [
+        (m, t, sentence(headline(data, m, t), t, m if many else None))
+        for m in data.models
+        for t in data.tasks
+        if any(c.model == m and c.task == t for c in data.cells.values())
+    ]
+
+
+CELL_COLUMNS = (
+    "model",
+    "task",
+    "variant",
+    "method",
+    "shots",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "std",
+    "min",
+    "max",
+    "n_seeds",
+    "n",
+    "substring_accuracy",
+    "shortcut_rate",
+    "parse_failures",
+    "train_examples",
+    "scoring",
+)
+
+
+def _num(x: float | int | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def cell_record(c: Cell) -> list[str]:
+    """A CSV row (:data:`CELL_COLUMNS`) for one cell."""
+    vals = (c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n)
+    extra = (c.substring_accuracy, c.shortcut_rate, c.parse_failures, c.train_examples)
+    return (
+        [c.model, c.task, c.variant, c.method, str(c.shots)]
+        + [_num(v) for v in (*vals, *extra)]
+        + [c.scoring or ""]
+    )
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    with atomic_writer(path) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_tables(data: RunData, tables_dir: Path) -> dict[str, Path]:
+    """Write ``headline.csv``, ``cells.csv`` and (with fine-tuning) ``finetune.csv``."""
+    out: dict[str, Path] = {}
+    head_rows = []
+    for m in data.models:
+        for t in data.tasks:
+            for e in headline(data, m, t):
+                for c in (e.clean, e.misleading):
+                    if c is not None:
+                        head_rows.append([e.label, *cell_record(c)])
+    out["headline"] = _write_csv(tables_dir / "headline.csv", ("entry", *CELL_COLUMNS), head_rows)
+    cells = sorted(
+        data.cells.values(), key=lambda c: (c.model, c.task, c.method, c.variant, c.shots)
+    )
+    out["cells"] = _write_csv(
+        tables_dir / "cells.csv", CELL_COLUMNS, [cell_record(c) for c in cells]
+    )
+    if data.finetune:
+        rows = []
+        for f in data.finetune:
+            man = f.manifest
+            timings = man.get("timings") if isinstance(man.get("timings"), dict) else {}
+            rows.append(
+                [
+                    f.model,
+                    f.method,
+                    _num(man.get("steps") if isinstance(man.get("steps"), int) else None),
+                    _num(f.examples_seen),
+                    _num(
+                        man.get("final_loss") if isinstance(man.get("final_loss"), float) else None
+                    ),
+                    _num(timings.get("train_seconds")),
+                ]
+            )
+        header = ("model", "method", "steps", "examples_seen", "final_loss", "train_seconds")
+        out["finetune"] = _write_csv(tables_dir / "finetune.csv", header, rows)
+    return out

@@ -1,0 +1,176 @@
+"""``build_report`` end to end on synthetic run directories: every artefact, a self-contained
+HTML file, Markdown links, sections skipped with a note when their inputs are missing."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import re
+import struct
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from iclft.errors import UserError
+from iclft.report import build_report
+
+from .synthetic import FT_METHODS
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR; fails the test when it is not a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_full_report_writes_figures_tables_html_and_markdown(full_report):
+    p = full_report
+    assert p.html.is_file() and p.markdown.is_file()
+    names = sorted(f.name for f in p.figures)
+    for kind in ("accuracy_vs_shots", "robustness", "finetune_curves", "data_efficiency"):
+        assert f"{kind}__smollm2-135m.png" in names
+        assert f"{kind}__Qwen__Qwen1.5-0.5B.png" in names
+    assert "analysis__circuits__expression__heatmap_icl.png" in names
+    assert len(names) == 10
+    for f in p.figures:
+        w, h = png_size(f.read_bytes())
+        assert w > 100 and h > 100 or f.name.startswith("analysis__")
+    assert set(p.tables) == {"headline", "cells", "finetune"}
+    assert p.skipped == {}
+    assert len(p.sentences) == 4  # 2 models x 2 tasks
+
+
+def test_headline_csv_has_baseline_best_icl_and_each_finetuning(full_report):
+    with open(full_report.tables["headline"]) as f:
+        rows = list(csv.DictReader(f))
+    one = [r for r in rows if r["model"] == "smollm2-135m" and r["task"] == "expression"]
+    entries = list(dict.fromkeys(r["entry"] for r in one))
+    assert (
+        entries[0] == "baseline"
+        and entries[1].startswith("ICL (k=")
+        and entries[2:] == list(FT_METHODS)
+    )
+    icl = [r for r in one if r["method"] == "icl"]
+    assert {r["variant"] for r in icl} == {"clean", "misleading"}
+    assert len({r["shots"] for r in icl}) == 1  # misleading shown at the clean-best k
+    with open(full_report.tables["cells"]) as f:
+        cells = list(csv.DictReader(f))
+    clean_icl = [
+        r
+        for r in cells
+        if (r["model"], r["task"], r["variant"], r["method"])
+        == ("smollm2-135m", "expression", "clean", "icl")
+    ]
+    best = max(clean_icl, key=lambda r: (float(r["accuracy"]), -int(r["shots"])))
+    assert icl[0]["shots"] == best["shots"]
+    assert all(r["n_seeds"] == "2" and r["std"] != "" for r in cells)
+    for r in cells:
+        assert float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"])
+
+
+def test_html_is_one_self_contained_file(full_report):
+    text = full_report.html.read_text()
+    assert "<link" not in text and "<script src" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:|//|figures/)""", text)
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    assert len(srcs) == len(full_report.figures)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert embedded == {f.read_bytes() for f in full_report.figures}
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    for sentence in full_report.sentences:
+        assert html.escape(sentence) in text
+    # headline tables (one per model), run information, scoring note, analysis summary
+    assert text.count("<caption>Headline: ") == 2
+    for needle in ("abc123", "finetune.ft-full_s", "future_key", "substring test", "] sd 0."):
+        assert needle in text
+    assert "faithfulness" in text and "0.6 [0.4, 0.8]" in text and "ignored" not in text
+
+
+def test_markdown_links_every_figure_relatively(full_report):
+    md = full_report.markdown.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == len(full_report.figures)
+    for link in links:
+        assert link.startswith("figures/") and (full_report.run_dir / link).is_file()
+    assert "| task | setting | clean accuracy [95%] |" in md
+    assert full_report.sentences[0] in md
+
+
+def test_run_without_finetuning_misleading_or_analysis_skips_with_notes(tmp_path, make_run):
+    run = make_run(
+        tmp_path / "run",
+        tasks=("parity",),
+        variants=("clean",),
+        methods=("baseline", "icl"),
+        curves=False,
+        analysis=False,
+    )
+    p = build_report(run)
+    assert sorted(f.name for f in p.figures) == [
+        "accuracy_vs_shots__smollm2-135m.png",
+        "data_efficiency__smollm2-135m.png",
+    ]
+    assert set(p.skipped) == {"robustness", "curves", "analysis"}
+    assert "only the clean variant" in p.skipped["robustness"]
+    text = p.html.read_text()
+    for note in p.skipped.values():
+        assert html.escape(note) in text
+    assert "finetune" not in p.tables
+    (s,) = p.sentences
+    assert "for the 0-shot baseline" in s and "misleading" not in s
+
+
+def test_run_with_only_finetuning_still_reports(tmp_path, make_run):
+    run = make_run(tmp_path / "run", tasks=("boolean",), methods=("baseline", "ft-lora"))
+    p = build_report(run)
+    assert {f.name.split("__")[0] for f in p.figures} >= {
+        "accuracy_vs_shots",
+        "robustness",
+        "finetune_curves",
+        "data_efficiency",
+    }
+    (s,) = p.sentences
+    assert "fine-tuning (ft-lora)" in s and "ICL" not in s
+
+
+def test_report_command_prints_the_paths_and_raises_user_errors(tmp_path, make_run):
+    from iclft.cli.report import report_command
+
+    app = typer.Typer()
+    app.command()(report_command)
+    run = make_run(
+        tmp_path / "run",
+        tasks=("expression",),
+        variants=("clean",),
+        methods=("baseline", "icl"),
+        shots=(1,),
+        curves=False,
+        analysis=False,
+    )
+    result = CliRunner().invoke(app, [str(run)], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert str(run / "report.html") in result.output and str(run / "report.md") in result.output
+    assert "On expression" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, [str(empty)])
+    assert isinstance(result.exception, UserError)
+    assert "run `iclft run` first" in str(result.exception)
+
+
+@pytest.mark.parametrize("missing", ["config.json", "manifest.json"])
+def test_missing_config_or_manifest_is_noted_not_fatal(tmp_path, make_run, missing):
+    run = make_run(
+        tmp_path / "run",
+        tasks=("expression",),
+        methods=("baseline", "icl"),
+        shots=(1,),
+        curves=False,
+        analysis=False,
+        variants=("clean",),
+    )
+    (run / missing).unlink()
+    page = build_report(run).html.read_text()
+    assert f"No {missing}" in page

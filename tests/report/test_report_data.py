@@ -1,0 +1,190 @@
+"""Reading results: pooling over seeds, intervals, derived fields, the headline and its
+sentences computed from the numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from iclft.errors import UserError
+from iclft.icl.metrics import wilson_interval
+from iclft.report.data import ResultRow, aggregate, load_run
+from iclft.report.tables import best_icl_shots, compare, headline, sentence
+
+from .synthetic import result_row
+
+
+def _rows(*dicts):
+    return [ResultRow.from_json(d, f"test:{i}") for i, d in enumerate(dicts, 1)]
+
+
+def _write_results(run_dir, rows):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return run_dir
+
+
+def test_one_seed_keeps_the_rows_wilson_interval():
+    (cell,) = aggregate(_rows(result_row("m", "t", "clean", "icl", 4, 0, 12, 40))).values()
+    lo, hi = wilson_interval(12, 40)
+    assert (cell.accuracy, cell.low, cell.high) == (0.3, lo, hi)
+    assert cell.n_seeds == 1 and cell.std is None and cell.n == 40
+    assert cell.train_examples == 4  # derived for ICL: k demonstrations
+
+
+def test_one_seed_without_interval_gets_wilson_from_counts():
+    d = result_row("m", "t", "clean", "baseline", 0, 0, 5, 20)
+    del d["ci_low"], d["ci_high"]
+    (cell,) = aggregate(_rows(d)).values()
+    assert (cell.low, cell.high) == pytest.approx(wilson_interval(5, 20))
+    assert cell.train_examples == 0
+
+
+def test_several_seeds_pool_mean_spread_and_a_covering_interval():
+    rows = _rows(
+        *(result_row("m", "t", "clean", "icl", 8, s, c, 20) for s, c in enumerate((4, 10, 16)))
+    )
+    (cell,) = aggregate(rows).values()
+    accs = [0.2, 0.5, 0.8]
+    assert cell.accuracy == pytest.approx(0.5)
+    assert cell.std == pytest.approx(0.3)
+    assert (cell.acc_min, cell.acc_max, cell.n_seeds, cell.n_total) == (0.2, 0.8, 3, 60)
+    pooled = wilson_interval(30, 60)
+    # the pooled interval is narrower than the seed range here: the band widens to cover seeds
+    assert cell.low == pytest.approx(min(pooled[0], *accs))
+    assert cell.high == pytest.approx(max(pooled[1], *accs))
+    assert cell.low == 0.2 and cell.high == 0.8
+
+
+def test_a_seed_written_twice_counts_once_last_row_wins():
+    rows = _rows(
+        result_row("m", "t", "clean", "icl", 1, 0, 2, 20),
+        result_row("m", "t", "clean", "icl", 1, 0, 6, 20),
+    )
+    (cell,) = aggregate(rows).values()
+    assert cell.n_seeds == 1 and cell.accuracy == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"accuracy": 1.5}, "accuracy must be a number in [0, 1]"),
+        ({"method": None}, "lacks method"),
+    ],
+)
+def test_malformed_rows_are_user_errors_with_their_line(tmp_path, change, message):
+    good = result_row("m", "t", "clean", "icl", 1, 0, 2, 20)
+    run = _write_results(tmp_path / "run", [good, {**good, **change}])
+    with pytest.raises(UserError, match=r"results\.jsonl:2: ") as e:
+        load_run(run)
+    assert message in str(e.value)
+
+
+def test_no_results_is_a_user_error_that_says_what_to_do(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match=r"no results in .*run; run `iclft run` first"):
+        load_run(tmp_path / "run")
+    (tmp_path / "run" / "results.jsonl").write_text("")
+    with pytest.raises(UserError, match="no results in"):
+        load_run(tmp_path / "run")
+
+
+def test_finetuned_cells_take_examples_seen_from_the_curve_and_hub_ids_match_slugs(
+    tmp_path, make_run
+):
+    model = "Qwen/Qwen1.5-0.5B"
+    run = make_run(tmp_path / "run", models=(model,), methods=("baseline", "ft-full"))
+    rows = [json.loads(ln) for ln in (run / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("train_examples", None)
+    _write_results(run, rows)
+    data = load_run(run)
+    (ft,) = data.finetune
+    assert (ft.model, ft.method, ft.examples_seen) == (model, "ft-full", 320)
+    assert ft.directory.parent.name == "Qwen__Qwen1.5-0.5B"
+    cell = data.cell(model, "expression", "clean", "ft-full")
+    assert cell is not None and cell.train_examples == 320
+    assert data.ft_methods(model) == ["ft-full"]
+
+
+def test_best_icl_is_highest_clean_accuracy_fewest_shots_on_ties(tmp_path):
+    rows = [
+        result_row("m", "t", "clean", "icl", k, 0, c, 20) for k, c in ((1, 5), (4, 12), (8, 12))
+    ] + [result_row("m", "t", "misleading", "icl", k, 0, 19, 20) for k in (1, 4, 8)]
+    data = load_run(_write_results(tmp_path / "run", rows))
+    assert best_icl_shots(data, "m", "t") == 4
+    (entry,) = headline(data, "m", "t")
+    assert entry.label == "ICL (k=4)"
+    assert entry.misleading is not None and entry.misleading.shots == 4
+
+
+def _paper_like(tmp_path, *, icl_clean, ft_clean, icl_mis, n=50, shortcut=0.8, ft=True):
+    rows = [
+        result_row("m", "expression", "clean", "baseline", 0, 0, 5, n),
+        result_row("m", "expression", "misleading", "baseline", 0, 0, 4, n),
+        result_row("m", "expression", "clean", "icl", 2, 0, icl_clean // 2, n),
+        result_row("m", "expression", "clean", "icl", 8, 0, icl_clean, n),
+        result_row(
+            "m", "expression", "misleading", "icl", 8, 0, icl_mis, n, shortcut_rate=shortcut
+        ),
+    ]
+    if ft:
+        rows += [
+            result_row("m", "expression", "clean", "ft-full", 0, 0, ft_clean, n),
+            result_row("m", "expression", "misleading", "ft-full", 0, 0, 6, n),
+        ]
+    data = load_run(_write_results(tmp_path / "run", rows))
+    return sentence(headline(data, "m", "expression"), "expression")
+
+
+def test_sentence_states_a_clear_icl_win_the_drop_and_the_shortcut(tmp_path):
+    s = _paper_like(tmp_path, icl_clean=31, ft_clean=5, icl_mis=2)
+    assert s.startswith(
+        "On expression, ICL (k=8) reaches 0.62 clean vs 0.10 for fine-tuning (ft-full)"
+    )
+    assert "with the 0-shot baseline at 0.10" in s
+    assert "on misleading items ICL drops to 0.04 and answers the shortcut 80% of the time" in s
+    assert "ft-full scores 0.12 there" in s
+    assert "not distinguishable" not in s.split(";")[0]
+
+
+def test_sentence_hedges_when_intervals_overlap(tmp_path):
+    s = _paper_like(tmp_path, icl_clean=9, ft_clean=7, icl_mis=8, n=20)
+    first = s.split(";")[0]
+    assert (
+        "ICL (k=8) (0.45 clean) and fine-tuning (ft-full) (0.35) are not distinguishable at n=20"
+        in first
+    )
+    assert "ICL scores 0.40 (not distinguishable from clean at n=20) and answers" in s
+    assert "reaches" not in s
+
+
+def test_sentence_without_finetuning_compares_icl_with_the_baseline(tmp_path):
+    s = _paper_like(tmp_path, icl_clean=30, ft_clean=0, icl_mis=45, ft=False)
+    assert s.startswith(
+        "On expression, ICL (k=8) reaches 0.60 clean vs 0.10 for the 0-shot baseline"
+    )
+    assert "on misleading items ICL rises to 0.90" in s
+    assert "ft-" not in s
+
+
+def test_sentence_when_fine_tuning_wins(tmp_path):
+    s = _paper_like(tmp_path, icl_clean=6, ft_clean=40, icl_mis=3)
+    assert s.startswith(
+        "On expression, fine-tuning (ft-full) reaches 0.80 clean vs 0.12 for ICL (k=8)"
+    )
+
+
+def test_compare_is_symmetric_and_zero_on_overlap():
+    a, b, c = aggregate(
+        _rows(
+            result_row("m", "t", "clean", "icl", 1, 0, 45, 50),
+            result_row("m", "t", "clean", "icl", 2, 0, 5, 50),
+            result_row("m", "t", "clean", "icl", 4, 0, 42, 50),
+        )
+    ).values()
+    assert (compare(a, b), compare(b, a), compare(a, c)) == (1, -1, 0)
+    assert not math.isnan(a.low)
