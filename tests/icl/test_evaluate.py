@@ -75,3 +75,16 @@ def test_shots_far_beyond_context_are_refused(tiny_tokenizer, tiny_model_factory
 def test_spec_validation(kwargs, match):
     with pytest.raises(UserError, match=match):
         EvalSpec(**kwargs).check()
+
+
+def test_conflict_shortcut_rate_counts_only_items_where_the_shortcut_is_wrong(
+    tiny_models, tiny_tokenizer
+):
+    eng = Engine(tiny_models["qwen2"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
+    spec = EvalSpec(tasks=("relation",), variants=("misleading",), n=10, scoring="loglik")
+    out = evaluate_task(eng, get_task("relation"), spec.check(), model_label="tiny")
+    (row,) = out.results
+    conflict = [p for p in out.predictions if p["shortcut_target"] != p["target"]]
+    assert row["conflict_n"] == len(conflict) > 0
+    want = sum(p["prediction"] == p["shortcut_target"] for p in conflict) / len(conflict)
+    assert row["conflict_shortcut_rate"] == pytest.approx(want)

@@ -193,6 +193,8 @@ def evaluate_task(
     for (variant, k), rows in cells.items():
         n = len(rows)
         correct = sum(r["correct"] for r in rows)
+        # shortcut-following where it matters: items on which the shortcut answer is wrong
+        conflict = [r for r in rows if r["shortcut_target"] != r["target"]]
         lo, hi = wilson_interval(correct, n)
         out.results.append(
             {
@@ -213,6 +215,12 @@ def evaluate_task(
                 "ci_high": hi,
                 "substring_accuracy": sum(r["substring_correct"] for r in rows) / n,
                 "shortcut_rate": sum(r["shortcut_answer"] for r in rows) / n,
+                "conflict_n": len(conflict),
+                "conflict_shortcut_rate": (
+                    sum(r["shortcut_answer"] for r in conflict) / len(conflict)
+                    if conflict
+                    else None
+                ),
                 "parse_failures": sum(r["prediction"] is None for r in rows),
             }
         )

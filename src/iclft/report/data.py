@@ -81,6 +81,8 @@ class ResultRow:
     scoring: str | None = None
     substring_accuracy: float | None = None
     shortcut_rate: float | None = None
+    #: shortcut answers among items whose shortcut answer is wrong
+    conflict_shortcut_rate: float | None = None
     parse_failures: int | None = None
     train_examples: int | None = None
 
@@ -119,6 +121,7 @@ class ResultRow:
             scoring=None if d.get("scoring") is None else str(d["scoring"]),
             substring_accuracy=_opt_float(d.get("substring_accuracy")),
             shortcut_rate=_opt_float(d.get("shortcut_rate")),
+            conflict_shortcut_rate=_opt_float(d.get("conflict_shortcut_rate")),
             parse_failures=_opt_int(d.get("parse_failures")),
             train_examples=train,
         )
@@ -147,6 +150,7 @@ class Cell:
     acc_max: float
     substring_accuracy: float | None
     shortcut_rate: float | None
+    conflict_shortcut_rate: float | None
     parse_failures: int | None  # summed over seeds
     train_examples: int | None
     scoring: str | None
@@ -208,6 +212,7 @@ def aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
             acc_max=max(accs),
             substring_accuracy=_mean(r.substring_accuracy for r in rs),
             shortcut_rate=_mean(r.shortcut_rate for r in rs),
+            conflict_shortcut_rate=_mean(r.conflict_shortcut_rate for r in rs),
             parse_failures=sum(p for p in pf if p is not None)
             if any(p is not None for p in pf)
             else None,

@@ -145,7 +145,12 @@ def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = No
                 f"on misleading items {who} scores {fmt(m.accuracy)} (not distinguishable "
                 f"from clean {_n_text(m, lead.clean)})"
             )
-        if m.shortcut_rate is not None:
+        if m.conflict_shortcut_rate is not None:
+            text += (
+                f" and gives the shortcut answer on {_pct(m.conflict_shortcut_rate)} of the "
+                "items where it is wrong"
+            )
+        elif m.shortcut_rate is not None:
             text += f" and answers the shortcut {_pct(m.shortcut_rate)} of the time"
         parts.append(text)
         if lead is icl and ft is not None and ft.misleading is not None:
