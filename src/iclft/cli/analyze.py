@@ -1,4 +1,4 @@
-"""``iclft analyze``: mechanistic analyses (circuits and circuit shift)."""
+"""``iclft analyze``: mechanistic analyses (circuits and circuit shift; ICL vs gradient descent)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Mechanistic analyses: circuits and circuit shift.", no_args_is_help=True)
+app = typer.Typer(
+    help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
+    no_args_is_help=True,
+)
 
 
 @contextmanager
@@ -95,3 +98,56 @@ def circuits_command(
             f"1-cos {c['value']} [{c['ci_low']}, {c['ci_high']}]"
         )
     out.print(f"wrote {output / 'circuits.json'}")
+
+
+@app.command("similarity")
+def similarity_command(
+    model: str = typer.Option(
+        None, "--model", "-m", help="Base model: alias, directory or hub id."
+    ),
+    task: str = typer.Option(
+        ..., "--task", "-t", help="expression, boolean, parity, relation, code."
+    ),
+    shots: int = typer.Option(
+        8, "--shots", "-k", help="Demonstrations: the ICL prompt's and GD's training data (>= 1)."
+    ),
+    n: int = typer.Option(8, "-n", "--n", help="Test queries."),
+    lr: float = typer.Option(1e-3, "--lr", help="SGD learning rate of GD and layer-causal GD."),
+    seed: int = typer.Option(
+        0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+) -> None:
+    """Compare ICL with gradient descent on the same k demonstrations (vanilla and layer-causal,
+    K/V only) and a random update: SimAOU, SimAOU_norm, SimAM, SimAM_Δ, Rec2FTP; write
+    similarity.json, similarity_per_layer.png and manifest.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from iclft.analysis.similarity import UPDATES, SimilaritySpec, run_similarity
+    from iclft.store import ensure_writable_dir
+
+    spec = SimilaritySpec(task=task, shots=shots, n=n, lr=lr, seed=seed).check()
+    ensure_writable_dir(output)
+    with _progress() as track:
+        report = run_similarity(spec, output, model=model, device=device, dtype=dtype, track=track)
+    s = report["summary"]
+    table = Table(title=f"{task}: ICL vs FT ({report['n_queries']} queries, mean over layers)")
+    table.add_column("metric")
+    for u in UPDATES:
+        table.add_column(u, justify="right")
+    for metric in ("simaou", "simaou_norm", "simam", "simam_delta", "rec2ftp", "acc"):
+        table.add_row(metric, *(_fmt(s.get(f"{metric}_{u}")) for u in UPDATES))
+    out = Console()
+    out.print(table)
+    out.print(
+        f"ZSL SimAM {_fmt(s['simam_zsl'])}; accuracy zsl {_fmt(s['acc_zsl'])}, "
+        f"icl {_fmt(s['acc_icl'])}"
+    )
+    out.print(f"wrote {output / 'similarity.json'}")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
