@@ -253,7 +253,10 @@ def run_finetune(
         unwrapped = trainer.model
         if cfg.selection == "lora":
             unwrapped.peft_config["default"].base_model_name_or_path = cfg.model
-            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+            # embeddings are never LoRA targets here; "auto" would look the base up on a hub
+            unwrapped.save_pretrained(
+                str(out_dir), safe_serialization=True, save_embedding_layers=False
+            )
         else:
             unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
         tok.save_pretrained(str(out_dir))
