@@ -39,7 +39,7 @@ def test_prefix_cache_logits_equal_full_forward(arch, tiny_models, tiny_tokenize
     else:
         suffixes[1] = suffixes[1][:5]  # unequal lengths force padding
     with torch.inference_mode():
-        ids, mask, pos, cache = eng._batch_inputs(prefix, suffixes)
+        ids, mask, pos, cache = eng._batch_inputs([prefix] * len(suffixes), suffixes)
         got = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache
         ).logits
@@ -126,7 +126,45 @@ def test_sliding_window_models_are_never_padded_past_the_window(tiny_models, tin
     assert long_ones  # the case is exercised
     seqs = [eng.encode(p.text) for p in prompts]
     hints = [eng.encode(p.prefix) for p in prompts]
-    for _prefix, batch in eng._plan(seqs, hints, [1] * len(seqs), 4):
+    for _prefixes, batch in eng._plan(seqs, hints, [1] * len(seqs), 4):
         lens = {len(seqs[i]) for i in batch}
         if max(lens) + 4 >= 64:
             assert len(lens) == 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_ragged_prefixes_in_one_batch_equal_full_forwards(arch, tiny_models, tiny_tokenizer):
+    """Rows continuing different cached prefixes (of different lengths) in one batch compute
+    what each whole sequence computes alone."""
+    model = tiny_models[arch]
+    eng = Engine(model, tiny_tokenizer)
+    task = get_task("parity")
+    demos = task.generate("clean", 3, 4)
+    prefixes = [
+        tuple(eng.encode(task.instruction + "\n\n" + "\n\n".join(task.render_demo(d) for d in ds)))
+        for ds in (demos[:1], demos[:3], [])
+    ]
+    prefixes[2] = prefixes[2][:3]
+    suffixes = [eng.encode(task.render_query(e)) for e in task.generate("misleading", 3, 4)]
+    suffixes[0] = suffixes[0][:7]
+    with torch.inference_mode():
+        ids, mask, pos, cache = eng._batch_inputs(prefixes, suffixes)
+        got = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache
+        ).logits
+        for b, (p, s) in enumerate(zip(prefixes, suffixes)):
+            want = model(input_ids=torch.tensor([list(p) + list(s)])).logits[0, -len(s) :]
+            torch.testing.assert_close(got[b, -len(s) :], want, atol=1e-4, rtol=1e-4)
+
+
+def test_per_query_prompts_reuse_their_own_shorter_prompts(tiny_models, tiny_tokenizer):
+    """Per-query demonstrations nest across shot counts of the same query: the engine builds
+    each query's longer prefix on its shorter one instead of encoding it again."""
+    prompts = _prompts("boolean", shots=(1, 2, 4), n=3, mode="per-query")
+    eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=4, max_new_tokens=3)
+    eng.generate([p.text for p in prompts], [p.prefix for p in prompts])
+    longest = {}
+    for p in prompts:
+        key = (p.query.id, p.query.variant)
+        longest[key] = max(longest.get(key, 0), len(eng.encode(p.prefix)))
+    assert eng.stats.prefix_tokens <= sum(longest.values())

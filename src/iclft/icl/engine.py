@@ -184,47 +184,59 @@ class Engine:
             self._prefixes.popitem(last=False)
         return cache
 
-    def _batch_inputs(self, prefix: tuple[int, ...], suffixes: Sequence[Sequence[int]]):
-        """Cache repeated over the batch, left-padded suffixes, mask and position ids."""
-        B, L = len(suffixes), len(prefix)
+    def _batch_inputs(self, prefixes: Sequence[tuple[int, ...]], suffixes: Sequence[Sequence[int]]):
+        """The batch's key/value cache, left-padded suffixes, attention mask and position ids.
+
+        Row r continues its own prefix (``prefixes[r]``, cached at batch 1). Rows sharing one
+        prefix repeat its cache; rows with different prefixes get a ragged cache: each prefix
+        right-aligned, the empty slots before it masked out, and positions counted from the
+        row's own prefix length, so every row computes exactly what it would alone."""
+        B = len(suffixes)
         S = max(len(s) for s in suffixes)
+        lens = [len(p) for p in prefixes]
+        L = max(lens)
         dev = self.device
         ids = torch.full((B, S), self.pad_id, dtype=torch.long)
         smask = torch.zeros((B, S), dtype=torch.long)
+        pmask = torch.zeros((B, L), dtype=torch.long)
         for i, s in enumerate(suffixes):
             ids[i, S - len(s) :] = torch.tensor(s, dtype=torch.long)
             smask[i, S - len(s) :] = 1
-        pos = L + smask.cumsum(-1) - 1
-        pos = pos.masked_fill(smask == 0, max(L, 1) - 1 if L else 0)
-        mask = torch.cat([torch.ones((B, L), dtype=torch.long), smask], dim=1)
-        if L:
-            cache = copy.deepcopy(self._prefix_cache(prefix))
+            pmask[i, L - lens[i] :] = 1
+        pos = torch.tensor(lens)[:, None] + smask.cumsum(-1) - 1
+        pos = pos.clamp(min=0).masked_fill(smask == 0, 0)
+        mask = torch.cat([pmask, smask], dim=1)
+        if L == 0:
+            cache = self._new_cache()
+        elif len(set(prefixes)) == 1:
+            cache = copy.deepcopy(self._prefix_cache(prefixes[0]))
             cache.batch_repeat_interleave(B)
         else:
-            cache = self._new_cache()
+            cache = self._ragged_cache(prefixes, L)
         n_real = sum(len(s) for s in suffixes)
         self.stats.suffix_tokens += n_real
         self.stats.padded_tokens += B * S - n_real
         return ids.to(dev), mask.to(dev), pos.to(dev), cache
 
-    # ----- grouping ---------------------------------------------------------------------
-    @staticmethod
-    def _shareable(hints: Sequence[Sequence[int] | None]) -> list[Sequence[int] | None]:
-        """A hint that no other item shares saves nothing (its cache would be built for one
-        item, one token at a time per prefix): such items fall back to the prefix common to
-        all hints (the instruction line in per-query mode), so they batch together."""
-        counts: dict[tuple[int, ...], int] = {}
-        for h in hints:
-            if h:
-                counts[tuple(h)] = counts.get(tuple(h), 0) + 1
-        if all(c > 1 for c in counts.values()):
-            return list(hints)
-        present = [h for h in hints if h]
-        common = present[0]
-        for h in present[1:]:
-            common = common[: _lcp(common, h)]
-        return [h if not h or counts[tuple(h)] > 1 else common for h in hints]
+    def _ragged_cache(self, prefixes: Sequence[tuple[int, ...]], L: int) -> DynamicCache:
+        """Stack per-prefix caches into one batch cache, each right-aligned in ``L`` slots."""
+        caches = {p: self._prefix_cache(p) for p in dict.fromkeys(prefixes) if p}
+        some = next(iter(caches.values()))
+        cache = self._new_cache()
+        for layer_idx, layer in enumerate(some.layers):
+            H = layer.keys.shape[1]
+            kv = []
+            for which in ("keys", "values"):
+                ref = getattr(layer, which)
+                out = ref.new_zeros((len(prefixes), H, L, ref.shape[-1]))
+                for r, p in enumerate(prefixes):
+                    if p:
+                        out[r, :, L - len(p) :] = getattr(caches[p].layers[layer_idx], which)[0]
+                kv.append(out)
+            cache.update(kv[0], kv[1], layer_idx)
+        return cache
 
+    # ----- grouping ---------------------------------------------------------------------
     def _plan(
         self,
         seqs: Sequence[Sequence[int]],
@@ -232,33 +244,48 @@ class Engine:
         keep: Sequence[int],
         extra: int = 0,
     ):
-        """Group items by reusable prefix; yield ``(prefix, [item indices])`` batches.
+        """Assign each item its reusable prefix and yield ``(prefixes, [item indices])``.
 
         ``keep[i]`` is how many trailing tokens of item i must stay in the suffix (at least 1,
-        the position whose logits are needed); ``extra`` is how many tokens may be generated."""
-        hints = self._shareable(hints)
-        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        the position whose logits are needed); ``extra`` is how many tokens may be generated.
+        Items are ordered by prefix (lexicographically, so a prefix comes right before the
+        prefixes that extend it: nested shot counts build on each other's caches) and cut into
+        batches. Models with a sliding window batch only identical prefixes and, when the
+        window can be reached, identical suffix lengths (padding counts against the window)."""
+        pref = []
         for i, (s, h) in enumerate(zip(seqs, hints)):
             n = max(min(_lcp(s, h), len(s) - keep[i]), 0) if h else 0
-            exact = self.window is not None and len(s) + extra >= self.window
-            groups.setdefault((tuple(s[:n]), len(s) - n if exact else -1), []).append(i)
-        for key in sorted(groups, key=lambda k: (len(k[0]), k[1])):  # short prefixes first:
-            prefix = key[0]  # longer ones extend their caches
-            items = sorted(groups[key], key=lambda i: len(seqs[i]))
-            batch: list[int] = []
-            longest = 0
-            for i in items:
-                slen = len(seqs[i]) - len(prefix)
-                if batch and (
-                    len(batch) >= self.batch_size
-                    or (len(batch) + 1) * max(longest, slen) > self.max_batch_tokens
-                ):
-                    yield prefix, batch
-                    batch, longest = [], 0
-                batch.append(i)
-                longest = max(longest, slen)
-            if batch:
-                yield prefix, batch
+            pref.append(tuple(s[:n]))
+        if self.window is None:
+            order = sorted(range(len(seqs)), key=lambda i: (pref[i], len(seqs[i])))
+            yield from self._cut(order, pref, seqs)
+            return
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for i, s in enumerate(seqs):
+            exact = len(s) + extra >= self.window
+            groups.setdefault((pref[i], len(s) - len(pref[i]) if exact else -1), []).append(i)
+        for key in sorted(groups, key=lambda k: (len(k[0]), k[1])):
+            yield from self._cut(sorted(groups[key], key=lambda i: len(seqs[i])), pref, seqs)
+
+    def _cut(self, order: list[int], pref, seqs):
+        """Batches of at most ``batch_size`` rows and ``max_batch_tokens`` rows x suffix
+        length (the cache, rows x prefix length, is capped at 4x that)."""
+        batch: list[int] = []
+        longest = widest = 0
+        for i in order:
+            slen, plen = len(seqs[i]) - len(pref[i]), len(pref[i])
+            n = len(batch) + 1
+            if batch and (
+                n > self.batch_size
+                or n * max(longest, slen) > self.max_batch_tokens
+                or n * max(widest, plen) > 4 * self.max_batch_tokens
+            ):
+                yield [pref[j] for j in batch], batch
+                batch, longest, widest = [], 0, 0
+            batch.append(i)
+            longest, widest = max(longest, slen), max(widest, plen)
+        if batch:
+            yield [pref[j] for j in batch], batch
 
     # ----- public API -------------------------------------------------------------------
     @torch.inference_mode()
@@ -278,17 +305,17 @@ class Engine:
         seqs = [self.encode(p) for p in prompts]
         hints = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
         outs: list[str] = [""] * len(prompts)
-        for prefix, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
-            suffixes = [seqs[i][len(prefix) :] for i in batch]
-            texts = self._greedy(prefix, suffixes, max_new)
+        for prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
+            suffixes = [seqs[i][len(p) :] for i, p in zip(batch, prefixes_)]
+            texts = self._greedy(prefixes_, suffixes, max_new)
             for i, t in zip(batch, texts):
                 outs[i] = t
             if progress:
                 progress(len(batch))
         return outs
 
-    def _greedy(self, prefix, suffixes, max_new: int) -> list[str]:
-        ids, mask, pos, cache = self._batch_inputs(prefix, suffixes)
+    def _greedy(self, prefixes, suffixes, max_new: int) -> list[str]:
+        ids, mask, pos, cache = self._batch_inputs(prefixes, suffixes)
         logits = self._forward(ids, mask, pos, cache, logits_to_keep=1)[:, -1]
         B = len(suffixes)
         gen: list[list[int]] = [[] for _ in range(B)]
@@ -351,9 +378,9 @@ class Engine:
         scores: list[list[float]] = [[0.0] * len(c) for c in continuations]
         done_prompts: set[int] = set()
         keep = [n + 1 for n in n_cont]
-        for prefix, batch in self._plan(seqs, hints, keep):
-            suffixes = [seqs[r][len(prefix) :] for r in batch]
-            ids, mask, pos, cache = self._batch_inputs(prefix, suffixes)
+        for prefixes_, batch in self._plan(seqs, hints, keep):
+            suffixes = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
+            ids, mask, pos, cache = self._batch_inputs(prefixes_, suffixes)
             K = max(n_cont[r] for r in batch) + 1
             logits = self._forward(ids, mask, pos, cache, logits_to_keep=K)
             logp = torch.log_softmax(logits.float(), dim=-1)
