@@ -105,3 +105,28 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _rows(run_dir) == _rows(reference)
     assert (run_dir / "report.html").exists()
+
+
+def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):
+    from iclft.report import build_report
+
+    data = _config(
+        tiny_dir,
+        tasks=["boolean"],
+        methods=["baseline", "icl"],
+        shots=[0, 2],
+        analysis={
+            "circuits": {"enabled": True, "shots": 1, "n": 2, "method": "attribution"},
+            "similarity": {"enabled": True, "shots": 2, "n": 3, "lr": 1e-2},
+        },
+    )
+    cfg = validate_config(data)
+    assert [s.kind for s in plan(cfg)] == ["icl", "circuits", "similarity"]
+    s = run_experiment(cfg, tmp_path / "r", show_progress=False)
+    assert s.ran == 3
+    analysis = tmp_path / "r" / "analysis"
+    assert list(analysis.rglob("circuits.json")) and list(analysis.rglob("similarity.json"))
+    paths = build_report(tmp_path / "r")
+    html = paths.html.read_text()
+    assert "analysis" in " ".join(p.name for p in paths.figures)
+    assert "similarity" in html.lower()
