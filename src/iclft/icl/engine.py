@@ -9,9 +9,11 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
    demonstrations) and computes the key/value cache of that prefix once, extending the cache
    of a shorter cached prefix when one exists (shot counts nest: the 8-shot prefix extends the
    4-shot one);
-3. runs the remaining suffixes in batches on top of the cache, repeated along the batch. Suffixes
-   are padded on the left, so padding sits *between* prefix and suffix; the attention mask hides
-   it and position ids skip it, so every row computes what it would alone;
+3. runs the remaining suffixes in batches on top of the caches. Rows sharing a prefix repeat
+   its cache; rows with different prefixes (per-query demonstrations, mixed shot counts) get a
+   ragged cache with each prefix right-aligned. Suffixes are padded on the left, so padding sits
+   *between* prefix and suffix; the attention mask hides it and position ids count from each
+   row's own prefix length, so every row computes what it would alone;
 4. decodes greedily, one token per step for the whole batch, dropping rows as they finish
    (a newline or an end-of-sequence token).
 
