@@ -169,3 +169,15 @@ def test_in_memory_gd_equals_trainer_demonstrations_mode(tiny_model_dir, tmp_pat
         torch.testing.assert_close(p.detach(), trained[name], rtol=1e-5, atol=1e-6)
     base = _weights(tiny_model_dir)
     assert any(not torch.equal(base[n], p.detach()) for n, p in new.named_parameters())
+
+
+def test_lora_runs_are_reproducible_whatever_ran_before(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, method="lora", steps=2, eval_every=0, lr=1e-2)
+    run_finetune(cfg, tmp_path / "a", show_progress=False)
+    torch.rand(1000)  # consume the global generator, as earlier stages of a run would
+    run_finetune(cfg, tmp_path / "b", show_progress=False)
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

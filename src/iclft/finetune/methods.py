@@ -93,7 +93,11 @@ def select_parameters(model: nn.Module, selection: str, cfg) -> nn.Module:
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, lcfg)
+        # peft draws LoRA's initial A matrices from torch's global generator: seed it here, in a
+        # forked RNG state, so the adapter depends on the run's seed and nothing that ran before
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(getattr(cfg, "seed", 0)))
+            return get_peft_model(model, lcfg)
     for p in model.parameters():
         p.requires_grad_(selection == "full")
     if selection == "kv":
