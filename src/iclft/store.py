@@ -1,9 +1,9 @@
 """Writing results safely: atomic file writes, appended JSON lines, and the run manifest.
 
 Every file is written to a temporary sibling and renamed into place, so a reader never sees a
-half-written file and a killed process never corrupts what was there before. JSONL files are
-appended one complete line at a time with ``fsync``; a trailing partial line (a process killed
-mid-write) is ignored and cut off on the next append.
+half-written file and a killed process never corrupts what was there before (the runner rebuilds
+``results.jsonl`` this way after each stage). ``read_jsonl`` ignores a trailing line without its
+newline, the mark of a write cut short.
 """
 
 from __future__ import annotations
@@ -65,27 +65,6 @@ def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     with atomic_writer(path) as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Append complete lines and fsync. A torn last line from an earlier crash is cut first."""
-    path = Path(path)
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not lines:
-        return
-    with open(path, "a+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(size - 1)
-            if f.read(1) != b"\n":  # torn line: drop it
-                f.seek(0)
-                data = f.read()
-                keep = data.rfind(b"\n") + 1
-                f.truncate(keep)
-                f.seek(keep)
-        f.write(lines.encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

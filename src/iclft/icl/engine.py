@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, StoppingCriteria
@@ -42,7 +42,6 @@ class EngineStats:
     forwards: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
