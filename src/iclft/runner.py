@@ -197,14 +197,14 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
 
         s = cfg.finetune_for(stage.method)
         ft = make_config(
-            model=stage.model, method=FT_METHODS[stage.method], params=s.params,
-            tasks=list(cfg.tasks), train_n=s.train_n, train_variant=s.train_variant,
-            loss_on=s.loss_on, steps=s.steps, lr=s.lr, schedule=s.schedule,
-            warmup_steps=s.warmup_steps, batch_size=s.batch_size, grad_accum=s.grad_accum,
-            weight_decay=s.weight_decay, optimizer=s.optimizer, precision=s.precision,
-            seed=stage.seed, eval_every=s.eval_every, eval_n=s.eval_n, save_every=s.save_every,
-            lora={"rank": s.lora_rank, "alpha": s.lora_alpha}, device=cfg.device,
-        )  # fmt: skip
+            model=stage.model,
+            method=FT_METHODS[stage.method],
+            tasks=list(cfg.tasks),
+            seed=stage.seed,
+            device=cfg.device,
+            lora={"rank": s.lora_rank, "alpha": s.lora_alpha},
+            **s.model_dump(exclude={"lora_rank", "lora_alpha"}),
+        )
         out = ft_dir(run_dir, stage.model, stage.method, stage.seed, first_seed)
         advance = track(stage.label, s.steps)
 

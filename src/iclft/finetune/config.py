@@ -19,6 +19,16 @@ LOSS_ON = ("target", "full")
 DATA_MODES = ("tasks", "demonstrations")
 
 
+#: fields whose value is one of a fixed set of names: (what to call it in errors, allowed)
+_NAMED = {
+    "method": ("method", METHODS),
+    "params": ("parameter set", PARAM_SETS),
+    "optimizer": ("optimizer", OPTIMIZERS),
+    "schedule": ("schedule", SCHEDULES),
+    "precision": ("precision", PRECISIONS),
+}
+
+
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rank: int = Field(8, gt=0)
@@ -68,39 +78,12 @@ class FinetuneConfig(BaseModel):
             raise ValueError(f"learning rate must be > 0, got {v}")
         return v
 
-    @field_validator("method")
+    @field_validator("method", "params", "optimizer", "schedule", "precision")
     @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise UnknownNameError("method", v, METHODS)
-        return v
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: str) -> str:
-        if v not in PARAM_SETS:
-            raise UnknownNameError("parameter set", v, PARAM_SETS)
-        return v
-
-    @field_validator("optimizer")
-    @classmethod
-    def _opt(cls, v: str) -> str:
-        if v not in OPTIMIZERS:
-            raise UnknownNameError("optimizer", v, OPTIMIZERS)
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _sched(cls, v: str) -> str:
-        if v not in SCHEDULES:
-            raise UnknownNameError("schedule", v, SCHEDULES)
-        return v
-
-    @field_validator("precision")
-    @classmethod
-    def _prec(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise UnknownNameError("precision", v, PRECISIONS)
+    def _known_name(cls, v: str, info) -> str:
+        kind, allowed = _NAMED[info.field_name]
+        if v not in allowed:
+            raise UnknownNameError(kind, v, allowed)
         return v
 
     @field_validator("tasks", "eval_tasks")
