@@ -45,7 +45,9 @@ def tiny_tokenizer():
     return _train_tokenizer()
 
 
-def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
+def make_tiny_model(
+    arch: str, vocab_size: int, seed: int = 0, attn_implementation: str = "sdpa", **overrides
+):
     """A 2-layer model of the given architecture, random weights from ``seed``, fp32, eval."""
     import transformers as tf
     from transformers import AutoModelForCausalLM
@@ -78,7 +80,7 @@ def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
         kwargs["n_positions" if arch == "gpt2" and k == "max_position_embeddings" else k] = v
     cfg = cls(**kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
     return model.float().eval()
 
 

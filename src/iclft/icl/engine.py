@@ -9,13 +9,26 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
    demonstrations) and computes the key/value cache of that prefix once, extending the cache
    of a shorter cached prefix when one exists (shot counts nest: the 8-shot prefix extends the
    4-shot one);
-3. runs the remaining suffixes in batches on top of the caches. Rows sharing a prefix repeat
-   its cache; rows with different prefixes (per-query demonstrations, mixed shot counts) get a
-   ragged cache with each prefix right-aligned. Suffixes are padded on the left, so padding sits
-   *between* prefix and suffix; the attention mask hides it and position ids count from each
-   row's own prefix length, so every row computes what it would alone;
-4. decodes greedily, one token per step for the whole batch, dropping rows as they finish
-   (a newline or an end-of-sequence token).
+3. runs the remaining suffixes on top of the caches, in one of two layouts:
+
+   * *packed* (shared demonstrations): when the prefixes of many prompts nest (the k-shot
+     prefixes of one shared demonstration list are all token prefixes of the longest one),
+     the suffixes are laid back to back in ONE sequence after the longest prefix's cache, with
+     a 4-D attention mask letting each suffix see only the first ``len(own prefix)`` cached
+     positions and its own earlier tokens, and position ids counted from its own prefix.
+     Nothing is padded and the prefix cache is never repeated per row (the batched layout
+     below copies it B times, and again at every decoding step). This is the tree/packed
+     attention used for shared-prefix batch inference (e.g. Hydragen, ChunkAttention), done
+     here with the model's own attention and a custom mask;
+   * *batched* (everything else, e.g. per-query demonstrations): rows sharing a prefix repeat
+     its cache; rows with different prefixes get a ragged cache with each prefix
+     right-aligned. Suffixes are padded on the left, so padding sits *between* prefix and
+     suffix; the attention mask hides it and position ids count from each row's own prefix
+     length.
+
+   Either way every prompt computes what it would alone;
+4. decodes greedily, one token per step for every live prompt, dropping prompts as they
+   finish (a newline or an end-of-sequence token).
 
 The maths of every forward pass is the model's own; only the bookkeeping is ours.
 """
@@ -42,6 +55,7 @@ class EngineStats:
     forwards: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    packed_batches: int = 0  # forwards groups run in the packed layout
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -55,6 +69,9 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 def sliding_window(model) -> int | None:
     """The attention window of the model's sliding-window layers, if it has any."""
     cfg = getattr(model.config, "text_config", None) or model.config
+    # GPT-Neo's local layers: a window of ``window_size`` cache slots
+    if "local" in (getattr(cfg, "attention_layers", None) or []):
+        return int(cfg.window_size)
     window = getattr(cfg, "sliding_window", None)
     if not isinstance(window, int) or window <= 0:
         return None
@@ -96,6 +113,10 @@ class Engine:
     """Greedy generation and candidate log-likelihoods over many prompts, fast.
 
     ``batch_size`` caps rows per forward; ``max_batch_tokens`` caps rows x suffix length.
+    ``pack`` chooses the packed layout for prompts whose prefixes nest (``None``: wherever the
+    model allows it: ``sdpa`` or ``eager`` attention and no sliding window);
+    ``max_pack_tokens`` caps the suffix tokens laid into one packed sequence (attention over a
+    pack grows with its square, so very long packs waste work on masked pairs).
     """
 
     def __init__(
@@ -107,6 +128,8 @@ class Engine:
         max_batch_tokens: int = 8192,
         max_new_tokens: int = 10,
         max_cached_prefixes: int = 32,
+        pack: bool | None = None,
+        max_pack_tokens: int = 1024,
     ):
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
@@ -126,6 +149,18 @@ class Engine:
         # rows whose sequence can outgrow the window are batched only with rows of the same
         # suffix length, which need no padding.
         self.window = sliding_window(model)
+        # The packed layout needs a custom 4-D mask (flash-attention-2 takes none) and slot
+        # distances that are not position distances (which a sliding window would misread).
+        impl = getattr(model.config, "_attn_implementation", None)
+        self._mask_kind = "bool" if impl == "sdpa" else "additive"
+        can_pack = self.window is None and impl in ("sdpa", "eager")
+        if pack and not can_pack:
+            raise ValueError(
+                f"the packed layout needs sdpa or eager attention and no sliding window "
+                f"(attention {impl!r}, window {self.window})"
+            )
+        self.pack = can_pack if pack is None else bool(pack)
+        self.max_pack_tokens = max(1, int(max_pack_tokens))
         self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         self._encoded: dict[str, list[int]] = {}
         self.stats = EngineStats()
@@ -237,6 +272,47 @@ class Engine:
             cache.update(kv[0], kv[1], layer_idx)
         return cache
 
+    def _pack_inputs(self, prefixes: Sequence[tuple[int, ...]], suffixes: Sequence[Sequence[int]]):
+        """The packed layout: the cache of the longest prefix (every other prefix of the group
+        is a token prefix of it) followed by all suffixes back to back in one sequence.
+
+        Returns the cache, the packed ids and position ids, ``rows`` (the row of each packed
+        token), ``slot_row`` (the row owning each cache slot after this forward, -1 for the
+        shared prefix), ``plen`` (each row's prefix length) and ``ends`` (index of each row's
+        last token in the pack)."""
+        base = max(prefixes, key=len)
+        cache = self._new_cache()
+        if base:
+            # A fresh cache holding the stored prefix tensors: the forward grows it by
+            # concatenation, leaving the stored cache as it was.
+            for i, layer in enumerate(self._prefix_cache(base).layers):
+                cache.update(layer.keys, layer.values, i)
+        lens = torch.tensor([len(x) for x in suffixes])
+        plen = torch.tensor([len(p) for p in prefixes])
+        rows = torch.repeat_interleave(torch.arange(len(suffixes)), lens)
+        starts = lens.cumsum(0) - lens
+        pos = plen[rows] + torch.arange(len(rows)) - starts[rows]
+        ids = torch.tensor([t for x in suffixes for t in x], dtype=torch.long)
+        slot_row = torch.cat([torch.full((len(base),), -1, dtype=torch.long), rows])
+        self.stats.suffix_tokens += len(ids)
+        self.stats.packed_batches += 1
+        return cache, ids, pos, rows, slot_row, plen, starts + lens - 1
+
+    def _pack_mask(self, rows: torch.Tensor, slot_row: torch.Tensor, plen: torch.Tensor):
+        """4-D mask for queries of ``rows`` occupying the last ``len(rows)`` cache slots: a
+        query sees the first ``plen[row]`` slots (its own prefix) and its own row's earlier
+        slots, nothing of the other rows."""
+        n_kv = len(slot_row)
+        q_slot = torch.arange(n_kv - len(rows), n_kv)
+        j = torch.arange(n_kv)
+        own = (slot_row[None] == rows[:, None]) & (j[None] <= q_slot[:, None])
+        allowed = ((j[None] < plen[rows][:, None]) | own)[None, None].to(self.device)
+        if self._mask_kind == "bool":  # sdpa: True = attend
+            return allowed
+        dtype = self.model.dtype  # eager attention adds the mask to the scores
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
     # ----- grouping ---------------------------------------------------------------------
     def _plan(
         self,
@@ -245,28 +321,75 @@ class Engine:
         keep: Sequence[int],
         extra: int = 0,
     ):
-        """Assign each item its reusable prefix and yield ``(prefixes, [item indices])``.
+        """Assign each item its reusable prefix; yield ``(packed, prefixes, [item indices])``.
 
         ``keep[i]`` is how many trailing tokens of item i must stay in the suffix (at least 1,
         the position whose logits are needed); ``extra`` is how many tokens may be generated.
         Items are ordered by prefix (lexicographically, so a prefix comes right before the
-        prefixes that extend it: nested shot counts build on each other's caches) and cut into
-        batches. Models with a sliding window batch only identical prefixes and, when the
-        window can be reached, identical suffix lengths (padding counts against the window)."""
+        prefixes that extend it: nested shot counts build on each other's caches). Items whose
+        prefixes nest with at least one other item's go to packed groups when the engine packs;
+        the rest are cut into padded batches. Models with a sliding window batch only identical
+        prefixes and, when the window can be reached, identical suffix lengths (padding counts
+        against the window)."""
         pref = []
         for i, (s, h) in enumerate(zip(seqs, hints)):
             n = max(min(_lcp(s, h), len(s) - keep[i]), 0) if h else 0
             pref.append(tuple(s[:n]))
         if self.window is None:
             order = sorted(range(len(seqs)), key=lambda i: (pref[i], len(seqs[i])))
-            yield from self._cut(order, pref, seqs)
+            if not self.pack:
+                yield from ((False, p, b) for p, b in self._cut(order, pref, seqs))
+                return
+            loose: list[int] = []
+            for chain in self._chains(order, pref):
+                if len(chain) > 1:
+                    yield from ((True, p, b) for p, b in self._cut_packed(chain, pref, seqs))
+                else:
+                    loose += chain
+            yield from ((False, p, b) for p, b in self._cut(loose, pref, seqs))
             return
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i, s in enumerate(seqs):
             exact = len(s) + extra >= self.window
             groups.setdefault((pref[i], len(s) - len(pref[i]) if exact else -1), []).append(i)
         for key in sorted(groups, key=lambda k: (len(k[0]), k[1])):
-            yield from self._cut(sorted(groups[key], key=lambda i: len(seqs[i])), pref, seqs)
+            order = sorted(groups[key], key=lambda i: len(seqs[i]))
+            yield from ((False, p, b) for p, b in self._cut(order, pref, seqs))
+
+    @staticmethod
+    def _chains(order: list[int], pref):
+        """Split prefix-sorted items into runs whose (non-empty) prefixes all nest: each is a
+        token prefix of the run's longest. Items without a prefix are runs of their own."""
+        chain: list[int] = []
+        base: tuple[int, ...] = ()
+        for i in order:
+            p = pref[i]
+            if chain and p and base and p[: len(base)] == base:
+                chain.append(i)
+                base = p  # sorted order: a nesting prefix is never shorter than the base
+                continue
+            if chain:
+                yield chain
+            chain, base = [i], p
+            if not p:
+                yield chain
+                chain = []
+        if chain:
+            yield chain
+
+    def _cut_packed(self, order: list[int], pref, seqs):
+        """Packs of at most ``batch_size`` rows and ``max_pack_tokens`` suffix tokens."""
+        batch: list[int] = []
+        tokens = 0
+        for i in order:
+            slen = len(seqs[i]) - len(pref[i])
+            if batch and (len(batch) >= self.batch_size or tokens + slen > self.max_pack_tokens):
+                yield [pref[j] for j in batch], batch
+                batch, tokens = [], 0
+            batch.append(i)
+            tokens += slen
+        if batch:
+            yield [pref[j] for j in batch], batch
 
     def _cut(self, order: list[int], pref, seqs):
         """Batches of at most ``batch_size`` rows and ``max_batch_tokens`` rows x suffix
@@ -306,14 +429,28 @@ class Engine:
         seqs = [self.encode(p) for p in prompts]
         hints = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
         outs: list[str] = [""] * len(prompts)
-        for prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
+        for packed, prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
             suffixes = [seqs[i][len(p) :] for i, p in zip(batch, prefixes_)]
-            texts = self._greedy(prefixes_, suffixes, max_new)
-            for i, t in zip(batch, texts):
+            run = self._greedy_packed if packed else self._greedy
+            for i, t in zip(batch, run(prefixes_, suffixes, max_new)):
                 outs[i] = t
             if progress:
                 progress(len(batch))
         return outs
+
+    def _advance(self, logits, active: list[int], gen, texts) -> tuple[list[int], torch.Tensor]:
+        """One greedy step: append each live row's argmax token; return the positions (in
+        ``active``) of rows still going and the tokens just chosen."""
+        nxt = logits.argmax(-1)
+        keep = []
+        for r, (row, t) in enumerate(zip(active, nxt.tolist())):
+            if t in self.eos_ids:
+                continue
+            gen[row].append(t)
+            texts[row] = self.tok.decode(gen[row], skip_special_tokens=False)
+            if "\n" not in texts[row]:
+                keep.append(r)
+        return keep, nxt
 
     def _greedy(self, prefixes, suffixes, max_new: int) -> list[str]:
         ids, mask, pos, cache = self._batch_inputs(prefixes, suffixes)
@@ -324,16 +461,7 @@ class Engine:
         active = list(range(B))  # original row of each live row
         last_pos = pos[:, -1]
         for step in range(max_new):
-            nxt = logits.argmax(-1)
-            keep = []
-            for r, row in enumerate(active):
-                t = int(nxt[r])
-                if t in self.eos_ids:
-                    continue
-                gen[row].append(t)
-                texts[row] = self.tok.decode(gen[row], skip_special_tokens=False)
-                if "\n" not in texts[row]:
-                    keep.append(r)
+            keep, nxt = self._advance(logits, active, gen, texts)
             if not keep or step == max_new - 1:
                 break
             if len(keep) < len(active):
@@ -345,6 +473,32 @@ class Engine:
             last_pos = last_pos + 1
             self.stats.decode_steps += 1
             logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, 1)[:, -1]
+        return texts
+
+    def _greedy_packed(self, prefixes, suffixes, max_new: int) -> list[str]:
+        """Greedy decoding in the packed layout: each step appends one token per live row to
+        the single packed sequence; finished rows simply stop adding (their slots stay,
+        masked from everyone else)."""
+        cache, ids, pos, rows, slot_row, plen, ends = self._pack_inputs(prefixes, suffixes)
+        dev = self.device
+        mask = self._pack_mask(rows, slot_row, plen)
+        logits = self._forward(ids[None].to(dev), mask, pos[None].to(dev), cache, ends.to(dev))[0]
+        B = len(suffixes)
+        gen: list[list[int]] = [[] for _ in range(B)]
+        texts = [""] * B
+        active = list(range(B))
+        last_pos = pos[ends]
+        for step in range(max_new):
+            keep, nxt = self._advance(logits, active, gen, texts)
+            if not keep or step == max_new - 1:
+                break
+            active = [active[r] for r in keep]
+            live = torch.tensor(active)
+            nxt, last_pos = nxt[keep], last_pos[keep] + 1
+            slot_row = torch.cat([slot_row, live])
+            mask = self._pack_mask(live, slot_row, plen)
+            self.stats.decode_steps += 1
+            logits = self._forward(nxt[None], mask, last_pos[None].to(dev), cache, 0)[0]
         return texts
 
     @torch.inference_mode()
@@ -379,20 +533,38 @@ class Engine:
         scores: list[list[float]] = [[0.0] * len(c) for c in continuations]
         done_prompts: set[int] = set()
         keep = [n + 1 for n in n_cont]
-        for prefixes_, batch in self._plan(seqs, hints, keep):
+        for packed, prefixes_, batch in self._plan(seqs, hints, keep):
             suffixes = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
-            ids, mask, pos, cache = self._batch_inputs(prefixes_, suffixes)
-            K = max(n_cont[r] for r in batch) + 1
-            logits = self._forward(ids, mask, pos, cache, logits_to_keep=K)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for b, r in enumerate(batch):
-                n = n_cont[r]
-                target = ids[b, -n:]
-                lp = logp[b, K - n - 1 : K - 1].gather(-1, target[:, None]).sum()
+            need = [n_cont[r] for r in batch]
+            score = self._score_packed if packed else self._score
+            for r, lp in zip(batch, score(prefixes_, suffixes, need)):
                 i, j = rows[r]
-                scores[i][j] = float(lp)
+                scores[i][j] = lp
             if progress:
                 new = {rows[r][0] for r in batch} - done_prompts
                 done_prompts |= new
                 progress(len(new))
         return scores
+
+    def _score(self, prefixes, suffixes, need: list[int]) -> list[float]:
+        """Sum of log-probabilities of the last ``need[b]`` tokens of each suffix (batched)."""
+        ids, mask, pos, cache = self._batch_inputs(prefixes, suffixes)
+        K = max(need) + 1
+        logp = torch.log_softmax(self._forward(ids, mask, pos, cache, K).float(), dim=-1)
+        out = []
+        for b, n in enumerate(need):
+            target = ids[b, -n:]
+            out.append(float(logp[b, K - n - 1 : K - 1].gather(-1, target[:, None]).sum()))
+        return out
+
+    def _score_packed(self, prefixes, suffixes, need: list[int]) -> list[float]:
+        """As ``_score``, in the packed layout: logits only at the positions predicting each
+        suffix's last ``need[b]`` tokens."""
+        cache, ids, pos, rows, slot_row, plen, ends = self._pack_inputs(prefixes, suffixes)
+        dev = self.device
+        at = torch.cat([torch.arange(e - n, e) for e, n in zip(ends.tolist(), need)])
+        mask = self._pack_mask(rows, slot_row, plen)
+        logits = self._forward(ids[None].to(dev), mask, pos[None].to(dev), cache, at.to(dev))[0]
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        lp = lp.gather(-1, ids.to(dev)[at.to(dev) + 1][:, None])[:, 0]
+        return [float(x.sum()) for x in lp.split(need)]
