@@ -73,6 +73,18 @@ def make_tiny_model(
             },
         ),
         "gpt2": (tf.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=1024)),
+        # Pythia's family (paper.yaml); not in ARCHS, built by the tests that need it
+        "gpt_neox": (
+            tf.GPTNeoXConfig,
+            dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=1024,
+                rotary_pct=0.5,
+            ),
+        ),
     }
     cls, kwargs = configs[arch]
     kwargs = {**kwargs, "vocab_size": vocab_size}

@@ -186,7 +186,7 @@ def _nested_prefixes(eng, lengths):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox"])
 def test_packed_logits_equal_full_forwards(arch, attn, tiny_model_factory, tiny_tokenizer):
     """Suffixes laid back to back after the longest of several nested prefixes, under the
     packed mask, compute what each whole sequence computes alone."""
@@ -236,6 +236,14 @@ def test_packing_needs_a_mask_the_model_honours(tiny_models, tiny_tokenizer):
     assert not Engine(tiny_models["gemma3"], tiny_tokenizer).pack
     with pytest.raises(ValueError, match="packed layout"):
         Engine(tiny_models["gemma3"], tiny_tokenizer, pack=True)
+    # a family not known to take a 4-D mask as given keeps the padded layout
+    model = tiny_models["llama"]
+    kind = model.config.model_type
+    try:
+        model.config.model_type = "bloom"
+        assert not Engine(model, tiny_tokenizer).pack
+    finally:
+        model.config.model_type = kind
 
 
 def test_sliding_window_knows_gpt_neo_local_attention():

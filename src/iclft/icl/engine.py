@@ -18,8 +18,10 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
      positions and its own earlier tokens, and position ids counted from its own prefix.
      Nothing is padded and the prefix cache is never repeated per row (the batched layout
      below copies it B times, and again at every decoding step). This is the tree/packed
-     attention used for shared-prefix batch inference (e.g. Hydragen, ChunkAttention), done
-     here with the model's own attention and a custom mask;
+     attention used for shared-prefix batch inference, done here with the model's own
+     attention and a custom mask. (Computing only the unmasked pairs, prefix and own tokens
+     merged by their softmax sums as in Hydragen, was tried and was slower on CPU: the
+     separate exponentials cost more than the fused kernel spends on masked pairs.);
    * *batched* (everything else, e.g. per-query demonstrations): rows sharing a prefix repeat
      its cache; rows with different prefixes get a ragged cache with each prefix
      right-aligned. Suffixes are padded on the left, so padding sits *between* prefix and
@@ -44,6 +46,14 @@ import torch
 from transformers import DynamicCache, StoppingCriteria
 
 Progress = Callable[[int], None]
+
+# Model families whose forward takes positions from ``position_ids`` and a prepared 4-D mask
+# as given (transformers' ``create_causal_mask`` returns a 4-D mask untouched), so a packed
+# sequence computes what each of its prompts computes alone. Others (ALiBi models build their
+# bias from a 2-D mask, for one) use the padded batched layout.
+PACKABLE_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox", "phi3", "olmo2", "smollm3"}
+)
 
 
 @dataclass
@@ -114,9 +124,10 @@ class Engine:
 
     ``batch_size`` caps rows per forward; ``max_batch_tokens`` caps rows x suffix length.
     ``pack`` chooses the packed layout for prompts whose prefixes nest (``None``: wherever the
-    model allows it: ``sdpa`` or ``eager`` attention and no sliding window);
-    ``max_pack_tokens`` caps the suffix tokens laid into one packed sequence (attention over a
-    pack grows with its square, so very long packs waste work on masked pairs).
+    model allows it: ``sdpa`` or ``eager`` attention, no sliding window, a family in
+    ``PACKABLE_MODEL_TYPES``); ``max_pack_tokens`` caps the suffix tokens laid into one packed
+    sequence (a pack's attention runs over all its pairs, masked ones included, so it grows with
+    the pack's square).
     """
 
     def __init__(
@@ -152,12 +163,15 @@ class Engine:
         # The packed layout needs a custom 4-D mask (flash-attention-2 takes none) and slot
         # distances that are not position distances (which a sliding window would misread).
         impl = getattr(model.config, "_attn_implementation", None)
+        kind = getattr(model.config, "model_type", None)
         self._mask_kind = "bool" if impl == "sdpa" else "additive"
         can_pack = self.window is None and impl in ("sdpa", "eager")
+        can_pack = can_pack and kind in PACKABLE_MODEL_TYPES
         if pack and not can_pack:
             raise ValueError(
-                f"the packed layout needs sdpa or eager attention and no sliding window "
-                f"(attention {impl!r}, window {self.window})"
+                f"the packed layout needs sdpa or eager attention, no sliding window and a model "
+                f"family known to honour 4-D masks (attention {impl!r}, window {self.window}, "
+                f"model type {kind!r}; known: {', '.join(sorted(PACKABLE_MODEL_TYPES))})"
             )
         self.pack = can_pack if pack is None else bool(pack)
         self.max_pack_tokens = max(1, int(max_pack_tokens))
