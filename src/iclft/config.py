@@ -48,7 +48,9 @@ VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and non-finite floats (``.inf``, ``.nan``) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FinetuneSettings(_Strict):
@@ -146,6 +148,8 @@ def _message(err: dict) -> str:
         return "unknown setting"
     if err["type"] == "missing":
         return "required setting is missing"
+    if err["type"] == "finite_number":
+        return f"must be a finite number, got {err['input']}"
     return msg
 
 

@@ -5,7 +5,10 @@ fine-tuning method, then 0-shot evaluation of its model; then the analysis stage
 complete exactly when ``stages/<key>.json`` exists; that file is written atomically after the
 stage's other outputs, so a run killed at any moment (``kill -9`` included) and started again
 redoes only unfinished stages, and ``results.jsonl`` is rebuilt atomically from the stage files
-in plan order: the rows are the same, in the same order, as an uninterrupted run's.
+in plan order: the rows are the same, in the same order, as an uninterrupted run's. The
+directory has one writer: a run holds its lock (``.iclft.lock``) for its lifetime, and a second
+run on it is refused with the holder's pid. Crash safety is tested by killing the run at named
+points (:mod:`iclft.faults`), one in every stage kind.
 
 Run directory::
 
@@ -29,9 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.config import FT_METHODS, ExperimentConfig
+from iclft.config import FT_METHODS, ExperimentConfig, validate_config
 from iclft.errors import UserError
+from iclft.faults import kill_point
 from iclft.store import (
+    dir_entries,
+    dir_lock,
     ensure_writable_dir,
     write_json_atomic,
     write_jsonl_atomic,
@@ -118,12 +124,15 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
                 shutil.rmtree(run_dir / name, ignore_errors=True)
             for name in ("results.jsonl", "report.html", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+    elif dir_entries(run_dir) and not force:
         raise UserError(
             f"run directory {str(run_dir)!r} is not empty and holds no iclft run; "
             "use an empty or new directory (or --force)"
         )
     ensure_writable_dir(run_dir)
+    for tmp in run_dir.rglob(".*.tmp"):  # left by a killed atomic write; we hold the lock
+        if tmp.is_file():
+            tmp.unlink()
     write_json_atomic(saved, _config_json(cfg))
 
 
@@ -174,6 +183,7 @@ def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list,
             r.update({"stage": stage.key, **extra(r)})
         results += cell.results
         preds += cell.predictions
+        kill_point(f"eval:{stage.key}/{name}")
     return results, preds
 
 
@@ -194,6 +204,7 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
         from transformers import TrainerCallback
 
         from iclft.finetune import make_config, run_finetune
+        from iclft.finetune.config import TRAIN_CONFIG_NAME
 
         s = cfg.finetune_for(stage.method)
         ft = make_config(
@@ -216,7 +227,7 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
         res = run_finetune(
             ft,
             out,
-            resume=(out / "train_config.json").exists(),
+            resume=(out / TRAIN_CONFIG_NAME).exists(),
             show_progress=False,
             extra_callbacks=[_Steps()],
         )
@@ -313,7 +324,22 @@ def run_experiment(
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> RunSummary:
-    """Walk the grid, skipping completed stages; ``stop_after`` (tests) ends after N stages."""
+    """Walk the grid, skipping completed stages; ``stop_after`` (tests) ends after N stages.
+
+    Holds the run directory's lock throughout (:func:`iclft.store.dir_lock`)."""
+    cfg = validate_config(cfg.model_dump())  # a model_copy/model_construct skips validation
+    run_dir = Path(run_dir)
+    with dir_lock(run_dir):
+        return _run_locked(cfg, run_dir, force, show_progress, stop_after)
+
+
+def _run_locked(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    force: bool,
+    show_progress: bool,
+    stop_after: int | None,
+) -> RunSummary:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -324,7 +350,6 @@ def run_experiment(
         TimeRemainingColumn,
     )
 
-    run_dir = Path(run_dir)
     prepare_run_dir(cfg, run_dir, force)
     stages = plan(cfg)
     started = time.time()
@@ -363,10 +388,12 @@ def run_experiment(
                 break
             bar.update(overall, description=f"run [{i + 1}/{len(stages)}] {stage.kind}")
             t0 = time.time()
+            kill_point(f"stage:{stage.key}")
             out = _run_stage(cfg, stage, run_dir, models, track)
             preds = out.pop("predictions", None)
             if preds is not None:
                 write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
+            kill_point(f"stage-outputs:{stage.key}")
             timings[stage.key] = round(time.time() - t0, 3)
             write_json_atomic(done, {"stage": asdict(stage), "seconds": timings[stage.key], **out})
             rebuild_results(run_dir, stages)

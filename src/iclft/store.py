@@ -3,7 +3,11 @@
 Every file is written to a temporary sibling and renamed into place, so a reader never sees a
 half-written file and a killed process never corrupts what was there before (the runner rebuilds
 ``results.jsonl`` this way after each stage). ``read_jsonl`` ignores a trailing line without its
-newline, the mark of a write cut short.
+newline, the mark of a write cut short. A write that fails (a full disk) raises
+:class:`WriteError`, one line naming the file, and leaves the previous file as it was.
+
+:func:`dir_lock` makes a directory single-writer: a second process that tries to write the same
+run directory is refused with the holder's pid.
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UserError
+from iclft.faults import kill_point
+
+LOCK_NAME = ".iclft.lock"
+MANIFEST_NAME = "manifest.json"
+
+
+class WriteError(UserError):
+    """A file could not be written (disk full, I/O error); the previous version is intact."""
+
+
+class DirectoryBusy(UserError):
+    """Another process holds the directory's lock."""
 
 
 def ensure_writable_dir(path: Path) -> Path:
@@ -34,22 +50,96 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+def _open_temp(fd: int, mode: str):
+    """The file object atomic writes go through (tests replace it to simulate a full disk)."""
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
+def dir_entries(path: Path) -> list[Path]:
+    """What ``path`` holds besides iclft's lock file (``[]`` if it does not exist)."""
+    path = Path(path)
+    return [p for p in path.iterdir() if p.name != LOCK_NAME] if path.is_dir() else []
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` keeps its previous content; an
+    ``OSError`` (disk full, I/O error) becomes a one-line :class:`WriteError`.
+    """
     path = Path(path)
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    try:
+        with _open_temp(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
         raise
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    why = e.strerror or str(e) or type(e).__name__
+    return WriteError(f"cannot write {path}: {why}; its previous content (if any) is kept")
+
+
+#: directories whose lock this process holds, with how many callers hold it
+_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def dir_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on directory ``path`` (``path/.iclft.lock``, fcntl.flock).
+
+    A second process is refused at once with :class:`DirectoryBusy` naming the holder's pid.
+    Re-entrant within one process (the lock is the process's, not a caller's). The lock dies
+    with the process, so a killed run never leaves a stale lock; the file itself stays.
+    """
+    path = ensure_writable_dir(Path(path))
+    key = str(path.resolve())
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    lock = path / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DirectoryBusy(
+            f"{path} is in use by another iclft process (pid {holder}); wait for it to end "
+            "or use another directory"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = 1
+        yield
+    finally:
+        _HELD.pop(key, None)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -132,5 +222,5 @@ def write_manifest(out_dir: Path, *, command: str, started: float, **fields: Any
         "wall_seconds": round(time.time() - started, 3),
         **fields,
     }
-    write_json_atomic(Path(out_dir) / "manifest.json", manifest)
+    write_json_atomic(Path(out_dir) / MANIFEST_NAME, manifest)
     return manifest

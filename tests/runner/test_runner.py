@@ -1,51 +1,16 @@
-"""The runner: the grid, resume after a crash (a subprocess killed with SIGKILL), refusal of a
-run directory that holds a different config."""
+"""The runner: the grid, resume, refusal of a run directory that holds a different config.
+(Crash safety at every named kill point: test_crash_resume.py.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
-import yaml
 
 from iclft.config import validate_config
 from iclft.errors import UserError
 from iclft.runner import plan, run_experiment
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
-    d = tmp_path_factory.mktemp("tiny-run-model")
-    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=8)
-    model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
-
-
-def _config(tiny_dir, **over):
-    data = {
-        "name": "t",
-        "models": [str(tiny_dir)],
-        "tasks": ["boolean", "parity"],
-        "variants": ["clean", "misleading"],
-        "methods": ["baseline", "icl", "ft-kv", "ft-lora"],
-        "shots": [0, 1, 2],
-        "n": 3,
-        "device": "cpu",
-        "finetune": {"train_n": 8, "steps": 2, "batch_size": 4, "eval_every": 1, "eval_n": 2},
-        "finetune_overrides": {"ft-lora": {"lr": 1e-2}},
-    }
-    data.update(over)
-    return data
-
-
-def _rows(run_dir):
-    return [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+from .conftest import rows as _rows
+from .conftest import run_config as _config
 
 
 def test_plan_and_full_run(tiny_dir, tmp_path):
@@ -75,36 +40,6 @@ def test_a_different_config_is_refused_unless_forced(tiny_dir, tmp_path):
         run_experiment(other, tmp_path / "r", show_progress=False)
     s = run_experiment(other, tmp_path / "r", force=True, show_progress=False)
     assert s.ran == 1 and all(r["n"] == 4 for r in _rows(tmp_path / "r"))
-
-
-def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, tmp_path):
-    data = _config(tiny_dir)
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(data))
-    reference = tmp_path / "ref"
-    run_experiment(validate_config(data), reference, show_progress=False)
-
-    run_dir = tmp_path / "crash"
-    cmd = [sys.executable, "-m", "iclft", "run", str(config), "-o", str(run_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    stages = run_dir / "stages"
-    # kill -9 once the first stage is complete and the second (fine-tuning) is under way
-    while time.time() < deadline and proc.poll() is None:
-        if stages.exists() and len(list(stages.glob("*.json"))) >= 1:
-            time.sleep(1.0)
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list(stages.glob("*.json")))
-    assert done_before < 5
-
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _rows(run_dir) == _rows(reference)
-    assert (run_dir / "report.html").exists()
 
 
 def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):

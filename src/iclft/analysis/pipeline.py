@@ -117,6 +117,7 @@ def run_circuits(
     from iclft.analysis.figures import plot_effect_heatmap
     from iclft.analysis.pairs import make_pairs
     from iclft.analysis.patching import METHODS, encode_pair, patched_metric
+    from iclft.faults import kill_point
     from iclft.models import load_model
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
@@ -220,6 +221,7 @@ def run_circuits(
             f"{spec.task} · {name} ({shots}-shot, {spec.method}, {len(chosen)} pairs)",
             out_dir / f"heatmap_{name}.png",
         )
+        kill_point(f"circuits:{name}")
 
     rng = np.random.default_rng(spec.seed)
     order = [("base", "icl"), ("base", "ft"), ("icl", "ft")]

@@ -367,6 +367,7 @@ def run_similarity(
     write ``out_dir/{similarity.json, similarity_per_layer.png, manifest.json}``; returns the
     similarity.json content. ``loaded`` may be an already loaded ``LoadedModel`` (tests)."""
     from iclft.analysis.anatomy import anatomy
+    from iclft.faults import kill_point
     from iclft.finetune.gd import sgd_on_demonstrations
     from iclft.icl.engine import context_limit
     from iclft.models import load_model
@@ -408,6 +409,7 @@ def run_similarity(
         rec[name] = record(anatomy(m), queries, icl, advance)
         preds[name] = answers(m, tok, spec.task, queries, icl, advance)
         timings[f"{name}_s"] = round(time.time() - t0, 3)
+        kill_point(f"similarity:{name}")
 
     def descend(layer_causal: bool) -> nn.Module:
         name = "lcgd" if layer_causal else "gd"

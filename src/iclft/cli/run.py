@@ -12,11 +12,13 @@ from rich.console import Console
 def _run_and_report(cfg, output: Path, force: bool) -> None:
     from iclft.report import build_report
     from iclft.runner import run_experiment
+    from iclft.store import dir_lock
 
     console = Console(stderr=True)
     t0 = time.time()
-    summary = run_experiment(cfg, output, force=force)
-    paths = build_report(output)
+    with dir_lock(output):  # the run and its report: one writer throughout
+        summary = run_experiment(cfg, output, force=force)
+        paths = build_report(output)
     console.print(
         f"[bold green]done[/] in {time.time() - t0:.0f} s: {summary.ran} stages run, "
         f"{summary.skipped} already complete"

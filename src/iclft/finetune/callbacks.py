@@ -1,16 +1,19 @@
-"""Trainer callbacks: learning curves, a NaN guard, and a rich progress bar with the loss."""
+"""Trainer callbacks: learning curves, a NaN guard, fault points, and a rich progress bar."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
+from iclft.faults import kill_point
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task
+from iclft.store import write_text_atomic
 from iclft.tasks import get_task
 
 CURVE_FIELDS = [
@@ -28,21 +31,24 @@ CURVE_FIELDS = [
 
 class CurveCallback(TrainerCallback):
     """Every ``eval_every`` steps (and before and after training) evaluate 0-shot accuracy on
-    held-out clean and misleading items of each task with the batched engine and append the
-    rows to ``curves.csv`` at once, so an interrupted run keeps its curve. Rank 0 only."""
+    held-out clean and misleading items of each task with the batched engine, next to that
+    step's logged loss and learning rate, and rewrite ``curves.csv`` atomically at once, so an
+    interrupted run keeps its curve and a resumed one continues it. Rank 0 only. Nothing is
+    recorded once ``guard`` has stopped training on non-finite values."""
 
-    def __init__(self, path: Path, tokenizer, tasks, eval_n, seed, eval_every, examples_per_step):
+    def __init__(
+        self, path: Path, tokenizer, tasks, eval_n, seed, eval_every, examples_per_step, guard
+    ):
         self.path, self.tok = Path(path), tokenizer
         self.spec = EvalSpec(tasks=tuple(tasks), shots=(0,), n=eval_n, seed=seed).check()
-        self.eval_every, self.per_step = eval_every, examples_per_step
-        self.last_loss: float | None = None
-        self.last_lr: float | None = None
-        self.done_steps: set[int] = set()
+        self.eval_every, self.per_step, self.guard = eval_every, examples_per_step, guard
+        self.rows: list[dict] = []
         if self.path.exists():  # resumed run: keep what is there, skip steps already written
-            with open(self.path) as f:
-                self.done_steps = {int(r["step"]) for r in csv.DictReader(f)}
+            with open(self.path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+        self.done_steps = {int(r["step"]) for r in self.rows}
 
-    def evaluate(self, model, step: int) -> list[dict]:
+    def evaluate(self, model, step: int, loss=None, lr=None) -> list[dict]:
         was_training = model.training
         model.eval()
         engine = Engine(model, self.tok, batch_size=16)
@@ -54,8 +60,8 @@ class CurveCallback(TrainerCallback):
                     {
                         "step": step,
                         "examples_seen": step * self.per_step,
-                        "loss": self.last_loss,
-                        "learning_rate": self.last_lr,
+                        "loss": loss,
+                        "learning_rate": lr,
                         "task": name,
                         "variant": r["variant"],
                         "accuracy": r["accuracy"],
@@ -67,50 +73,95 @@ class CurveCallback(TrainerCallback):
             model.train()
         return rows
 
-    def _record(self, args, state, model) -> None:
+    def _record(self, state, model, loss=None, lr=None) -> None:
         step = state.global_step
-        if not state.is_world_process_zero or step in self.done_steps:
+        if not state.is_world_process_zero or step in self.done_steps or self.guard.tripped:
             return
-        rows = self.evaluate(model, step)
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
+        self.rows += self.evaluate(model, step, loss, lr)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text_atomic(self.path, buf.getvalue())
         self.done_steps.add(step)
 
     def on_train_begin(self, args, state, control, model=None, **kw):
-        self._record(args, state, model)
+        self._record(state, model)
 
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.last_loss = float(logs["loss"])
-        if logs and "learning_rate" in logs:
-            self.last_lr = float(logs["learning_rate"])
-
-    def on_step_end(self, args, state, control, model=None, **kw):
-        if self.eval_every and state.global_step % self.eval_every == 0:
-            self._record(args, state, model)
+    def on_log(self, args, state, control, logs=None, model=None, **kw):
+        # a step's loss is logged after its update: the curve point pairs it with the
+        # accuracy of the same weights
+        if logs and "loss" in logs and self.eval_every and state.global_step % self.eval_every == 0:
+            self._record(state, model, float(logs["loss"]), logs.get("learning_rate"))
 
     def on_train_end(self, args, state, control, model=None, **kw):
-        self._record(args, state, model)
+        logged = [h for h in state.log_history if h.get("step") == state.global_step]
+        last = next((h for h in reversed(logged) if "loss" in h), {})
+        self._record(state, model, last.get("loss"), last.get("learning_rate"))
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the trainable parameters holding a NaN or an infinity (one device sync)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu()
+    return [n for (n, _), good in zip(named, ok.tolist()) if not good]
 
 
 class NanGuard(TrainerCallback):
-    """Stop at the first non-finite loss and never save a checkpoint of that step."""
+    """Stop at the first update that leaves a trainable parameter non-finite, or the first
+    non-finite loss, and never save a checkpoint of that step. It runs before the Trainer's
+    logging and saving of each step, so every checkpoint on disk holds finite weights."""
 
     def __init__(self):
         self.bad_step: int | None = None
+        self.reason: str | None = None
+        self.bad_parameters: list[str] = []
+
+    @property
+    def tripped(self) -> bool:
+        return self.bad_step is not None
+
+    def _trip(self, state, control, reason: str) -> None:
+        if not self.tripped:
+            self.bad_step, self.reason = state.global_step, reason
+        control.should_training_stop = True
+        control.should_save = False
+        control.should_log = False
+        control.should_evaluate = False
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        bad = nonfinite_parameters(model) if model is not None else []
+        if bad:
+            self.bad_parameters = bad
+            self._trip(state, control, f"{len(bad)} trainable tensors became NaN or infinite")
 
     def on_log(self, args, state, control, logs=None, **kw):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.bad_step = state.global_step
-            control.should_training_stop = True
-            control.should_save = False
+            self._trip(state, control, f"the loss became {float(loss)}")
+
+
+class AlreadyTrained(Exception):
+    """Raised by :class:`StopWhenTrained` to leave ``Trainer.train`` before any step."""
+
+
+class StopWhenTrained(TrainerCallback):
+    """Resuming from a checkpoint that already reached ``max_steps``: the Trainer (5.x) would
+    still take one more step, so stop before it, with the checkpoint's weights and state
+    restored (they are loaded before ``on_train_begin``)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyTrained
+
+
+class FaultPoints(TrainerCallback):
+    """The trainer's named kill points (:mod:`iclft.faults`): ``train-step:<S>``."""
+
+    def on_step_end(self, args, state, control, **kw):
+        kill_point(f"train-step:{state.global_step}")
 
 
 class RichProgress(TrainerCallback):

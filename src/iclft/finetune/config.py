@@ -18,6 +18,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LOSS_ON = ("target", "full")
 DATA_MODES = ("tasks", "demonstrations")
 
+#: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
+TRAIN_CONFIG_NAME = "train_config.json"
+COMPLETE, DIVERGED = "complete", "diverged"
+
 
 #: fields whose value is one of a fixed set of names: (what to call it in errors, allowed)
 _NAMED = {
@@ -30,7 +34,7 @@ _NAMED = {
 
 
 class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     rank: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -38,9 +42,11 @@ class LoraSettings(BaseModel):
 
 
 class FinetuneConfig(BaseModel):
-    """Everything that determines a fine-tuning run (saved as ``train_config.json``)."""
+    """Everything that determines a fine-tuning run (saved as ``train_config.json``).
 
-    model_config = ConfigDict(extra="forbid")
+    Every float must be finite (``inf``/``nan`` are refused wherever they come from)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = "smollm2-135m"
     method: str = "full"
@@ -118,6 +124,8 @@ def make_config(**values) -> FinetuneConfig:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "config"
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "finite_number":
+                msg = f"must be a finite number, got {err['input']}"
             ctx = err.get("ctx", {}).get("error")
             if isinstance(ctx, UserError):
                 msg = str(ctx)

@@ -6,6 +6,13 @@ architecture), then trains, writes ``curves.csv`` as it goes, checkpoints, and s
 model that ``iclft eval --model DIR`` loads directly (full weights as safetensors, or a LoRA
 adapter whose ``base_model_name_or_path`` names the base model).
 
+Nothing non-finite is ever saved: :class:`~iclft.finetune.callbacks.NanGuard` checks the
+trainable parameters after every update (and the loss), stops before the step is logged or
+checkpointed, and the run ends with :class:`TrainingDiverged`, a manifest that says why, and
+the last good checkpoint untouched. The final model is written to a staging directory and moved
+into place; ``manifest.json`` (``status: complete``) is written last and marks the directory as
+a finished model (the loader refuses one without it).
+
 Distributed: launched with ``accelerate launch -m iclft finetune ...`` the Trainer runs DDP
 (FSDP/DeepSpeed through the user's accelerate config); curves are evaluated and written by
 rank 0 only.
@@ -14,8 +21,8 @@ rank 0 only.
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +30,22 @@ from pathlib import Path
 import torch
 
 from iclft.errors import UserError
-from iclft.finetune.callbacks import CurveCallback, NanGuard, RichProgress
-from iclft.finetune.config import FinetuneConfig
+from iclft.faults import kill_point
+from iclft.finetune.callbacks import (
+    AlreadyTrained,
+    CurveCallback,
+    FaultPoints,
+    NanGuard,
+    RichProgress,
+    StopWhenTrained,
+)
+from iclft.finetune.config import (
+    COMPLETE,
+    DIVERGED,
+    TRAIN_CONFIG_NAME,
+    FinetuneConfig,
+    make_config,
+)
 from iclft.finetune.data import TokenizedTexts, demonstration_texts, task_texts
 from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
 from iclft.finetune.methods import (
@@ -34,8 +55,21 @@ from iclft.finetune.methods import (
     select_parameters,
     trainable_count,
 )
+from iclft.store import (
+    MANIFEST_NAME,
+    WriteError,
+    dir_entries,
+    dir_lock,
+    ensure_writable_dir,
+    write_json_atomic,
+    write_manifest,
+)
 
-CONFIG_NAME = "train_config.json"
+
+class TrainingDiverged(UserError):
+    """Training produced non-finite parameters or loss; nothing was saved as a result."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -50,10 +84,10 @@ class FinetuneResult:
 
 def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
     """Refuse a directory that holds a different run (or this run, unless resuming)."""
-    saved = out_dir / CONFIG_NAME
+    saved = out_dir / TRAIN_CONFIG_NAME
     if not saved.exists():
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-            others = sorted(p.name for p in out_dir.iterdir())[:5]
+        if dir_entries(out_dir) and not resume:
+            others = sorted(p.name for p in dir_entries(out_dir))[:5]
             raise UserError(
                 f"output directory {str(out_dir)!r} is not empty and holds no iclft fine-tuning "
                 f"run (found {', '.join(others)}); choose an empty or new directory"
@@ -121,15 +155,45 @@ def _make_trainer_class():
                 loss = loss * self.accelerator.num_processes  # as Trainer does for its own loss
             return (loss, None) if return_outputs else loss
 
+        def _save_optimizer_and_scheduler(self, output_dir):
+            # a named kill point mid-checkpoint: the weights are written, the rest is not
+            kill_point(f"checkpoint-save:{self.state.global_step}")
+            super()._save_optimizer_and_scheduler(output_dir)
+
     return ICLFTTrainer
 
 
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+#: the Trainer writes a checkpoint's trainer_state.json last: without it the save was cut short
+_CKPT_DONE = "trainer_state.json"
 
-    if not ckpt_dir.exists():
+
+def _complete(ckpt: Path) -> bool:
+    try:
+        json.loads((ckpt / _CKPT_DONE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | None:
+    """The newest complete checkpoint (``checkpoint-N`` with a readable trainer_state.json).
+
+    ``drop_incomplete`` deletes checkpoints a killed save left half-written (the caller holds
+    the directory's lock), so the Trainer neither resumes from nor rotates onto them."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not ckpt_dir.is_dir():
         return None
-    return get_last_checkpoint(str(ckpt_dir))
+    found: list[tuple[int, Path]] = []
+    for d in ckpt_dir.iterdir():
+        step = d.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if not (d.is_dir() and step.isdigit()):
+            continue
+        if _complete(d):
+            found.append((int(step), d))
+        elif drop_incomplete:
+            shutil.rmtree(d, ignore_errors=True)
+    return str(max(found)[1]) if found else None
 
 
 def run_finetune(
@@ -140,15 +204,23 @@ def run_finetune(
     show_progress: bool = True,
     extra_callbacks: list | None = None,
 ) -> FinetuneResult:
-    """Train ``cfg.model`` with ``cfg.method`` and write the run into ``out_dir``."""
+    """Train ``cfg.model`` with ``cfg.method`` and write the run into ``out_dir`` (whose lock
+    rank 0 holds throughout: one writer per directory)."""
+    from contextlib import nullcontext
+
+    cfg = make_config(**cfg.model_dump())  # a model_copy/model_construct skips validation
+    out_dir = Path(out_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    with dir_lock(out_dir) if rank == 0 else nullcontext():
+        return _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks)
+
+
+def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) -> FinetuneResult:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from iclft.models.loading import load_model, resolve_device
-    from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
-    out_dir = Path(out_dir)
-    rank = int(os.environ.get("RANK", "0"))
     if rank == 0:  # other ranks would see the settings rank 0 is about to write
         _check_out_dir(out_dir, cfg, resume)
     if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
@@ -161,7 +233,9 @@ def run_finetune(
         raise UserError("fp16 training needs a GPU; use --precision fp32 or bf16 on CPU")
 
     if rank == 0:
-        write_json_atomic(out_dir / CONFIG_NAME, json.loads(cfg.model_dump_json()))
+        write_json_atomic(out_dir / TRAIN_CONFIG_NAME, json.loads(cfg.model_dump_json()))
+        # until the new manifest is written, the directory is an unfinished run, not a model
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
     loaded = load_model(cfg.model, device="cpu", dtype="float32")
     model, tok = loaded.model, loaded.tokenizer
@@ -214,6 +288,7 @@ def run_finetune(
     )
     world = max(1, args.world_size)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    nan = NanGuard()
     curves = CurveCallback(
         out_dir / "curves.csv",
         tok,
@@ -222,8 +297,8 @@ def run_finetune(
         cfg.seed,
         cfg.eval_every,
         per_step,
+        nan,
     )
-    nan = NanGuard()
     trainer_cls = _make_trainer_class()
     trainer_cls.layer_causal = cfg.layer_causal
     trainer = trainer_cls(
@@ -231,55 +306,105 @@ def run_finetune(
         args=args,
         train_dataset=dataset,
         data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True),
-        callbacks=[nan, curves, RichProgress(show_progress), *(extra_callbacks or [])],
+        callbacks=[
+            StopWhenTrained(),
+            nan,  # before the others: it vetoes logging and saving a diverged step
+            curves,
+            RichProgress(show_progress),
+            *(extra_callbacks or []),
+            FaultPoints(),
+        ],
     )
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
 
-    ckpt = _last_checkpoint(out_dir / "checkpoints") if resume else None
+    ckpt = _last_checkpoint(out_dir / "checkpoints", drop_incomplete=rank == 0) if resume else None
     t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=ckpt)
+    try:
+        metrics = trainer.train(resume_from_checkpoint=ckpt).metrics
+    except AlreadyTrained:  # killed after its last checkpoint: nothing left to train
+        metrics = {}
+        curves.on_train_end(args, trainer.state, trainer.control, model=trainer.model)
     train_seconds = time.time() - t0
-    if nan.bad_step is not None:
+    common = dict(
+        command="finetune",
+        started=started,
+        model=loaded.resolved.describe(),
+        method=cfg.method,
+        parameters=cfg.selection,
+        device=str(args.device),
+        world_size=world,
+        seeds=[cfg.seed],
+    )
+    if nan.tripped:
         last = _last_checkpoint(out_dir / "checkpoints")
+        if trainer.is_world_process_zero():
+            write_manifest(
+                out_dir,
+                **common,
+                status=DIVERGED,
+                diverged={
+                    "step": nan.bad_step,
+                    "reason": nan.reason,
+                    "nonfinite_parameters": nan.bad_parameters[:20],
+                    "lr": cfg.lr,
+                },
+                last_good_checkpoint=last,
+            )
         keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
-        raise UserError(
-            f"training stopped: the loss became NaN or infinite at step {nan.bad_step}; {keep} "
-            "(lower the learning rate)"
+        raise TrainingDiverged(
+            f"training diverged at step {nan.bad_step} ({nan.reason}); no model was saved; "
+            f"{keep}; the reason is in {out_dir / MANIFEST_NAME} (lower the learning rate)"
         )
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = losses[-1] if losses else None
     if trainer.is_world_process_zero():
-        unwrapped = trainer.model
-        if cfg.selection == "lora":
-            unwrapped.peft_config["default"].base_model_name_or_path = cfg.model
-            # embeddings are never LoRA targets here; "auto" would look the base up on a hub
-            unwrapped.save_pretrained(
-                str(out_dir), safe_serialization=True, save_embedding_layers=False
-            )
-        else:
-            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
-        tok.save_pretrained(str(out_dir))
+        _save_final(trainer.model, tok, out_dir, cfg)
+        kill_point("train-save")
         write_manifest(
             out_dir,
-            command="finetune",
-            started=started,
-            model=loaded.resolved.describe(),
-            method=cfg.method,
-            parameters=cfg.selection,
+            **common,
+            status=COMPLETE,
             trainable_parameters=trainable,
             total_parameters=total,
-            device=str(args.device),
-            world_size=world,
-            seeds=[cfg.seed],
             steps=trainer.state.global_step,
             final_loss=final_loss,
             train_tokens=dataset.n_tokens(),
             timings={"train_seconds": round(train_seconds, 3)},
-            metrics={k: v for k, v in out.metrics.items() if isinstance(v, (int, float))},
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         )
-    if final_loss is not None and not math.isfinite(final_loss):
-        raise UserError("training ended with a non-finite loss")
     return FinetuneResult(
         out_dir, trainer.state.global_step, final_loss, train_seconds, trainable, total
     )
+
+
+def _save_final(model, tok, out_dir: Path, cfg: FinetuneConfig) -> None:
+    """Save the final model (or LoRA adapter) and tokenizer into a staging directory, then move
+    each file into ``out_dir``: a killed or failed save leaves no half-written weights there."""
+    from iclft.finetune.callbacks import nonfinite_parameters
+
+    bad = nonfinite_parameters(model)
+    if bad:  # the guard stops before this; kept so no path can save such weights
+        raise TrainingDiverged(f"refusing to save non-finite parameters ({', '.join(bad[:3])})")
+    staging = out_dir / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if cfg.selection == "lora":
+            model.peft_config["default"].base_model_name_or_path = cfg.model
+            # embeddings are never LoRA targets here; "auto" would look the base up on a hub
+            model.save_pretrained(
+                str(staging), safe_serialization=True, save_embedding_layers=False
+            )
+        else:
+            model.save_pretrained(str(staging), safe_serialization=True)
+        tok.save_pretrained(str(staging))
+        for f in sorted(staging.iterdir()):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(f, out_dir / f.name)
+    except OSError as e:
+        raise WriteError(
+            f"cannot save the final model in {out_dir}: {e.strerror or e}; checkpoints are kept"
+        ) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

