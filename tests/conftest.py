@@ -106,3 +106,22 @@ def tiny_models(tiny_tokenizer):
 def tiny_model_factory():
     """``make_tiny_model`` for tests that need a model with their own settings."""
     return make_tiny_model
+
+
+@pytest.fixture
+def iclft_main(monkeypatch, capsys):
+    """Run ``iclft ARGS...`` in-process through the real entry point (``iclft.cli.main``, which
+    turns user errors into one red line and their exit code); returns (exit code, stderr)."""
+    import sys
+
+    from iclft.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["iclft", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main()
+        code = info.value.code
+        return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+    return run

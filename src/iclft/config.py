@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from iclft.errors import UserError, did_you_mean
 
@@ -24,6 +24,17 @@ FT_METHODS = {
     "ft-layer-causal": "layer-causal",
 }
 VARIANT_NAMES = ("clean", "misleading")
+
+
+#: the largest float32: a learning rate, decay or alpha above it overflows in the update
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def float32_range(v):
+    """Refuse a float no float32 holds (NaN/inf are refused by ``allow_inf_nan=False``)."""
+    if isinstance(v, float) and abs(v) > FLOAT32_MAX:
+        raise ValueError(f"must be at most 3.4e38 in magnitude (float32), got {v:g}")
+    return v
 
 
 def _known(kind: str, allowed_fn):
@@ -48,9 +59,12 @@ VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
 
 
 class _Strict(BaseModel):
-    """Unknown keys and non-finite floats (``.inf``, ``.nan``) are refused."""
+    """Unknown keys, non-finite floats (``.inf``, ``.nan``) and floats beyond float32 are
+    refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _float32 = field_validator("*")(float32_range)
 
 
 class FinetuneSettings(_Strict):

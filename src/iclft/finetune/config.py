@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from iclft.config import float32_range
 from iclft.errors import UnknownNameError, UserError
 
 METHODS = ("full", "lora", "kv", "layer-causal")
@@ -39,6 +40,8 @@ class LoraSettings(BaseModel):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = None  # None: attention and MLP projections
+
+    _float32 = field_validator("*")(float32_range)
 
 
 class FinetuneConfig(BaseModel):
@@ -76,6 +79,8 @@ class FinetuneConfig(BaseModel):
     max_length: int = Field(1024, gt=8)
     lora: LoraSettings = LoraSettings()
     device: str = "auto"
+
+    _float32 = field_validator("*")(float32_range)
 
     @field_validator("lr")
     @classmethod
