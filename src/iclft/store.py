@@ -50,8 +50,9 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
-def _open_temp(fd: int, mode: str):
-    """The file object atomic writes go through (tests replace it to simulate a full disk)."""
+def _open_temp(fd: int, mode: str, path: Path):
+    """The file object an atomic write of ``path`` goes through (tests replace it to simulate a
+    full disk)."""
     return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
@@ -75,7 +76,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[Any]:
     except OSError as e:
         raise _write_error(path, e) from e
     try:
-        with _open_temp(fd, mode) as f:
+        with _open_temp(fd, mode, path) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
 from iclft.config import validate_config
 from iclft.errors import ModelError, UserError
 from iclft.finetune import make_config, run_finetune
@@ -100,9 +101,7 @@ BAD_FLOATS = ["inf", "-inf", "nan", "1e39"]
 @pytest.mark.parametrize(
     "option", ["--lr", "--weight-decay", "--lora-alpha", "--lora-dropout", "--epochs"]
 )
-def test_cli_refuses_non_finite_settings_and_writes_nothing(
-    option, value, tmp_path, iclft_main
-):
+def test_cli_refuses_non_finite_settings_and_writes_nothing(option, value, tmp_path, iclft_main):
     out = tmp_path / "never"
     code, err = iclft_main(
         "finetune", "--method", "lora", "--tasks", "boolean", option, value, "-o", str(out)

@@ -105,6 +105,9 @@ def test_unknown_spec_lists_aliases():
 def test_hub_id_without_hub_says_so(monkeypatch):
     import huggingface_hub.constants
 
+    from iclft.models import loading
+
+    monkeypatch.setattr(loading, "_HUB_REACHABLE", {})
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError) as info:
         resolve_model("some-org/some-model-that-is-not-cached")

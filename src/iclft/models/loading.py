@@ -400,22 +400,24 @@ def _require_safetensors(path: Path, expected: str) -> None:
         )
 
 
-#: seconds the one reachability request may take
-HUB_PROBE_TIMEOUT = 3.0
+#: seconds the one reachability request may take (a refused or unresolvable host fails at once)
+HUB_PROBE_TIMEOUT = 2.0
 _HUB_REACHABLE: dict[str, bool] = {}
 
 
 def _hub_offline_env() -> bool:
-    """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, read now (huggingface_hub reads it once)."""
-    from huggingface_hub import constants
-
+    """The user's ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, read now."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def hub_reachable() -> bool:
     """Whether the hub endpoint answers one HEAD request (any HTTP status counts), asked once
-    per process and endpoint through huggingface_hub's own session (its proxies, no retries)."""
+    per process and endpoint through huggingface_hub's own session (its proxies, no retries).
+
+    When it does not, huggingface_hub is switched to offline mode for the rest of the process,
+    so neither it nor transformers waits on the network again (its retries with back-off, its
+    once-a-day telemetry fetch)."""
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
@@ -425,8 +427,9 @@ def hub_reachable() -> bool:
             get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)
             _HUB_REACHABLE[endpoint] = True
         except Exception as exc:  # any transport failure means: do not wait on the hub
-            log.info("the Hugging Face hub at %s is unreachable: %s", endpoint, exc)
+            log.info("the Hugging Face hub at %s cannot be reached (%s): offline", endpoint, exc)
             _HUB_REACHABLE[endpoint] = False
+            constants.HF_HUB_OFFLINE = True
     return _HUB_REACHABLE[endpoint]
 
 
