@@ -166,30 +166,40 @@ def test_missing_package_gives_download_error(fake_alias, monkeypatch):
 
 
 def test_two_fetches_at_once_fetch_once(fake_alias, fetched_template, monkeypatch):
-    """The lock serialises fetches; the second caller finds the first one's cache."""
+    """The lock serialises fetches: a second caller that saw no cache while the first was
+    fetching waits for it and finds its cache. The order is forced by events, not by time."""
     import shutil
 
     calls = []
     real_models = fetched_template / "models" / fake_alias.alias
+    real_check = cache_mod.check_cache
+    second_saw_missing = threading.Event()
+    results = {}
 
-    def slow_fetch(spec, step):
+    def check(alias, **kw):
+        state = real_check(alias, **kw)
+        if threading.current_thread().name == "second" and not kw and state.state == "missing":
+            second_saw_missing.set()
+        return state
+
+    def second():
+        results["second"] = ensure_alias(fake_alias.alias).state
+
+    def fetch_while_the_second_caller_arrives(spec, step):
         calls.append(spec.alias)
-        threading.Event().wait(0.3)
+        threading.Thread(target=second, name="second").start()
+        assert second_saw_missing.wait(timeout=120)  # it looked while we hold the lock
         shutil.copytree(real_models, alias_dir(spec.alias))
         return alias_dir(spec.alias)
 
-    monkeypatch.setattr(cache_mod, "_fetch_locked", slow_fetch)
-    results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(ensure_alias(fake_alias.alias).state))
-        for _ in range(2)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    monkeypatch.setattr(cache_mod, "check_cache", check)
+    monkeypatch.setattr(cache_mod, "_fetch_locked", fetch_while_the_second_caller_arrives)
+    results["first"] = ensure_alias(fake_alias.alias).state
+    for t in threading.enumerate():
+        if t.name == "second":
+            t.join()
     assert calls == [fake_alias.alias]
-    assert results == ["ok", "ok"]
+    assert results == {"first": "ok", "second": "ok"}
 
 
 def test_model_status_lists_aliases(fetched_alias):
