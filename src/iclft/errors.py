@@ -32,6 +32,13 @@ class ModelError(UserError):
     """A model that cannot be resolved, fetched or loaded."""
 
 
+class TrainingDiverged(UserError):
+    """Training produced non-finite parameters or loss; nothing was saved as a result. Not a
+    mistake in the input as such (a diverging learning rate is legitimate), hence its own code."""
+
+    exit_code = 3
+
+
 def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest allowed name, or an empty string."""
     close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)

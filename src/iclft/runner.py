@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from iclft.config import FT_METHODS, ExperimentConfig, validate_config
-from iclft.errors import UserError
+from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
 from iclft.store import (
     dir_entries,
@@ -357,6 +357,24 @@ def _run_locked(
     timings: dict[str, float] = {}
     ran = skipped = 0
     console = Console(stderr=True)
+
+    def manifest_fields() -> dict[str, Any]:
+        import torch
+
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        return dict(
+            command="run",
+            started=started,
+            config=cfg.name,
+            models=models.resolved or None,
+            seeds=cfg.seeds,
+            device=cfg.device if cfg.device != "auto" else auto,
+            stages=len(stages),
+            stages_ran=ran,
+            stages_skipped=skipped,
+            stage_seconds=timings,
+        )
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -389,7 +407,17 @@ def _run_locked(
             bar.update(overall, description=f"run [{i + 1}/{len(stages)}] {stage.kind}")
             t0 = time.time()
             kill_point(f"stage:{stage.key}")
-            out = _run_stage(cfg, stage, run_dir, models, track)
+            try:
+                out = _run_stage(cfg, stage, run_dir, models, track)
+            except TrainingDiverged as e:
+                write_manifest(
+                    run_dir,
+                    **manifest_fields(),
+                    status="diverged",
+                    failed_stage=stage.key,
+                    error=str(e),
+                )
+                raise TrainingDiverged(f"stage {stage.key}: {e}") from None
             preds = out.pop("predictions", None)
             if preds is not None:
                 write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
@@ -400,22 +428,5 @@ def _run_locked(
             ran += 1
             bar.advance(overall)
     rows = rebuild_results(run_dir, stages)
-    import torch
-
-    write_manifest(
-        run_dir,
-        command="run",
-        started=started,
-        config=cfg.name,
-        models=models.resolved or None,
-        seeds=cfg.seeds,
-        device=cfg.device
-        if cfg.device != "auto"
-        else ("cuda" if torch.cuda.is_available() else "cpu"),
-        stages=len(stages),
-        stages_ran=ran,
-        stages_skipped=skipped,
-        stage_seconds=timings,
-        rows=len(rows),
-    )
+    write_manifest(run_dir, **manifest_fields(), status="complete", rows=len(rows))
     return RunSummary(run_dir, len(stages), ran, skipped, round(time.time() - started, 1))

@@ -13,9 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from iclft.config import validate_config
-from iclft.errors import ModelError, UserError
+from iclft.errors import ModelError, TrainingDiverged, UserError
 from iclft.finetune import make_config, run_finetune
-from iclft.finetune.train import TrainingDiverged
 from iclft.models.loading import resolve_model
 
 
@@ -150,3 +149,29 @@ def test_python_api_refuses_non_finite_settings_even_past_validation(tiny_model_
     with pytest.raises(UserError, match="lr: must be a finite number"):
         run_finetune(cfg, tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_whose_fine_tuning_diverges_stops_and_says_which_stage(
+    tiny_model_dir, tmp_path, iclft_main
+):
+    config = {
+        "models": [str(tiny_model_dir)],
+        "tasks": ["boolean"],
+        "methods": ["baseline", "ft-full"],
+        "n": 2,
+        "device": "cpu",
+        "finetune": {"train_n": 16, "steps": 6, "lr": 1e4, "optimizer": "sgd", "batch_size": 4,
+                     "schedule": "constant", "save_every": 1, "eval_n": 2},
+    }  # fmt: skip
+    path, run_dir = tmp_path / "c.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config))
+    code, err = iclft_main("run", str(path), "-o", str(run_dir))
+    assert code == 3
+    line = _error_line(err)
+    assert line.startswith("error: stage m0-s0-ft-full-train: training diverged at step")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["failed_stage"] == "m0-s0-ft-full-train"
+    assert manifest["stages_ran"] == 1  # the baseline stage, whose rows are kept
+    assert {r["method"] for r in map(json.loads, (run_dir / "results.jsonl").open())} == {
+        "baseline"
+    }

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from iclft.errors import UserError
+from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
 from iclft.finetune.callbacks import (
     AlreadyTrained,
@@ -64,12 +64,6 @@ from iclft.store import (
     write_json_atomic,
     write_manifest,
 )
-
-
-class TrainingDiverged(UserError):
-    """Training produced non-finite parameters or loss; nothing was saved as a result."""
-
-    exit_code = 3
 
 
 @dataclass
