@@ -126,6 +126,8 @@ class ExperimentConfig(_Strict):
     n: int = Field(50, gt=0, description="test items per cell")
     demos: Literal["shared", "per-query"] = "shared"
     scoring: Literal["generate", "loglik", "auto"] = "generate"
+    #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.evaluate
+    protocol: Literal["exact", "paper"] = "exact"
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(10, gt=0)
@@ -201,6 +203,10 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
                 f"scoring: loglik needs choice tasks, but {', '.join(free)} "
                 "has free answers (use auto or generate)"
             )
+    if cfg.protocol == "paper" and cfg.scoring == "loglik":
+        problems.append(
+            "protocol: paper generates text for every task; use scoring generate or auto"
+        )
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
     return cfg

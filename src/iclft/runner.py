@@ -169,6 +169,7 @@ def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list,
         scoring=cfg.scoring,
         max_new_tokens=cfg.max_new_tokens,
         method=method,
+        protocol=cfg.protocol,
     ).check()
     engine = Engine(
         loaded.model, loaded.tokenizer, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens

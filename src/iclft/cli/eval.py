@@ -20,6 +20,12 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", "-s"),
     demos: str = typer.Option("shared", "--demos", help="shared or per-query."),
     scoring: str = typer.Option("generate", "--scoring", help="generate, loglik or auto."),
+    protocol: str = typer.Option(
+        "exact",
+        "--protocol",
+        help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
+        "code: a fixed --max-new-tokens continuation, target as a substring).",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
@@ -43,6 +49,7 @@ def eval_command(
         demos=demos,
         scoring=scoring,
         max_new_tokens=max_new_tokens,
+        protocol=protocol,
     ).check()
     res = run_eval(
         spec,

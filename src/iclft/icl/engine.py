@@ -30,7 +30,10 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
 
    Either way every prompt computes what it would alone;
 4. decodes greedily, one token per step for every live prompt, dropping prompts as they
-   finish (a newline or an end-of-sequence token).
+   finish: an end-of-sequence token, or (``stop="newline"``, the default) a newline *after the
+   answer has started* (leading whitespace and newlines are skipped, so a model that answers on
+   the next line is read, not scored empty); ``stop="none"`` runs to ``max_new_tokens`` (the
+   seed paper's fixed-length continuation).
 
 The maths of every forward pass is the model's own; only the bookkeeping is ours.
 """
@@ -46,6 +49,15 @@ import torch
 from transformers import DynamicCache, StoppingCriteria
 
 Progress = Callable[[int], None]
+
+#: how a greedy continuation ends (besides end-of-sequence and the token budget)
+STOPS = ("newline", "none")
+
+
+def finished(text: str, stop: str) -> bool:
+    """Whether a continuation is complete: a newline once non-whitespace text has begun."""
+    return stop == "newline" and "\n" in text.lstrip()
+
 
 # Model families whose forward takes positions from ``position_ids`` and a prepared 4-D mask
 # as given (transformers' ``create_causal_mask`` returns a 4-D mask untouched), so a packed
@@ -105,15 +117,15 @@ def context_limit(model, tokenizer=None) -> int | None:
 
 
 class NewlineStop(StoppingCriteria):
-    """Stopping rule for plain ``generate`` matching the engine's: stop once the continuation
-    holds a newline (used by the benchmark and tests that compare with ``generate``)."""
+    """Stopping rule for plain ``generate`` matching the engine's: stop at a newline after the
+    answer has started (used by the benchmark and tests that compare with ``generate``)."""
 
     def __init__(self, tokenizer, prompt_len: int):
         self.tok, self.prompt_len = tokenizer, prompt_len
 
     def __call__(self, input_ids, scores, **kwargs):
         done = [
-            "\n" in self.tok.decode(row[self.prompt_len :], skip_special_tokens=False)
+            finished(self.tok.decode(row[self.prompt_len :], skip_special_tokens=False), "newline")
             for row in input_ids
         ]
         return torch.tensor(done, device=input_ids.device)
@@ -433,12 +445,16 @@ class Engine:
         prefixes: Sequence[str | None] | None = None,
         *,
         max_new_tokens: int | None = None,
+        stop: str = "newline",
         progress: Progress | None = None,
     ) -> list[str]:
-        """Greedy continuation of each prompt, stopped after a newline or end-of-sequence.
+        """Greedy continuation of each prompt, ended by end-of-sequence, the token budget, or
+        ``stop``: "newline" (after the answer began) or "none" (see :data:`STOPS`).
 
         ``prefixes[i]`` is a hint: text that prompt i starts with and that other prompts share.
         Returns the decoded continuations (including the newline that stopped them)."""
+        if stop not in STOPS:
+            raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
         max_new = max_new_tokens or self.max_new_tokens
         seqs = [self.encode(p) for p in prompts]
         hints = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
@@ -446,13 +462,15 @@ class Engine:
         for packed, prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
             suffixes = [seqs[i][len(p) :] for i, p in zip(batch, prefixes_)]
             run = self._greedy_packed if packed else self._greedy
-            for i, t in zip(batch, run(prefixes_, suffixes, max_new)):
+            for i, t in zip(batch, run(prefixes_, suffixes, max_new, stop)):
                 outs[i] = t
             if progress:
                 progress(len(batch))
         return outs
 
-    def _advance(self, logits, active: list[int], gen, texts) -> tuple[list[int], torch.Tensor]:
+    def _advance(
+        self, logits, active: list[int], gen, texts, stop: str
+    ) -> tuple[list[int], torch.Tensor]:
         """One greedy step: append each live row's argmax token; return the positions (in
         ``active``) of rows still going and the tokens just chosen."""
         nxt = logits.argmax(-1)
@@ -462,11 +480,11 @@ class Engine:
                 continue
             gen[row].append(t)
             texts[row] = self.tok.decode(gen[row], skip_special_tokens=False)
-            if "\n" not in texts[row]:
+            if not finished(texts[row], stop):
                 keep.append(r)
         return keep, nxt
 
-    def _greedy(self, prefixes, suffixes, max_new: int) -> list[str]:
+    def _greedy(self, prefixes, suffixes, max_new: int, stop: str) -> list[str]:
         ids, mask, pos, cache = self._batch_inputs(prefixes, suffixes)
         logits = self._forward(ids, mask, pos, cache, logits_to_keep=1)[:, -1]
         B = len(suffixes)
@@ -475,7 +493,7 @@ class Engine:
         active = list(range(B))  # original row of each live row
         last_pos = pos[:, -1]
         for step in range(max_new):
-            keep, nxt = self._advance(logits, active, gen, texts)
+            keep, nxt = self._advance(logits, active, gen, texts, stop)
             if not keep or step == max_new - 1:
                 break
             if len(keep) < len(active):
@@ -489,7 +507,7 @@ class Engine:
             logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, 1)[:, -1]
         return texts
 
-    def _greedy_packed(self, prefixes, suffixes, max_new: int) -> list[str]:
+    def _greedy_packed(self, prefixes, suffixes, max_new: int, stop: str) -> list[str]:
         """Greedy decoding in the packed layout: each step appends one token per live row to
         the single packed sequence; finished rows simply stop adding (their slots stay,
         masked from everyone else)."""
@@ -503,7 +521,7 @@ class Engine:
         active = list(range(B))
         last_pos = pos[ends]
         for step in range(max_new):
-            keep, nxt = self._advance(logits, active, gen, texts)
+            keep, nxt = self._advance(logits, active, gen, texts, stop)
             if not keep or step == max_new - 1:
                 break
             active = [active[r] for r in keep]

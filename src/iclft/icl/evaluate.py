@@ -4,6 +4,11 @@ Scoring functions are interchangeable (inspect_ai style): ``generate`` decodes g
 parses the continuation with the task's parser; ``loglik`` picks the choice with the highest
 total log-probability (lm-evaluation-harness' convention). ``auto`` is loglik for choice tasks
 and generate otherwise.
+
+Two protocols (:data:`PROTOCOLS`): ``exact`` (ours) skips leading whitespace and newlines,
+stops at the next newline, parses the first non-empty line and requires an exact match;
+``paper`` is the seed paper's code as it was: a fixed ``max_new_tokens`` continuation with no
+stop, scored correct when ``str(target)`` occurs anywhere in it (so "2" is found in "12").
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from iclft.icl.prompts import DEMO_MODES, DemoPool, Prompt, build_prompt
 from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task
 
 SCORINGS = ("generate", "loglik", "auto")
+#: protocol -> (how generation stops, see ``Engine.generate``; how an item is judged)
+PROTOCOLS = {"exact": ("newline", "exact match"), "paper": ("none", "substring")}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class EvalSpec:
     scoring: str = "generate"
     max_new_tokens: int = 10
     method: str | None = None  # label for results rows; default: baseline (0-shot) / icl
+    protocol: str = "exact"
 
     def check(self) -> EvalSpec:
         if not self.tasks:
@@ -64,10 +72,19 @@ class EvalSpec:
                 )
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.protocol not in PROTOCOLS:
+            raise UnknownNameError("protocol", self.protocol, PROTOCOLS)
+        if self.protocol == "paper" and self.scoring == "loglik":
+            raise UserError(
+                "the paper protocol generates text for every task; use --scoring generate or "
+                "auto with --protocol paper"
+            )
         return self
 
 
-def scoring_for(task: Task, scoring: str) -> str:
+def scoring_for(task: Task, scoring: str, protocol: str = "exact") -> str:
+    if protocol == "paper":  # the seed code generated for every task, choice tasks too
+        return "generate"
     if scoring == "auto":
         return "loglik" if task.is_choice else "generate"
     return scoring
@@ -119,7 +136,7 @@ def _check_shots_fit(
 
 def check_fit(engine: Engine, task: Task, spec: EvalSpec) -> None:
     """Refuse shot counts that cannot fit the model's context (before any work starts)."""
-    scoring = scoring_for(task, spec.scoring)
+    scoring = scoring_for(task, spec.scoring, spec.protocol)
     reserve = spec.max_new_tokens if scoring == "generate" else 8
     pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
     first = task.generate(spec.variants[0], 1, spec.seed)[0]
@@ -136,7 +153,8 @@ def evaluate_task(
     progress: Callable[[int], None] | None = None,
 ) -> CellResult:
     """All (variant, shots) cells of one task: one engine call, so caches are shared."""
-    scoring = scoring_for(task, spec.scoring)
+    scoring = scoring_for(task, spec.scoring, spec.protocol)
+    stop, judge = PROTOCOLS[spec.protocol]
     pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
     queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
     reserve = spec.max_new_tokens if scoring == "generate" else 8
@@ -152,7 +170,7 @@ def evaluate_task(
     scores: list[list[float]] | None = None
     if scoring == "generate":
         outputs = engine.generate(
-            texts, prefixes, max_new_tokens=spec.max_new_tokens, progress=progress
+            texts, prefixes, max_new_tokens=spec.max_new_tokens, stop=stop, progress=progress
         )
         preds = [task.parse(o) for o in outputs]
     else:
@@ -182,7 +200,7 @@ def evaluate_task(
             "prediction": pred,
             "target": q.target,
             "shortcut_target": q.shortcut_target,
-            "correct": pred == q.target,
+            "correct": (q.target in o) if judge == "substring" else pred == q.target,
             "substring_correct": q.target in o,
             "shortcut_answer": pred == q.shortcut_target,
         }
@@ -207,6 +225,7 @@ def evaluate_task(
                 "truncated": sum(r["shots_used"] < k for r in rows),
                 "demos": spec.demos,
                 "scoring": scoring,
+                "protocol": spec.protocol,
                 "seed": spec.seed,
                 "n": n,
                 "correct": correct,
