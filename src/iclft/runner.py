@@ -15,6 +15,7 @@ Run directory::
     config.json            the resolved config (a different one is refused unless --force)
     manifest.json          versions, git revision, models and hashes, device, stage timings
     results.jsonl          one row per evaluated cell (all stages)
+    comparisons.jsonl      paired tests: ICL vs baseline and each fine-tuned model, same items
     stages/<key>.json      completion record of each stage, with its rows
     predictions/<key>.jsonl  per-item predictions of each evaluation stage
     finetune/<model>/<method>/   fine-tuned models, curves.csv, checkpoints
@@ -122,7 +123,7 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
                 )
             for name in ("stages", "predictions", "finetune", "analysis", "figures", "tables"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in ("results.jsonl", "report.html", "report.md"):
+            for name in ("results.jsonl", "comparisons.jsonl", "report.html", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
     elif dir_entries(run_dir) and not force:
         raise UserError(
@@ -308,6 +309,21 @@ def rebuild_results(run_dir: Path, stages: list[Stage]) -> list[dict]:
     return rows
 
 
+def rebuild_comparisons(run_dir: Path, stages: list[Stage], seed: int) -> list[dict]:
+    """``comparisons.jsonl``: paired tests (:mod:`iclft.icl.compare`) over the predictions of
+    every completed evaluation stage, in plan order (atomically)."""
+    from iclft.icl.compare import paired_comparisons
+    from iclft.store import read_jsonl
+
+    preds: list[dict] = []
+    for st in stages:
+        if (run_dir / "stages" / f"{st.key}.json").exists():
+            preds += read_jsonl(run_dir / "predictions" / f"{st.key}.jsonl")
+    rows = [c.to_dict() for c in paired_comparisons(preds, seed=seed)]
+    write_jsonl_atomic(run_dir / "comparisons.jsonl", rows)
+    return rows
+
+
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -429,5 +445,12 @@ def _run_locked(
             ran += 1
             bar.advance(overall)
     rows = rebuild_results(run_dir, stages)
-    write_manifest(run_dir, **manifest_fields(), status="complete", rows=len(rows))
+    comparisons = rebuild_comparisons(run_dir, stages, cfg.seeds[0])
+    write_manifest(
+        run_dir,
+        **manifest_fields(),
+        status="complete",
+        rows=len(rows),
+        comparisons=len(comparisons),
+    )
     return RunSummary(run_dir, len(stages), ran, skipped, round(time.time() - started, 1))

@@ -9,9 +9,10 @@ import math
 import pytest
 
 from iclft.errors import UserError
+from iclft.icl.compare import paired_comparisons
 from iclft.icl.metrics import wilson_interval
 from iclft.report.data import ResultRow, aggregate, load_run
-from iclft.report.tables import best_icl_shots, compare, headline, sentence
+from iclft.report.tables import best_icl_shots, compare, headline, sentence, sentences
 
 from .synthetic import result_row
 
@@ -188,3 +189,37 @@ def test_compare_is_symmetric_and_zero_on_overlap():
     ).values()
     assert (compare(a, b), compare(b, a), compare(a, c)) == (1, -1, 0)
     assert not math.isnan(a.low)
+
+
+def pred_row(method, shots, seed, i, correct, variant="clean"):
+    return {"model": "m", "task": "expression", "variant": variant, "method": method,
+            "shots": shots, "seed": seed, "id": f"expression-{variant}-{seed}-{i}",
+            "correct": correct}  # fmt: skip
+
+
+def test_sentence_uses_the_paired_test_where_the_run_has_one(tmp_path):
+    """Intervals of n=20 overlap (0.60 vs 0.30), but on the same items ICL is never worse and
+    six items better: the sentence says so, with the test, instead of hedging."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        result_row("m", "expression", "clean", "baseline", 0, 0, 2, 20),
+        result_row("m", "expression", "clean", "icl", 8, 0, 12, 20),
+        result_row("m", "expression", "clean", "ft-full", 0, 0, 6, 20),
+    ]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preds = [pred_row("icl", 8, 0, i, i < 12) for i in range(20)]
+    preds += [pred_row("ft-full", 0, 0, i, i < 6) for i in range(20)]
+    preds += [pred_row("baseline", 0, 0, i, i < 2) for i in range(20)]
+    comps = paired_comparisons(preds, n_boot=2000)
+    (run / "comparisons.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in comps))
+    ((_, _, text),) = sentences(load_run(run))
+    assert text.startswith(
+        "On expression, ICL (k=8) reaches 0.60 clean vs 0.30 for fine-tuning (ft-full) "
+        "(paired difference +0.30 [+0."
+    )
+    assert "McNemar p=0.031" in text  # 6 discordant pairs, all one way: 2 / 2**6
+    # the same numbers without the paired test hedge: the Wilson intervals overlap
+    (run / "comparisons.jsonl").unlink()
+    ((_, _, hedged),) = sentences(load_run(run))
+    assert "are not distinguishable at n=20" in hedged

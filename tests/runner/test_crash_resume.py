@@ -82,6 +82,7 @@ def _outcome(run_dir: Path, model_slug: str) -> dict:
         stages[f.name] = record
     return {
         "results": rows(run_dir),
+        "comparisons": (run_dir / "comparisons.jsonl").read_text(),
         "stages": stages,
         "predictions": {p.name: p.read_text() for p in (run_dir / "predictions").glob("*")},
         "ft_weights": _sha(ft / "model.safetensors"),

@@ -82,6 +82,11 @@ class EvalSpec:
         return self
 
 
+def method_label(spec: EvalSpec, shots: int) -> str:
+    """The row label of an evaluated setting: the spec's method, else baseline / icl."""
+    return spec.method or ("baseline" if shots == 0 else "icl")
+
+
 def scoring_for(task: Task, scoring: str, protocol: str = "exact") -> str:
     if protocol == "paper":  # the seed code generated for every task, choice tasks too
         return "generate"
@@ -188,6 +193,7 @@ def evaluate_task(
         row = {
             "id": q.id,
             "model": model_label,
+            "method": method_label(spec, p.shots),
             "task": task.name,
             "variant": q.variant,
             "shots": p.shots,
@@ -219,7 +225,7 @@ def evaluate_task(
                 "model": model_label,
                 "task": task.name,
                 "variant": variant,
-                "method": spec.method or ("baseline" if k == 0 else "icl"),
+                "method": method_label(spec, k),
                 "shots": k,
                 "shots_used_mean": sum(r["shots_used"] for r in rows) / n,
                 "truncated": sum(r["shots_used"] < k for r in rows),

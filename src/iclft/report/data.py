@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UserError
+from iclft.icl.compare import Comparison
 from iclft.icl.metrics import wilson_interval
 from iclft.store import read_jsonl
 
@@ -290,7 +291,23 @@ class RunData:
     finetune: list[FinetuneRun] = field(default_factory=list)
     analysis_figures: list[AnalysisFigure] = field(default_factory=list)
     analysis_summaries: list[AnalysisSummary] = field(default_factory=list)
+    #: paired tests of settings on the same items (``comparisons.jsonl``; empty in old runs)
+    comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # problems met while reading
+
+    def comparison(
+        self, model: str, task: str, variant: str, a: tuple[str, int], b: tuple[str, int]
+    ) -> Comparison | None:
+        """The paired test of setting ``a`` against ``b`` (``(method, shots)``), oriented so
+        that ``diff`` is ``acc_a - acc_b``; ``None`` when the run has none."""
+        for c in self.comparisons:
+            if (c.model, c.task, c.variant) != (model, task, variant):
+                continue
+            if ((c.a_method, c.a_shots), (c.b_method, c.b_shots)) == (a, b):
+                return c
+            if ((c.a_method, c.a_shots), (c.b_method, c.b_shots)) == (b, a):
+                return c.flipped()
+        return None
 
     @property
     def models(self) -> list[str]:
@@ -483,6 +500,7 @@ def load_run(run_dir: Path) -> RunData:
     models = list(dict.fromkeys(r.model for r in rows))
     data = RunData(run_dir, config, manifest, rows, aggregate(rows), notes=notes)
     data.finetune = _find_finetune(run_dir, models, notes)
+    data.comparisons = [Comparison.from_dict(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]
     for key, c in list(data.cells.items()):  # ft rows without train_examples: from the curve
         run = data.finetune_run(c.model, c.method) if is_finetune(c.method) else None
         if c.train_examples is None and run is not None and run.examples_seen is not None:

@@ -136,6 +136,47 @@ def run_info(data: RunData) -> Section:
     return s
 
 
+def comparisons_section(data: RunData) -> Section:
+    """Paired tests of the headline settings (same items): ICL vs baseline and each fine-tuned
+    model, and each fine-tuned model vs baseline; every shot count is in comparisons.jsonl."""
+    s = Section("comparisons", "Paired comparisons")
+    if not data.comparisons:
+        s.note = "This run has no paired comparisons (comparisons.jsonl is written by iclft run)."
+        return s
+    s.paragraphs.append(
+        "Settings scored on the same test items, compared item by item: the difference in "
+        "accuracy (A - B) with a 95% paired bootstrap interval (items resampled in pairs) and "
+        "the exact McNemar p-value on the items only one of the two gets right. ICL is shown at "
+        "the headline's k; comparisons.jsonl holds every shot count."
+    )
+    cols = ("task", "variant", "A vs B", "diff [95% CI]", "A only / B only", "McNemar p", "n")
+    for model in data.models:
+        rows = []
+        for task in data.tasks:
+            entries = headline(data, model, task)
+            icl = [e for e in entries if e.method == "icl"]
+            keep = {("icl", e.shots) for e in icl} | {(e.method, 0) for e in entries}
+            for c in data.comparisons:
+                a, b = (c.a_method, c.a_shots), (c.b_method, c.b_shots)
+                if (c.model, c.task) != (model, task) or a not in keep or b not in keep:
+                    continue
+                name = lambda m, k: f"ICL (k={k})" if m == "icl" else m  # noqa: E731
+                rows.append(
+                    (
+                        task,
+                        c.variant,
+                        f"{name(*a)} vs {name(*b)}",
+                        f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
+                        f"{c.a_only} / {c.b_only}",
+                        f"{c.p_value:.2g}",
+                        str(c.n),
+                    )
+                )
+        if rows:
+            s.tables.append((f"paired comparisons: {model}", cols, rows))
+    return s
+
+
 def scoring_section(data: RunData) -> Section:
     """How accuracy was scored, with the lenient substring figure explained."""
     modes = sorted({r.scoring for r in data.rows if r.scoring})
@@ -173,7 +214,7 @@ def build_sections(
         "with the shortcut's answer."
     )
     head.tables = headline_tables(data)
-    out = [summary, head]
+    out = [summary, head, comparisons_section(data)]
     for key, title in SECTION_TITLES.items():
         sec = Section(key, title, figures=[f for f in figures if f.section == key])
         if not sec.figures:

@@ -4,10 +4,11 @@ one sentence per task computed from its numbers, and the CSV tables of the repor
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iclft.icl.compare import Comparison
 from iclft.report.data import Cell, RunData, fmt, is_finetune
 from iclft.store import atomic_writer
 
@@ -78,12 +79,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = None) -> str:
-    """One sentence stating what the numbers of one task say, hedged where intervals overlap.
+#: ``paired(a, b, variant)``: the paired test of two headline settings on the same items
+Paired = Callable[["HeadlineEntry", "HeadlineEntry", str], Comparison | None]
+
+
+def _no_pairs(a: HeadlineEntry, b: HeadlineEntry, variant: str) -> Comparison | None:
+    return None
+
+
+def sentence(
+    entries: Sequence[HeadlineEntry],
+    task: str,
+    model: str | None = None,
+    paired: Paired = _no_pairs,
+) -> str:
+    """One sentence stating what the numbers of one task say, hedged where they do not decide.
 
     The lead setting is ICL when present (else the best fine-tuning, else the baseline); its
     clean accuracy is compared with the best fine-tuning (by clean accuracy) or the baseline,
-    then its misleading accuracy with its clean one, with the rate of shortcut answers."""
+    then its misleading accuracy with its clean one, with the rate of shortcut answers.
+    Settings scored on the same items are compared by their paired test when the run has one
+    (the paired bootstrap interval of the difference excludes 0), else by whether their
+    intervals overlap; misleading vs clean (different items) always by intervals."""
     where = f"On {task}" + (f" ({model})" if model else "")
     if not entries:
         return f"{where}, nothing was evaluated."
@@ -114,21 +131,27 @@ def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = No
         parts.append(f"{where}, only {name(lead)} was evaluated: {acc(lead)} {main}")
     else:
         b = other.get(main)
-        c = compare(a, b)  # type: ignore[arg-type]
+        test = paired(lead, other, main)
+        c = test.sign if test else compare(a, b)  # type: ignore[arg-type]
+        why = f" ({test.text()})" if test else ""
         if c > 0:
             parts.append(
                 f"{where}, {name(lead)} reaches {acc(lead)} {main} vs {acc(other)} for "
-                f"{name(other)}"
+                f"{name(other)}{why}"
             )
         elif c < 0:
             parts.append(
                 f"{where}, {name(other)} reaches {acc(other)} {main} vs {acc(lead)} for "
-                f"{name(lead)}"
+                f"{name(lead)}{why}"
             )
         else:
             parts.append(
                 f"{where}, {name(lead)} ({acc(lead)} {main}) and {name(other)} ({acc(other)}) "
-                f"are not distinguishable {_n_text(a, b)}"  # type: ignore[arg-type]
+                + (  # type: ignore[arg-type]
+                    f"are not distinguishable{why}"
+                    if test
+                    else f"are not distinguishable {_n_text(a, b)}"
+                )
             )
         if base is not None and other is not base and lead is not base:
             parts[-1] += f", with the 0-shot baseline at {acc(base)}"
@@ -155,12 +178,15 @@ def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = No
         parts.append(text)
         if lead is icl and ft is not None and ft.misleading is not None:
             fm = ft.misleading
-            c2 = compare(m, fm)
+            test = paired(lead, ft, "misleading")
+            c2 = test.sign if test else compare(m, fm)
             rel = {
                 1: "below ICL",
                 -1: "above ICL",
-                0: f"not distinguishable from ICL {_n_text(m, fm)}",
+                0: "not distinguishable from ICL" + ("" if test else f" {_n_text(m, fm)}"),
             }[c2]
+            if test:
+                rel += f"; {test.text()}"
             parts.append(f"{ft.label} scores {fmt(fm.accuracy)} there ({rel})")
     text = "; ".join(parts) + "."
     return text[0].upper() + text[1:]
@@ -169,8 +195,15 @@ def sentence(entries: Sequence[HeadlineEntry], task: str, model: str | None = No
 def sentences(data: RunData) -> list[tuple[str, str, str]]:
     """``(model, task, sentence)`` for every model and task of the run."""
     many = len(data.models) > 1
+
+    def paired(model: str, task: str) -> Paired:
+        def test(a: HeadlineEntry, b: HeadlineEntry, variant: str) -> Comparison | None:
+            return data.comparison(model, task, variant, (a.method, a.shots), (b.method, b.shots))
+
+        return test
+
     return [
-        (m, t, sentence(headline(data, m, t), t, m if many else None))
+        (m, t, sentence(headline(data, m, t), t, m if many else None, paired(m, t)))
         for m in data.models
         for t in data.tasks
         if any(c.model == m and c.task == t for c in data.cells.values())

@@ -1,0 +1,186 @@
+"""Paired comparisons of two settings scored on the same items.
+
+ICL and every fine-tuned model answer the *same* test items, so their difference is measured
+pairwise, not by whether two independent intervals overlap:
+
+* difference in accuracy ``acc_a - acc_b`` with a 95% **paired bootstrap** interval: resample
+  items (pairs) with replacement, ``n_boot`` times, and take the 2.5th and 97.5th percentiles
+  of the resampled difference;
+* the **exact McNemar** test on the discordant pairs: with ``a_only`` items only ``a`` gets
+  right and ``b_only`` items only ``b`` does, under "no difference" ``a_only`` is
+  Binomial(a_only + b_only, 1/2); the two-sided p-value is ``min(1, 2 P[X <= min(a_only,
+  b_only)])`` (scipy's exact binomial test), 1 when there is no discordant pair.
+
+Pairs are keyed by ``(seed, item id)``: with several seeds the items of every seed are pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+#: how the interval and the p-value are made (written into every comparison row)
+INTERVAL = "paired bootstrap over items, 95% percentile"
+TEST = "exact McNemar (two-sided binomial on discordant pairs)"
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts."""
+    from scipy.stats import binomtest
+
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    return float(binomtest(min(a_only, b_only), n, 0.5).pvalue)
+
+
+def paired_bootstrap(
+    a: Sequence[bool], b: Sequence[bool], *, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """95% percentile interval of ``mean(a) - mean(b)`` over items resampled in pairs."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (n,) per-pair difference
+    if d.size == 0:
+        return (float("nan"), float("nan"))
+    idx = rng.integers(0, d.size, size=(n_boot, d.size))  # (n_boot, n) resampled pairs
+    means = d[idx].mean(axis=1)  # (n_boot,)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison of setting ``a`` with setting ``b`` (one row of
+    ``comparisons.jsonl``)."""
+
+    model: str
+    task: str
+    variant: str
+    a_method: str
+    a_shots: int
+    b_method: str
+    b_shots: int
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    a_only: int
+    b_only: int
+    p_value: float
+    seeds: list[int]
+    n_boot: int
+    interval: str = INTERVAL
+    test: str = TEST
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def flipped(self) -> Comparison:
+        """The same test seen from ``b``'s side (``diff`` = acc_b - acc_a)."""
+        return replace(
+            self,
+            a_method=self.b_method,
+            a_shots=self.b_shots,
+            b_method=self.a_method,
+            b_shots=self.a_shots,
+            accuracy_a=self.accuracy_b,
+            accuracy_b=self.accuracy_a,
+            diff=-self.diff,
+            ci_low=-self.ci_high,
+            ci_high=-self.ci_low,
+            a_only=self.b_only,
+            b_only=self.a_only,
+        )
+
+    @property
+    def sign(self) -> int:
+        """1 / -1 when the paired interval lies wholly above / below 0, else 0."""
+        return 1 if self.ci_low > 0 else -1 if self.ci_high < 0 else 0
+
+    def text(self) -> str:
+        """``paired difference +0.25 [0.10, 0.40], McNemar p=0.003``."""
+        return (
+            f"paired difference {self.diff:+.2f} [{self.ci_low:+.2f}, {self.ci_high:+.2f}], "
+            f"McNemar p={self.p_value:.2g}"
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def compare_settings(
+    model: str,
+    task: str,
+    variant: str,
+    a: tuple[str, int, Mapping[tuple[int, str], bool]],
+    b: tuple[str, int, Mapping[tuple[int, str], bool]],
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> Comparison | None:
+    """Compare two settings ``(method, shots, {(seed, id): correct})`` on their common items."""
+    keys = sorted(set(a[2]) & set(b[2]))
+    if not keys:
+        return None
+    ca = [bool(a[2][k]) for k in keys]
+    cb = [bool(b[2][k]) for k in keys]
+    a_only = sum(x and not y for x, y in zip(ca, cb))
+    b_only = sum(y and not x for x, y in zip(ca, cb))
+    lo, hi = paired_bootstrap(ca, cb, n_boot=n_boot, rng=rng)
+    n = len(keys)
+    return Comparison(
+        model=model,
+        task=task,
+        variant=variant,
+        a_method=a[0],
+        a_shots=a[1],
+        b_method=b[0],
+        b_shots=b[1],
+        n=n,
+        accuracy_a=sum(ca) / n,
+        accuracy_b=sum(cb) / n,
+        diff=(sum(ca) - sum(cb)) / n,
+        ci_low=lo,
+        ci_high=hi,
+        a_only=a_only,
+        b_only=b_only,
+        p_value=mcnemar_exact(a_only, b_only),
+        seeds=sorted({s for s, _ in keys}),
+        n_boot=n_boot,
+    )
+
+
+def paired_comparisons(
+    predictions: Iterable[Mapping[str, Any]], *, n_boot: int = 2000, seed: int = 0
+) -> list[Comparison]:
+    """Every ICL shot count against the 0-shot baseline and each fine-tuned model, and each
+    fine-tuned model against the baseline, per (model, task, variant), on the items both
+    answered. ``predictions`` are rows of ``predictions.jsonl`` (with ``method``)."""
+    settings: dict[tuple[str, str, str], dict[tuple[str, int], dict]] = {}
+    for p in predictions:
+        if p.get("method") is None:  # predictions written before rows carried their method
+            continue
+        group = settings.setdefault((p["model"], p["task"], p["variant"]), {})
+        group.setdefault((p["method"], int(p["shots"])), {})[(int(p["seed"]), p["id"])] = bool(
+            p["correct"]
+        )
+    rng = np.random.default_rng(seed)
+    out: list[Comparison] = []
+    for (model, task, variant), group in settings.items():
+        base = [("baseline", 0)] if ("baseline", 0) in group else []
+        icl = sorted(k for k in group if k[0] == "icl")
+        ft = [k for k in group if k[0] not in ("icl", "baseline")]
+        pairs = [(i, o) for i in icl for o in (*base, *ft)] + [(f, b) for f in ft for b in base]
+        for x, y in pairs:
+            c = compare_settings(
+                model, task, variant, (*x, group[x]), (*y, group[y]), n_boot=n_boot, rng=rng
+            )
+            if c is not None:
+                out.append(c)
+    return out
