@@ -37,6 +37,21 @@ def float32_range(v):
     return v
 
 
+def check_eval_checkpoints(steps: list[int], total: int | None) -> list[int]:
+    """The fine-tuning steps whose checkpoints are saved and evaluated, sorted: each a step of
+    the run (1 to ``total``, when the run's length is known) listed once. Empty: only the
+    final model is evaluated."""
+    allowed = f"steps from 1 to {total}" if total is not None else "positive steps"
+    for s in steps:
+        if s < 1 or (total is not None and s > total):
+            where = "not positive" if s < 1 else f"beyond the run's {total} steps"
+            raise ValueError(f"step {s} is {where}; allowed: {allowed}, each listed once")
+    twice = sorted({s for s in steps if steps.count(s) > 1})
+    if twice:
+        raise ValueError(f"step {twice[0]} is listed twice; allowed: {allowed}, each listed once")
+    return sorted(steps)
+
+
 def _known(kind: str, allowed_fn):
     def check(v: str) -> str:
         allowed = list(allowed_fn())
@@ -87,9 +102,17 @@ class FinetuneSettings(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_n: int = Field(20, gt=0)
     save_every: int = Field(0, ge=0)
+    #: steps whose checkpoints are saved and evaluated 0-shot beside the final model (the
+    #: paper's protocol evaluates step 100 of 300)
+    eval_checkpoints: list[int] = Field(default_factory=list)
     params: Literal["full", "kv", "lora"] = "kv"  # for ft-layer-causal
     lora_rank: int = Field(8, gt=0)
     lora_alpha: float = Field(16.0, gt=0)
+
+    @field_validator("eval_checkpoints")
+    @classmethod
+    def _eval_checkpoints(cls, v: list[int], info) -> list[int]:
+        return check_eval_checkpoints(v, info.data.get("steps"))
 
 
 class CircuitsSettings(_Strict):

@@ -11,6 +11,7 @@ Points (``<key>`` is a runner stage key such as ``m0-s0-ft-kv-train``):
 =========================  =====================================================================
 ``stage:<key>``            the runner, before stage ``<key>`` does any work
 ``eval:<key>/<task>``      the runner, mid-stage: ``<task>``'s cells of an icl/ft-eval stage scored
+                           (in an ft-eval stage, once per evaluated checkpoint, then the final)
 ``stage-outputs:<key>``    the runner: the stage's outputs written, its completion record not yet
 ``train-step:<S>``         the trainer, at the end of optimizer step ``S`` (checkpoints of earlier
                            steps are on disk; step ``S``'s own is not)

@@ -1,20 +1,23 @@
 """The experiment runner: one config in, one run directory out, resumable at any moment.
 
 The grid is planned as a list of *stages* (per model and seed: the baseline and ICL sweep; each
-fine-tuning method, then 0-shot evaluation of its model; then the analysis stages). A stage is
-complete exactly when ``stages/<key>.json`` exists; that file is written atomically after the
-stage's other outputs, so a run killed at any moment (``kill -9`` included) and started again
-redoes only unfinished stages, and ``results.jsonl`` is rebuilt atomically from the stage files
-in plan order: the rows are the same, in the same order, as an uninterrupted run's. The
-directory has one writer: a run holds its lock (``.iclft.lock``) for its lifetime, and a second
-run on it is refused with the holder's pid. Crash safety is tested by killing the run at named
-points (:mod:`iclft.faults`), one in every stage kind.
+fine-tuning method, then 0-shot evaluation of its model and of the checkpoints its
+``eval_checkpoints`` lists; then the analysis stages). A stage is complete exactly when
+``stages/<key>.json`` exists; that file is written atomically after the stage's other outputs,
+so a run killed at any moment (``kill -9`` included) and started again redoes only unfinished
+stages, and ``results.jsonl`` is rebuilt atomically from the stage files in plan order: the
+rows are the same, in the same order, as an uninterrupted run's. The directory has one writer:
+a run holds its lock (``.iclft.lock``) for its lifetime, and a second run on it is refused with
+the holder's pid. Crash safety is tested by killing the run at named points
+(:mod:`iclft.faults`), one in every stage kind.
 
 Run directory::
 
     config.json            the resolved config (a different one is refused unless --force)
     manifest.json          versions, git revision, models and hashes, device, stage timings
-    results.jsonl          one row per evaluated cell (all stages)
+    results.jsonl          one row per evaluated cell (all stages); a fine-tuned model's rows
+                           carry the ``step`` it was trained for, and ``checkpoint`` (its
+                           directory) where it is a checkpoint rather than the final model
     comparisons.jsonl      paired tests: ICL vs baseline and each fine-tuned model, same items
     stages/<key>.json      completion record of each stage, with its rows
     predictions/<key>.jsonl  per-item predictions of each evaluation stage
@@ -239,22 +242,34 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
                 "steps": res.steps,
                 "final_loss": res.final_loss,
                 "trainable": res.trainable,
-                "examples_seen": res.steps * s.batch_size * s.grad_accum,
+                "examples_seen": res.steps * res.examples_per_step,
             }
         }
     if stage.kind == "ft-eval":
+        from iclft.finetune.train import saved_models
+
         s = cfg.finetune_for(stage.method)
         out = ft_dir(run_dir, stage.model, stage.method, stage.seed, first_seed)
-        advance = track(stage.label, per_item)
-        loaded = models.get(str(out))
-        seen = s.steps * s.batch_size * s.grad_accum
-        rel = str(out.relative_to(run_dir))
-        results, preds = _eval_rows(
-            cfg, stage, loaded, [0], stage.method, advance,
-            lambda r: {"model": stage.model, "train_examples": seen, "ft_dir": rel},
-        )  # fmt: skip
-        for p in preds:
-            p["model"] = stage.model
+        saved = saved_models(out, s.eval_checkpoints)  # listed checkpoints, then the final
+        advance = track(stage.label, per_item * len(saved))
+        results, preds = [], []
+        for m in saved:
+            extra = {
+                "model": stage.model,
+                "step": m.step,
+                "train_examples": m.examples_seen,
+                "ft_dir": str(out.relative_to(run_dir)),
+                "checkpoint": None if m.final else str(m.path.relative_to(run_dir)),
+            }
+            rows, items = _eval_rows(
+                cfg, stage, models.get(str(m.path)), [0], stage.method, advance,
+                lambda r, extra=extra: extra,
+            )  # fmt: skip
+            results += rows
+            preds += [
+                {**p, "model": stage.model, "step": m.step, "checkpoint": extra["checkpoint"]}
+                for p in items
+            ]
         return {"results": results, "predictions": preds}
     if stage.kind == "circuits":
         from iclft.analysis.pipeline import CircuitSpec, run_circuits

@@ -70,6 +70,19 @@ def test_a_real_divergence_stops_and_saves_nothing_non_finite(
         resolve_model(str(out))
 
 
+def test_a_listed_checkpoint_of_the_diverged_step_is_not_saved(tiny_model_dir, tmp_path):
+    """eval_checkpoints asks for a save at every step; the NaN guard still vetoes the bad one."""
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, method="full", optimizer="sgd", lr=1e4, save_every=0,
+               eval_checkpoints=list(range(1, 7)))  # fmt: skip
+    with pytest.raises(TrainingDiverged):
+        run_finetune(cfg, out, show_progress=False)
+    step = json.loads((out / "manifest.json").read_text())["diverged"]["step"]
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert step > 1 and [c.name for c in ckpts] == [f"checkpoint-{s}" for s in range(1, step)]
+    assert all(_finite(c) for c in ckpts)
+
+
 def _error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("error: "), stderr[-2000:]

@@ -115,6 +115,9 @@ def test_demonstrations_mode_is_one_sgd_epoch_in_prompt_order(tiny_model_dir, tm
         ({"method": "ful"}, "did you mean 'full'"),
         ({"tasks": ["nope"]}, "unknown task"),
         ({"optimizer": "adam"}, "allowed: adamw, sgd"),
+        ({"eval_checkpoints": [2, 5]}, "eval_checkpoints: step 5 is beyond the run's 4 steps"),
+        ({"eval_checkpoints": [-1]}, "eval_checkpoints: step -1 is not positive"),
+        ({"eval_checkpoints": [2, 2]}, "eval_checkpoints: step 2 is listed twice"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, match, tiny_model_dir):
@@ -166,3 +169,53 @@ def test_lora_runs_are_reproducible_whatever_ran_before(tiny_model_dir, tmp_path
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_listed_checkpoints_are_saved_whatever_save_every_and_load(
+    tiny_model_dir, tmp_path, iclft_main
+):
+    """``--eval-checkpoints 3,1`` with ``--save-every 2`` of 4 steps: steps 1 and 3 are saved
+    beside 2 and 4; each listed one is a model, a LoRA checkpoint naming its base as given."""
+    from iclft.models import load_model
+
+    out = tmp_path / "lora"
+    code, err = iclft_main(
+        "finetune", "--model", str(tiny_model_dir), "--method", "lora", "--tasks", "boolean",
+        "--train-n", "16", "--steps", "4", "--batch-size", "4", "--eval-n", "2", "--lr", "1e-2",
+        "--save-every", "2", "--eval-checkpoints", "3,1", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "train_config.json").read_text())["eval_checkpoints"] == [1, 3]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == [f"checkpoint-{s}" for s in (1, 2, 3, 4)]
+    for step in (1, 3):
+        d = out / "checkpoints" / f"checkpoint-{step}"
+        adapter = json.loads((d / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(tiny_model_dir)
+        lm = load_model(str(d), device="cpu")
+        assert lm.resolved.is_adapter and lm.resolved.base_spec == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("1,x", "--eval-checkpoints must be comma-separated integers, got '1,x'"),
+        ("0,100", "eval_checkpoints: step 0 is not positive; allowed: steps from 1 to 300"),
+    ],
+)
+def test_cli_refuses_bad_eval_checkpoints_in_one_line(value, message, tmp_path, iclft_main):
+    out = tmp_path / "never"
+    code, err = iclft_main("finetune", "--eval-checkpoints", value, "-o", str(out))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not out.exists()
+
+
+def test_eval_checkpoints_beyond_an_epoch_run_are_refused_before_training(tiny_model_dir, tmp_path):
+    """With --epochs the data decides the length (16 texts / batch 4 = 4 steps): a listed step
+    beyond it is refused before the first step."""
+    cfg = _cfg(tiny_model_dir, steps=None, epochs=1, eval_every=0, eval_checkpoints=[2, 9])
+    with pytest.raises(UserError, match="eval_checkpoints: step 9 is beyond the run's 4 steps"):
+        run_finetune(cfg, tmp_path / "e", show_progress=False)
+    assert not list((tmp_path / "e").rglob("checkpoint-*"))
+    assert not (tmp_path / "e" / "curves.csv").exists()  # not even step 0 was evaluated

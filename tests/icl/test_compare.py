@@ -61,6 +61,9 @@ def test_paired_comparisons_pair_items_by_seed_and_id():
     icl = [pred_row("icl", 4, s, i, i < 4) for s in (0, 1) for i in range(5)]
     ft = [pred_row("ft-full", 0, s, i, i in (0, 4)) for s in (0, 1) for i in range(5)]
     ft.append(pred_row("ft-full", 0, 2, 0, True))  # an item no other setting answered: unpaired
+    # a checkpoint of the same method (eval_checkpoints): compared as the final model only
+    ft += [{**pred_row("ft-full", 0, s, i, True), "checkpoint": "ck-1"} for s in (0, 1)
+           for i in range(5)]  # fmt: skip
     comps = {((c.a_method, c.a_shots), (c.b_method, c.b_shots)): c
              for c in paired_comparisons(base + icl + ft, n_boot=200)}  # fmt: skip
     assert set(comps) == {

@@ -1,7 +1,9 @@
 """A synthetic run directory in the format ``iclft run`` writes, for the report tests.
 
 The numbers are made up but shaped like the paper's: ICL climbs with k on clean items and
-falls on misleading ones (answering the shortcut), fine-tuning stays near the baseline.
+falls on misleading ones (answering the shortcut), fine-tuning stays near the baseline. Each
+fine-tuning run trains FT_STEPS steps of FT_BATCH examples; its final model's rows carry that
+``step``, and each of ``checkpoints`` adds rows with its step and checkpoint directory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from iclft.icl.metrics import wilson_interval
 
 FT_METHODS = ("ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
+FT_STEPS, FT_BATCH = 20, 16
 
 
 def result_row(
@@ -53,8 +56,8 @@ def result_row(
     return row
 
 
-def _p(method: str, variant: str, shots: int, task_i: int) -> tuple[float, float]:
-    """(accuracy, shortcut rate) the synthetic model has in a setting."""
+def _p(method: str, variant: str, shots: int, task_i: int, step: int = FT_STEPS):
+    """(accuracy, shortcut rate) the synthetic model has in a setting (fine-tuned: at a step)."""
     if method == "icl":
         gain = 0.7 * (1 - math.exp(-shots / 3)) - 0.05 * task_i
         if variant == "clean":
@@ -62,7 +65,7 @@ def _p(method: str, variant: str, shots: int, task_i: int) -> tuple[float, float
         return max(0.02, 0.1 - gain / 4), 0.2 + gain
     if method == "baseline":
         return 0.1, 0.1
-    return 0.15 + 0.03 * FT_METHODS.index(method), 0.2
+    return 0.1 + (0.05 + 0.03 * FT_METHODS.index(method)) * step / FT_STEPS, 0.2
 
 
 def write_run(
@@ -76,6 +79,7 @@ def write_run(
     seeds: Sequence[int] = (0,),
     n: int = 40,
     curves: bool = True,
+    checkpoints: Sequence[int] = (),
     analysis: bool = True,
     rng_seed: int = 0,
 ) -> Path:
@@ -109,17 +113,28 @@ def write_run(
                 for seed in seeds:
                     for method in methods:
                         ks = shots if method == "icl" else (0,)
+                        ft = method.startswith("ft-")
+                        steps = [*checkpoints, FT_STEPS] if ft else [FT_STEPS]
                         for k in ks:
-                            p, shortcut = _p(method, variant, k, ti)
-                            correct = int(rng.binomial(n, min(max(p, 0.0), 1.0)))
-                            extra = {"shortcut_rate": min(1.0, shortcut)}
-                            if method.startswith("ft-"):
-                                extra["train_examples"] = 320
-                            rows.append(
-                                result_row(
-                                    model, task, variant, method, k, seed, correct, n, **extra
+                            for step in steps:
+                                p, shortcut = _p(method, variant, k, ti, step)
+                                correct = int(rng.binomial(n, min(max(p, 0.0), 1.0)))
+                                extra: dict = {"shortcut_rate": min(1.0, shortcut)}
+                                if ft:
+                                    d = f"finetune/{model.replace('/', '__')}/{method}"
+                                    extra["step"] = step
+                                    extra["train_examples"] = step * FT_BATCH
+                                    extra["ft_dir"] = d
+                                    extra["checkpoint"] = (
+                                        None
+                                        if step == FT_STEPS
+                                        else f"{d}/checkpoints/checkpoint-{step}"
+                                    )
+                                rows.append(
+                                    result_row(
+                                        model, task, variant, method, k, seed, correct, n, **extra
+                                    )
                                 )
-                            )
     with open(root / "results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     if curves:
@@ -134,20 +149,21 @@ def write_run(
                             ","
                         )
                     )
-                    for step in (0, 5, 10, 20):
+                    for step in (0, 5, 10, FT_STEPS):
                         loss = "" if step == 0 else f"{2.5 * math.exp(-step / 10):.4f}"
                         lr = "" if step == 0 else "1e-05"
                         for task in tasks:
                             for variant in variants:
                                 c = int(rng.integers(2, 8))
                                 w.writerow(
-                                    [step, step * 16, loss, lr, task, variant, c / 20, c, 20]
+                                    [step, step * FT_BATCH, loss, lr, task, variant, c / 20, c, 20]
                                 )
                 (d / "manifest.json").write_text(
                     json.dumps(
                         {
                             "final_loss": 0.34,
-                            "steps": 20,
+                            "steps": FT_STEPS,
+                            "examples_per_step": FT_BATCH,
                             "method": method,
                             "model": {"spec": model},
                             "timings": {"train_seconds": 12.5},

@@ -174,3 +174,57 @@ def test_missing_config_or_manifest_is_noted_not_fatal(tmp_path, make_run, missi
     (run / missing).unlink()
     page = build_report(run).html.read_text()
     assert f"No {missing}" in page
+
+
+def test_figures_and_tables_mark_each_evaluated_checkpoint(tmp_path, make_run, monkeypatch):
+    """Fine-tuned models evaluated at steps 5 and 10 (checkpoints) and 20 (final): the curves
+    and data-efficiency figures mark those steps; the tables list every step."""
+    import iclft.report.figures as figures
+
+    drawn = {}
+    save = figures._save
+
+    def keep(fig, path):
+        drawn[path.name.split("__")[0]] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    run = make_run(
+        tmp_path / "run",
+        tasks=("boolean",),
+        methods=("baseline", "icl", "ft-full", "ft-lora"),
+        checkpoints=(5, 10),
+        analysis=False,
+    )
+    p = build_report(run)
+
+    def xs(fig, marker: str) -> list[float]:
+        """The x of every point drawn with ``marker``, over all panels."""
+        lines = [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == marker]
+        return sorted({float(x) for ln in lines for x in ln.get_xdata()})
+
+    curves = drawn["finetune_curves"]
+    assert xs(curves, figures.CHECKPOINT_MARKER) == [5, 10]
+    assert xs(curves, figures.FINAL_MARKER) == [20]
+    vertical = {
+        float(ln.get_xdata()[0])
+        for ax in curves.axes
+        for ln in ax.lines
+        if ln.get_linestyle() == ":" and len(ln.get_xdata()) and len(set(ln.get_xdata())) == 1
+    }
+    assert vertical == {5.0, 10.0, 20.0}
+    efficiency = drawn["data_efficiency"]
+    assert xs(efficiency, figures.CHECKPOINT_MARKER) == [80, 160]  # step x 16 examples
+    assert xs(efficiency, figures.FINAL_MARKER) == [320]
+    labels = {t.get_text() for ax in efficiency.axes for t in ax.texts}
+    assert {"step 5", "step 10"} <= labels
+
+    with open(p.tables["cells"]) as f:
+        cells = [r for r in csv.DictReader(f) if r["method"] == "ft-full"]
+    assert sorted({r["step"] for r in cells}, key=int) == ["5", "10", "20"]
+    with open(p.tables["headline"]) as f:
+        head = [r for r in csv.DictReader(f) if r["method"] == "ft-full"]
+    assert {r["step"] for r in head} == {"20"}
+    page = p.html.read_text()
+    assert "Fine-tuned models at each evaluated step: smollm2-135m" in page
+    assert "ft-full (final)" in page

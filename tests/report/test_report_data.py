@@ -223,3 +223,39 @@ def test_sentence_uses_the_paired_test_where_the_run_has_one(tmp_path):
     (run / "comparisons.jsonl").unlink()
     ((_, _, hedged),) = sentences(load_run(run))
     assert "are not distinguishable at n=20" in hedged
+
+
+def test_checkpoints_pool_per_step_and_cells_keep_the_final_model(tmp_path, make_run):
+    run = make_run(tmp_path / "run", methods=("baseline", "icl", "ft-full"), checkpoints=(5, 10))
+    data = load_run(run)
+    model = "smollm2-135m"
+    final = data.cell(model, "expression", "clean", "ft-full")
+    assert final is not None and (final.step, final.train_examples) == (20, 320)
+    ckpts = data.checkpoint_cells(model, "expression", "clean", "ft-full")
+    assert [(c.step, c.train_examples) for c in ckpts] == [(5, 80), (10, 160)]
+    raw = [
+        r for r in data.rows if (r.task, r.variant, r.method) == ("expression", "clean", "ft-full")
+    ]
+    assert [r.step for r in raw] == [5, 10, 20]
+    assert [c.accuracy for c in (*ckpts, final)] == [r.accuracy for r in raw]
+    assert data.evaluated_steps(model, "ft-full") == [5, 10, 20]
+    (entry,) = [e for e in headline(data, model, "expression") if e.method == "ft-full"]
+    assert entry.clean is final  # the headline reports the final model
+
+
+def test_rows_without_a_step_from_older_runs_still_load_and_report(tmp_path, make_run):
+    from iclft.report import build_report
+
+    run = make_run(
+        tmp_path / "run", tasks=("boolean",), methods=("baseline", "icl", "ft-kv"), analysis=False
+    )
+    rows = [json.loads(ln) for ln in (run / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        for key in ("step", "checkpoint", "ft_dir"):
+            r.pop(key, None)
+    data = load_run(_write_results(run, rows))
+    cell = data.cell("smollm2-135m", "boolean", "clean", "ft-kv")
+    assert cell is not None and cell.step is None and cell.train_examples == 320
+    assert data.checkpoints == {} and data.evaluated_steps("smollm2-135m", "ft-kv") == []
+    names = {f.name for f in build_report(run).figures}
+    assert {"finetune_curves__smollm2-135m.png", "data_efficiency__smollm2-135m.png"} <= names

@@ -48,3 +48,43 @@ def test_shipped_configs_validate(name):
 def test_unknown_shipped_config():
     with pytest.raises(UserError, match="shipped: "):
         packaged_config("nope")
+
+
+@pytest.mark.parametrize(
+    "checkpoints, message",
+    [
+        ([0, 10], "finetune.eval_checkpoints: step 0 is not positive; allowed: steps from 1 to 30"),
+        ([10, 40], "finetune.eval_checkpoints: step 40 is beyond the run's 30 steps; allowed: "),
+        ([10, 5, 10], "finetune.eval_checkpoints: step 10 is listed twice; allowed: "),
+        (["ten"], "finetune.eval_checkpoints[0]: "),
+    ],
+)
+def test_eval_checkpoints_must_be_steps_of_the_run(checkpoints, message):
+    data = {"tasks": ["boolean"], "methods": ["ft-full"], "finetune": {"steps": 30}}
+    data["finetune"]["eval_checkpoints"] = checkpoints
+    msg = _err(data)
+    assert message in msg and "\n" not in msg
+
+
+def test_eval_checkpoints_are_sorted_and_take_per_method_overrides():
+    data = {
+        "tasks": ["boolean"],
+        "methods": ["ft-full", "ft-lora", "ft-kv"],
+        "finetune": {"steps": 300, "eval_checkpoints": [300, 100]},
+        "finetune_overrides": {"ft-lora": {"eval_checkpoints": []}},
+    }
+    cfg = validate_config(data)
+    assert cfg.finetune_for("ft-full").eval_checkpoints == [100, 300]
+    assert cfg.finetune_for("ft-lora").eval_checkpoints == []
+    assert validate_config({"tasks": ["boolean"]}).finetune.eval_checkpoints == []
+    data["finetune_overrides"] = {"ft-kv": {"steps": 50}}
+    assert "finetune_overrides.ft-kv.eval_checkpoints: step 100 is beyond the run's 50 steps" in (
+        _err(data)
+    )
+
+
+def test_the_paper_config_evaluates_step_100_of_300():
+    cfg = load_experiment(packaged_config("paper"))
+    ft = cfg.finetune_for("ft-full")
+    assert (ft.steps, ft.eval_checkpoints, ft.lr, ft.warmup_steps) == (300, [100, 300], 1e-5, 20)
+    assert (ft.batch_size * ft.grad_accum, ft.train_n, ft.loss_on) == (16, 1000, "full")

@@ -36,8 +36,9 @@ CHAIN = [
                            "absent": [f"{FT}/checkpoints/checkpoint-2/trainer_state.json"]}),
     ("train-save", {"present": [f"{FT}/model.safetensors"], "absent": [f"{FT}/manifest.json"],
                     "unfinished": FT}),
-    ("eval:m0-s0-ft-kv-eval/boolean", {"present": ["stages/m0-s0-ft-kv-train.json"],
-                                       "absent": ["stages/m0-s0-ft-kv-eval.json"]}),
+    # the second arrival: the final model's cells, after checkpoint-1's (eval_checkpoints)
+    ("eval:m0-s0-ft-kv-eval/boolean#2", {"present": ["stages/m0-s0-ft-kv-train.json"],
+                                         "absent": ["stages/m0-s0-ft-kv-eval.json"]}),
     ("circuits:icl", {"absent": ["stages/m0-circuits-boolean.json"]}),
     ("similarity:gd", {"present": ["stages/m0-circuits-boolean.json"],
                        "absent": ["stages/m0-similarity-boolean.json"]}),
@@ -55,6 +56,7 @@ def _config(tiny_dir):
             "eval_every": 1,
             "eval_n": 2,
             "save_every": 1,
+            "eval_checkpoints": [1, 3],
             "lr": 1e-2,
         },
         finetune_overrides={},
@@ -120,5 +122,6 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_result(tiny_dir, tmp
     assert final.returncode == 0, final.stderr[-3000:]
     assert "11 stages" not in final.stderr  # sanity: the plan has 5 stages
     assert _outcome(run_dir, slug) == _outcome(reference, slug)
+    assert [r["step"] for r in rows(run_dir) if r["method"] == "ft-kv"] == [1] * 4 + [3] * 4
     assert not list(run_dir.rglob(".*.tmp")), "a killed write's temporary file was left behind"
     assert (run_dir / "report.html").exists()

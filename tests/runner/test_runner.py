@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from iclft.config import validate_config
-from iclft.errors import UserError
+from iclft.errors import ModelError, UserError
+from iclft.models.loading import resolve_model
 from iclft.runner import plan, run_experiment
 
 from .conftest import rows as _rows
@@ -82,3 +85,70 @@ def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):
     html = paths.html.read_text()
     assert "analysis" in " ".join(p.name for p in paths.figures)
     assert "similarity" in html.lower()
+
+
+def _predictions(run_dir, stage: str) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "predictions" / f"{stage}.jsonl").open()]
+
+
+def test_listed_checkpoints_are_evaluated_beside_the_final_model(tiny_dir, tmp_path, iclft_main):
+    """eval_checkpoints [3, 1] of a 3-step run: rows for step 1 (a checkpoint) and step 3 (the
+    final model) per method. Two warm-up steps make step 1's learning rate 0, so checkpoint-1
+    holds the base weights and its rows must equal the baseline's: the checkpoint, not the
+    final model, was evaluated."""
+    finetune = {"train_n": 8, "steps": 3, "batch_size": 4, "eval_n": 2, "warmup_steps": 2,
+                "eval_checkpoints": [3, 1]}  # fmt: skip
+    fast = {m: {"lr": 1e-2} for m in ("ft-kv", "ft-lora")}
+    cfg = validate_config(
+        _config(tiny_dir, tasks=["boolean"], methods=["baseline", "ft-kv", "ft-lora"],
+                finetune=finetune, finetune_overrides=fast)
+    )  # fmt: skip
+    assert cfg.finetune_for("ft-lora").eval_checkpoints == [1, 3]
+    run = tmp_path / "r"
+    run_experiment(cfg, run, show_progress=False)
+    rows = _rows(run)
+    base = [r for r in rows if r["method"] == "baseline"]
+    for method in ("ft-kv", "ft-lora"):
+        ft = [r for r in rows if r["method"] == method]
+        assert [r["step"] for r in ft] == [1, 1, 3, 3]  # clean and misleading, step order
+        assert [r["train_examples"] for r in ft] == [4, 4, 12, 12]
+        out = run / ft[0]["ft_dir"]
+        assert [r["checkpoint"] for r in ft] == [
+            f"{ft[0]['ft_dir']}/checkpoints/checkpoint-1"
+        ] * 2 + [None] * 2
+        assert [(r["variant"], r["correct"]) for r in ft[:2]] == [
+            (r["variant"], r["correct"]) for r in base
+        ]
+        base_preds = _predictions(run, "m0-s0-icl")
+        preds = _predictions(run, f"m0-s0-{method}-eval")
+        assert [p["step"] for p in preds] == [1] * len(base_preds) + [3] * len(base_preds)
+        n = len(base_preds)
+        assert [(p["id"], p["output"]) for p in preds[:n]] == [
+            (p["id"], p["output"]) for p in base_preds
+        ]
+        assert [p["output"] for p in preds[n:]] != [p["output"] for p in base_preds]
+        ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+        assert ckpts == ["checkpoint-1", "checkpoint-3"]  # save_every 0: only the listed ones
+    kv = run / [r for r in rows if r["method"] == "ft-kv"][0]["ft_dir"]
+    weights = lambda d: load_file(str(d / "model.safetensors"))  # noqa: E731
+    final, last, first = (
+        weights(kv),
+        weights(kv / "checkpoints/checkpoint-3"),
+        weights(kv / "checkpoints/checkpoint-1"),
+    )
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert all(torch.equal(first[k], v) for k, v in weights(tiny_dir).items())
+    assert any(not torch.equal(final[k], first[k]) for k in final)
+
+    lora_ckpt = run / [r for r in rows if r["method"] == "ft-lora"][0]["checkpoint"]
+    code, err = iclft_main("eval", "--model", str(lora_ckpt), "--task", "boolean", "-n", "2",
+                           "--device", "cpu", "-o", str(tmp_path / "eval"))  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    assert manifest["model"]["is_adapter"] and manifest["model"]["base_spec"] == str(tiny_dir)
+
+    again = run_experiment(cfg, run, show_progress=False)
+    assert again.ran == 0 and _rows(run) == rows
+    (kv / "checkpoints/checkpoint-1/trainer_state.json").unlink()  # as a killed save leaves it
+    with pytest.raises(ModelError, match="save was cut short"):
+        resolve_model(str(kv / "checkpoints/checkpoint-1"))

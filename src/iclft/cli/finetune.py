@@ -34,6 +34,12 @@ def finetune_command(
     eval_n: int = typer.Option(None, "--eval-n", help="Held-out items per task and variant."),
     eval_tasks: str = typer.Option(None, "--eval-tasks", help="Curve tasks (default: --tasks)."),
     save_every: int = typer.Option(None, "--save-every", help="Steps between checkpoints."),
+    eval_checkpoints: str = typer.Option(
+        None,
+        "--eval-checkpoints",
+        help="Steps whose checkpoints are always saved for 0-shot evaluation, comma-separated "
+        "(e.g. 100,300; the paper evaluates step 100 of 300); '' for none.",
+    ),
     max_length: int = typer.Option(None, "--max-length"),
     lora_rank: int = typer.Option(None, "--lora-rank"),
     lora_alpha: float = typer.Option(None, "--lora-alpha"),
@@ -43,14 +49,20 @@ def finetune_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
 ) -> None:
     """Fine-tune a model on task data and write the final model, curves.csv and manifest.json;
-    the output directory is a model that `iclft eval --model DIR` accepts."""
+    the output directory is a model that `iclft eval --model DIR` accepts, and so is each
+    complete checkpoint (`DIR/checkpoints/checkpoint-N`)."""
     from rich.console import Console
 
     from iclft.finetune import make_config, run_finetune
     from iclft.finetune.config import load_config_file
+    from iclft.icl.evaluate import parse_int_list
 
     values = load_config_file(config) if config else {}
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    ckpts = None
+    if eval_checkpoints is not None:  # '' clears a list the config file gives
+        text = eval_checkpoints.strip()
+        ckpts = list(parse_int_list(text, "--eval-checkpoints")) if text else []
     given = {
         "model": model,
         "method": method,
@@ -76,6 +88,7 @@ def finetune_command(
         "eval_n": eval_n,
         "eval_tasks": split(eval_tasks) if eval_tasks else None,
         "save_every": save_every,
+        "eval_checkpoints": ckpts,
         "max_length": max_length,
         "device": device,
     }

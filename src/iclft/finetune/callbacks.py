@@ -1,4 +1,5 @@
-"""Trainer callbacks: learning curves, a NaN guard, fault points, and a rich progress bar."""
+"""Trainer callbacks: learning curves, a NaN guard, checkpoints at listed steps, fault points,
+and a rich progress bar."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from iclft.config import check_eval_checkpoints
+from iclft.errors import UserError
 from iclft.faults import kill_point
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task
@@ -141,6 +144,26 @@ class NanGuard(TrainerCallback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._trip(state, control, f"the loss became {float(loss)}")
+
+
+class SaveAtSteps(TrainerCallback):
+    """Save a checkpoint at each listed step (``eval_checkpoints``), whatever ``save_every``
+    says. Registered before :class:`NanGuard`, which still vetoes the save of a diverged step.
+    Where the data decides the run's length (epochs, demonstrations), the steps are checked
+    against it here, before the first step."""
+
+    def __init__(self, steps):
+        self.steps = sorted(steps)
+
+    def on_train_begin(self, args, state, control, **kw):
+        try:
+            check_eval_checkpoints(self.steps, state.max_steps)
+        except ValueError as e:
+            raise UserError(f"invalid fine-tuning settings: eval_checkpoints: {e}") from None
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in self.steps:
+            control.should_save = True
 
 
 class AlreadyTrained(Exception):

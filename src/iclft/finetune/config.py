@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iclft.config import float32_range
+from iclft.config import check_eval_checkpoints, float32_range
 from iclft.errors import UnknownNameError, UserError
 
 METHODS = ("full", "lora", "kv", "layer-causal")
@@ -22,6 +23,30 @@ DATA_MODES = ("tasks", "demonstrations")
 #: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
 TRAIN_CONFIG_NAME = "train_config.json"
 COMPLETE, DIVERGED = "complete", "diverged"
+#: its checkpoints: ``checkpoints/checkpoint-<step>`` (the Trainer's naming), each complete once
+#: the Trainer has written its trainer_state.json (the last file of a save)
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_DONE = "trainer_state.json"
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    """Where the checkpoint of optimizer step ``step`` of the run in ``out_dir`` is saved."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"checkpoint-{step}"
+
+
+def checkpoint_complete(ckpt: Path) -> bool:
+    """Whether a checkpoint's save finished (a readable trainer_state.json)."""
+    try:
+        json.loads((Path(ckpt) / CHECKPOINT_DONE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def fixed_steps(steps: int | None, epochs: float | None, data: str | None) -> int | None:
+    """The run's number of optimizer steps when the settings fix it (``steps`` in tasks mode);
+    ``None`` when the data decides it (``epochs``, or demonstrations mode: one epoch)."""
+    return steps if steps and not epochs and data == "tasks" else None
 
 
 #: fields whose value is one of a fixed set of names: (what to call it in errors, allowed)
@@ -76,6 +101,11 @@ class FinetuneConfig(BaseModel):
     eval_n: int = Field(50, gt=0)
     eval_tasks: list[str] | None = None  # default: the training tasks
     save_every: int = Field(0, ge=0, description="0: no intermediate checkpoints")
+    eval_checkpoints: list[int] = Field(
+        default_factory=list,
+        description="steps whose checkpoints are always saved, to be evaluated 0-shot beside "
+        "the final model (`iclft run` does; sorted, each listed once; empty: final model only)",
+    )
     max_length: int = Field(1024, gt=8)
     lora: LoraSettings = LoraSettings()
     device: str = "auto"
@@ -96,6 +126,13 @@ class FinetuneConfig(BaseModel):
         if v not in allowed:
             raise UnknownNameError(kind, v, allowed)
         return v
+
+    @field_validator("eval_checkpoints")
+    @classmethod
+    def _eval_checkpoints(cls, v: list[int], info) -> list[int]:
+        d = info.data  # the fields above, where valid
+        total = fixed_steps(d.get("steps"), d.get("epochs"), d.get("data"))
+        return check_eval_checkpoints(v, total)
 
     @field_validator("tasks", "eval_tasks")
     @classmethod
@@ -118,6 +155,11 @@ class FinetuneConfig(BaseModel):
     @property
     def layer_causal(self) -> bool:
         return self.method == "layer-causal"
+
+    @property
+    def total_steps(self) -> int | None:
+        """Optimizer steps, when the settings fix them (see :func:`fixed_steps`)."""
+        return fixed_steps(self.steps, self.epochs, self.data)
 
 
 def make_config(**values) -> FinetuneConfig:

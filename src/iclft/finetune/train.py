@@ -2,9 +2,11 @@
 
 ``run_finetune`` validates everything it can before loading the model (settings, the output
 directory, LoRA target modules and K/V modules, checked on a weightless meta-device copy of the
-architecture), then trains, writes ``curves.csv`` as it goes, checkpoints, and saves a final
-model that ``iclft eval --model DIR`` loads directly (full weights as safetensors, or a LoRA
-adapter whose ``base_model_name_or_path`` names the base model).
+architecture), then trains, writes ``curves.csv`` as it goes, checkpoints (every ``save_every``
+steps and at each step of ``eval_checkpoints``), and saves a final model that ``iclft eval
+--model DIR`` loads directly (full weights as safetensors, or a LoRA adapter whose
+``base_model_name_or_path`` names the base model); so does a complete checkpoint,
+``DIR/checkpoints/checkpoint-<step>``.
 
 Nothing non-finite is ever saved: :class:`~iclft.finetune.callbacks.NanGuard` checks the
 trainable parameters after every update (and the loss), stops before the step is logged or
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +40,17 @@ from iclft.finetune.callbacks import (
     FaultPoints,
     NanGuard,
     RichProgress,
+    SaveAtSteps,
     StopWhenTrained,
 )
 from iclft.finetune.config import (
+    CHECKPOINTS_DIR,
     COMPLETE,
     DIVERGED,
     TRAIN_CONFIG_NAME,
     FinetuneConfig,
+    checkpoint_complete,
+    checkpoint_dir,
     make_config,
 )
 from iclft.finetune.data import TokenizedTexts, demonstration_texts, task_texts
@@ -74,6 +81,42 @@ class FinetuneResult:
     train_seconds: float
     trainable: int
     total: int
+    examples_per_step: int  # the effective batch: per-device batch x accumulation x processes
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A model a finished fine-tuning run saved: a checkpoint or the final model."""
+
+    path: Path
+    step: int  # optimizer steps it was trained for
+    examples_seen: int  # step x the effective batch
+    final: bool
+
+
+def saved_models(out_dir: Path, eval_checkpoints: Sequence[int]) -> list[SavedModel]:
+    """The checkpoints of ``eval_checkpoints`` before the final step, then the final model (a
+    listed final step is the final model), of the finished run in ``out_dir``, by step."""
+    from iclft.store import MANIFEST_NAME
+
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+    final, per_step = manifest.get("steps"), manifest.get("examples_per_step")
+    if manifest.get("status") != COMPLETE or final is None or per_step is None:
+        raise UserError(
+            f"{out_dir} is not a finished fine-tuning run of this iclft version (its "
+            f"{MANIFEST_NAME} lacks a complete status, steps or examples_per_step); train again"
+        )
+    out = []
+    for step in sorted(set(eval_checkpoints) - {final}):
+        path = checkpoint_dir(out_dir, step)
+        if step > final or not checkpoint_complete(path):
+            raise UserError(
+                f"{path}: the checkpoint of step {step} (eval_checkpoints) is missing or "
+                f"incomplete; the run ended at step {final}"
+            )
+        out.append(SavedModel(path, step, step * per_step, final=False))
+    return out + [SavedModel(out_dir, final, final * per_step, final=True)]
 
 
 def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
@@ -134,6 +177,7 @@ def _make_trainer_class():
         """Trainer whose loss is layer-causal when asked; otherwise the model's own."""
 
         layer_causal = False
+        base_spec: str | None = None  # LoRA: the base model's spec, written into checkpoints
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self.layer_causal:
@@ -149,24 +193,23 @@ def _make_trainer_class():
                 loss = loss * self.accelerator.num_processes  # as Trainer does for its own loss
             return (loss, None) if return_outputs else loss
 
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            adapter = Path(output_dir or self.args.output_dir) / "adapter_config.json"
+            if self.base_spec and self.args.should_save and adapter.is_file():
+                # a checkpoint's adapter names its base as the final one does (the spec given,
+                # not the directory it was loaded from); peft's own save must not see an alias
+                # there (it would ask the hub whether the embeddings were resized)
+                meta = json.loads(adapter.read_text())
+                meta["base_model_name_or_path"] = self.base_spec
+                write_json_atomic(adapter, meta)
+
         def _save_optimizer_and_scheduler(self, output_dir):
             # a named kill point mid-checkpoint: the weights are written, the rest is not
             kill_point(f"checkpoint-save:{self.state.global_step}")
             super()._save_optimizer_and_scheduler(output_dir)
 
     return ICLFTTrainer
-
-
-#: the Trainer writes a checkpoint's trainer_state.json last: without it the save was cut short
-_CKPT_DONE = "trainer_state.json"
-
-
-def _complete(ckpt: Path) -> bool:
-    try:
-        json.loads((ckpt / _CKPT_DONE).read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | None:
@@ -183,7 +226,7 @@ def _last_checkpoint(ckpt_dir: Path, *, drop_incomplete: bool = False) -> str | 
         step = d.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
         if not (d.is_dir() and step.isdigit()):
             continue
-        if _complete(d):
+        if checkpoint_complete(d):
             found.append((int(step), d))
         elif drop_incomplete:
             shutil.rmtree(d, ignore_errors=True)
@@ -254,9 +297,10 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         raise UserError("no parameter is trainable with these settings")
 
     is_demo = cfg.data == "demonstrations"
+    ckpts = out_dir / CHECKPOINTS_DIR
     args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
-        max_steps=cfg.steps if (cfg.steps and not cfg.epochs and not is_demo) else -1,
+        output_dir=str(ckpts),
+        max_steps=cfg.total_steps or -1,
         num_train_epochs=(1.0 if is_demo else (cfg.epochs or 1.0)),
         per_device_train_batch_size=1 if is_demo else cfg.batch_size,
         gradient_accumulation_steps=1 if is_demo else cfg.grad_accum,
@@ -295,6 +339,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     )
     trainer_cls = _make_trainer_class()
     trainer_cls.layer_causal = cfg.layer_causal
+    trainer_cls.base_spec = cfg.model if cfg.selection == "lora" else None
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -302,7 +347,8 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True),
         callbacks=[
             StopWhenTrained(),
-            nan,  # before the others: it vetoes logging and saving a diverged step
+            SaveAtSteps(cfg.eval_checkpoints),
+            nan,  # after SaveAtSteps, before the rest: it vetoes logging and saving a bad step
             curves,
             RichProgress(show_progress),
             *(extra_callbacks or []),
@@ -312,7 +358,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
 
-    ckpt = _last_checkpoint(out_dir / "checkpoints", drop_incomplete=rank == 0) if resume else None
+    ckpt = _last_checkpoint(ckpts, drop_incomplete=rank == 0) if resume else None
     t0 = time.time()
     try:
         metrics = trainer.train(resume_from_checkpoint=ckpt).metrics
@@ -331,7 +377,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         seeds=[cfg.seed],
     )
     if nan.tripped:
-        last = _last_checkpoint(out_dir / "checkpoints")
+        last = _last_checkpoint(ckpts)
         if trainer.is_world_process_zero():
             write_manifest(
                 out_dir,
@@ -362,13 +408,14 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
             trainable_parameters=trainable,
             total_parameters=total,
             steps=trainer.state.global_step,
+            examples_per_step=per_step,
             final_loss=final_loss,
             train_tokens=dataset.n_tokens(),
             timings={"train_seconds": round(train_seconds, 3)},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         )
     return FinetuneResult(
-        out_dir, trainer.state.global_step, final_loss, train_seconds, trainable, total
+        out_dir, trainer.state.global_step, final_loss, train_seconds, trainable, total, per_step
     )
 
 

@@ -161,10 +161,12 @@ def paired_comparisons(
 ) -> list[Comparison]:
     """Every ICL shot count against the 0-shot baseline and each fine-tuned model, and each
     fine-tuned model against the baseline, per (model, task, variant), on the items both
-    answered. ``predictions`` are rows of ``predictions.jsonl`` (with ``method``)."""
+    answered. ``predictions`` are rows of ``predictions.jsonl`` (with ``method``); a
+    fine-tuned model is compared as its final model (rows of a ``checkpoint`` are skipped, as
+    the headline reports the final model too)."""
     settings: dict[tuple[str, str, str], dict[tuple[str, int], dict]] = {}
     for p in predictions:
-        if p.get("method") is None:  # predictions written before rows carried their method
+        if p.get("method") is None or p.get("checkpoint"):  # old rows; checkpoints
             continue
         group = settings.setdefault((p["model"], p["task"], p["variant"]), {})
         group.setdefault((p["method"], int(p["shots"])), {})[(int(p["seed"]), p["id"])] = bool(

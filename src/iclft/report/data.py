@@ -1,6 +1,11 @@
 """Reading a run directory and aggregating its results into cells (one per model, task, variant,
 method and shot count, pooled over seeds).
 
+A fine-tuning run may be evaluated at several steps: its final model and the checkpoints its
+``eval_checkpoints`` lists. The cells (tables, sentences, every figure's main marks) hold the
+final model's rows, so that the headline compares settings chosen before looking at test items;
+the checkpoints' rows are pooled apart (:attr:`RunData.checkpoints`), one cell per step.
+
 Interval of a cell: with one seed, the 95% Wilson interval of its items; with several seeds, the
 Wilson interval of the pooled items widened to cover every seed's accuracy, so the band shows the
 spread between seeds and never claims more certainty than the items give.
@@ -86,6 +91,16 @@ class ResultRow:
     conflict_shortcut_rate: float | None = None
     parse_failures: int | None = None
     train_examples: int | None = None
+    #: fine-tuned models: the optimizer steps the evaluated weights were trained for
+    step: int | None = None
+    #: where the row evaluates a checkpoint rather than the final model, its directory
+    checkpoint: str | None = None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        """A fine-tuning checkpoint's row (rows without ``checkpoint``, as old runs wrote
+        them, are final models)."""
+        return self.checkpoint is not None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> ResultRow:
@@ -125,10 +140,13 @@ class ResultRow:
             conflict_shortcut_rate=_opt_float(d.get("conflict_shortcut_rate")),
             parse_failures=_opt_int(d.get("parse_failures")),
             train_examples=train,
+            step=_opt_int(d.get("step")),
+            checkpoint=None if d.get("checkpoint") is None else str(d["checkpoint"]),
         )
 
 
 CellKey = tuple[str, str, str, str, int]  # model, task, variant, method, shots
+CheckpointKey = tuple[str, str, str, str, int]  # model, task, variant, method, step
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,7 @@ class Cell:
     parse_failures: int | None  # summed over seeds
     train_examples: int | None
     scoring: str | None
+    step: int | None = None  # fine-tuned models: the training step evaluated
 
     @property
     def key(self) -> CellKey:
@@ -178,49 +197,64 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
-    """Pool rows into cells: mean, spread and interval over seeds. A seed repeated within a cell
-    (a result written twice) counts once: the last row wins."""
+    """Pool the rows of final models (every row but a checkpoint's) into cells: mean, spread
+    and interval over seeds. A seed repeated within a cell (a result written twice) counts
+    once: the last row wins."""
     by_cell: dict[CellKey, dict[int, ResultRow]] = {}
     for r in rows:
-        by_cell.setdefault((r.model, r.task, r.variant, r.method, r.shots), {})[r.seed] = r
-    cells: dict[CellKey, Cell] = {}
-    for key, seeds in by_cell.items():
-        rs = [seeds[s] for s in sorted(seeds)]
-        accs = [r.accuracy for r in rs]
-        mean = sum(accs) / len(accs)
-        ns = [r.n for r in rs]
-        have_counts = all(r.n is not None and r.correct is not None for r in rs)
-        n_total = sum(r.n for r in rs) if have_counts else None  # type: ignore[misc]
-        if len(rs) == 1 and rs[0].ci_low is not None and rs[0].ci_high is not None:
-            low, high = rs[0].ci_low, rs[0].ci_high
-        elif have_counts and n_total:
-            low, high = wilson_interval(sum(r.correct for r in rs), n_total)  # type: ignore[misc]
-        else:
-            low, high = min(accs), max(accs)
-        low, high = min(low, min(accs)), max(high, max(accs))
-        pf = [r.parse_failures for r in rs]
-        trains = {r.train_examples for r in rs if r.train_examples is not None}
-        cells[key] = Cell(
-            *key,
-            accuracy=mean,
-            low=low,
-            high=high,
-            n_seeds=len(rs),
-            n=min(n for n in ns if n is not None) if any(n is not None for n in ns) else None,
-            n_total=n_total,
-            std=statistics.stdev(accs) if len(accs) > 1 else None,
-            acc_min=min(accs),
-            acc_max=max(accs),
-            substring_accuracy=_mean(r.substring_accuracy for r in rs),
-            shortcut_rate=_mean(r.shortcut_rate for r in rs),
-            conflict_shortcut_rate=_mean(r.conflict_shortcut_rate for r in rs),
-            parse_failures=sum(p for p in pf if p is not None)
-            if any(p is not None for p in pf)
-            else None,
-            train_examples=max(trains) if trains else None,
-            scoring=rs[-1].scoring,
-        )
-    return cells
+        if not r.is_checkpoint:
+            by_cell.setdefault((r.model, r.task, r.variant, r.method, r.shots), {})[r.seed] = r
+    return {key: _pool(key, seeds) for key, seeds in by_cell.items()}
+
+
+def aggregate_checkpoints(rows: Iterable[ResultRow]) -> dict[CheckpointKey, Cell]:
+    """Pool the checkpoints' rows as :func:`aggregate` pools the others, one cell per step."""
+    by_step: dict[CheckpointKey, dict[int, ResultRow]] = {}
+    for r in rows:
+        if r.is_checkpoint and r.step is not None:
+            by_step.setdefault((r.model, r.task, r.variant, r.method, r.step), {})[r.seed] = r
+    return {key: _pool(key[:4] + (0,), seeds) for key, seeds in by_step.items()}
+
+
+def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
+    """One cell from its rows, one per seed."""
+    rs = [seeds[s] for s in sorted(seeds)]
+    accs = [r.accuracy for r in rs]
+    mean = sum(accs) / len(accs)
+    ns = [r.n for r in rs]
+    have_counts = all(r.n is not None and r.correct is not None for r in rs)
+    n_total = sum(r.n for r in rs) if have_counts else None  # type: ignore[misc]
+    if len(rs) == 1 and rs[0].ci_low is not None and rs[0].ci_high is not None:
+        low, high = rs[0].ci_low, rs[0].ci_high
+    elif have_counts and n_total:
+        low, high = wilson_interval(sum(r.correct for r in rs), n_total)  # type: ignore[misc]
+    else:
+        low, high = min(accs), max(accs)
+    low, high = min(low, min(accs)), max(high, max(accs))
+    pf = [r.parse_failures for r in rs]
+    trains = {r.train_examples for r in rs if r.train_examples is not None}
+    steps = {r.step for r in rs if r.step is not None}
+    return Cell(
+        *key,
+        accuracy=mean,
+        low=low,
+        high=high,
+        n_seeds=len(rs),
+        n=min(n for n in ns if n is not None) if any(n is not None for n in ns) else None,
+        n_total=n_total,
+        std=statistics.stdev(accs) if len(accs) > 1 else None,
+        acc_min=min(accs),
+        acc_max=max(accs),
+        substring_accuracy=_mean(r.substring_accuracy for r in rs),
+        shortcut_rate=_mean(r.shortcut_rate for r in rs),
+        conflict_shortcut_rate=_mean(r.conflict_shortcut_rate for r in rs),
+        parse_failures=sum(p for p in pf if p is not None)
+        if any(p is not None for p in pf)
+        else None,
+        train_examples=max(trains) if trains else None,
+        scoring=rs[-1].scoring,
+        step=max(steps) if steps else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -287,7 +321,8 @@ class RunData:
     config: dict[str, Any]
     manifest: dict[str, Any]
     rows: list[ResultRow]
-    cells: dict[CellKey, Cell]
+    cells: dict[CellKey, Cell]  # final models only: see the module docstring
+    checkpoints: dict[CheckpointKey, Cell] = field(default_factory=dict)
     finetune: list[FinetuneRun] = field(default_factory=list)
     analysis_figures: list[AnalysisFigure] = field(default_factory=list)
     analysis_summaries: list[AnalysisSummary] = field(default_factory=list)
@@ -352,6 +387,24 @@ class RunData:
         ms = {c.method for c in self.cells.values() if c.model == model and is_finetune(c.method)}
         ms |= {f.method for f in self.finetune if f.model == model}
         return sorted(ms, key=method_sort_key)
+
+    def checkpoint_cells(self, model: str, task: str, variant: str, method: str) -> list[Cell]:
+        """The evaluated checkpoints of one fine-tuning method (before its final model), by
+        step."""
+        out = [c for k, c in self.checkpoints.items() if k[:4] == (model, task, variant, method)]
+        return sorted(out, key=lambda c: c.step or 0)
+
+    def evaluated_steps(self, model: str, method: str) -> list[int]:
+        """The steps at which ``method``'s model of ``model`` was evaluated on the test items:
+        each checkpoint and the final model (as far as the rows record their step)."""
+        cells = [*self.checkpoints.values(), *self.cells.values()]
+        return sorted(
+            {
+                c.step
+                for c in cells
+                if c.model == model and c.method == method and c.step is not None
+            }
+        )
 
     def finetune_run(self, model: str, method: str) -> FinetuneRun | None:
         for f in self.finetune:
@@ -498,7 +551,9 @@ def load_run(run_dir: Path) -> RunData:
     config = _read_json(run_dir / "config.json", notes)
     manifest = _read_json(run_dir / "manifest.json", notes)
     models = list(dict.fromkeys(r.model for r in rows))
-    data = RunData(run_dir, config, manifest, rows, aggregate(rows), notes=notes)
+    data = RunData(
+        run_dir, config, manifest, rows, aggregate(rows), aggregate_checkpoints(rows), notes=notes
+    )
     data.finetune = _find_finetune(run_dir, models, notes)
     data.comparisons = [Comparison.from_dict(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]
     for key, c in list(data.cells.items()):  # ft rows without train_examples: from the curve

@@ -48,6 +48,8 @@ METHOD_MARKERS = {
 LINE = {"clean": "-", "misleading": "-."}
 REF_LINE = {"clean": "--", "misleading": ":"}
 VARIANT_MARKER_FILL = {"clean": "full", "misleading": "none"}
+#: fine-tuned models evaluated on the test items: the final model, and a listed checkpoint
+FINAL_MARKER, CHECKPOINT_MARKER = "D", "X"
 DPI = 110
 STYLE = {
     "font.size": 10,
@@ -120,10 +122,16 @@ def _model_tasks(data: RunData, model: str) -> list[str]:
 
 
 def _method_variant_legend(
-    fig, methods: Sequence[str], variants: Sequence[str], refs: bool, final: bool = False
+    fig,
+    methods: Sequence[str],
+    variants: Sequence[str],
+    refs: bool,
+    final: bool = False,
+    checkpoints: bool = False,
 ) -> None:
     """A compact legend: one colour per method, one line style per variant (for ICL lines and,
-    with ``refs``, the horizontal references), and the final-evaluation diamond."""
+    with ``refs``, the horizontal references), the final-evaluation diamond and the
+    checkpoint-evaluation marker."""
     from matplotlib.legend_handler import HandlerTuple
     from matplotlib.lines import Line2D
 
@@ -148,8 +156,11 @@ def _method_variant_legend(
             handles.append(line)
             labels.append(v)
     if final:
-        handles.append(Line2D([], [], color="0.25", marker="D", ls="", ms=6))
+        handles.append(Line2D([], [], color="0.25", marker=FINAL_MARKER, ls="", ms=6))
         labels.append("final 0-shot evaluation")
+    if checkpoints:
+        handles.append(Line2D([], [], color="0.25", marker=CHECKPOINT_MARKER, ls="", ms=7))
+        labels.append("checkpoint 0-shot evaluation")
     fig.legend(
         handles,
         labels,
@@ -289,14 +300,42 @@ def _curve_series(points: Sequence[CurvePoint], task: str, variant: str) -> list
     return [p for p in points if p.task == task and p.variant == variant and p.accuracy is not None]
 
 
+def _test_evaluations(ax, data: RunData, model: str, method: str, tasks, colours) -> bool:
+    """Mark the saved models of ``method`` evaluated on the test items on a curve panel, at
+    their steps: checkpoints (X) and the final model (diamond), per task and variant. Returns
+    whether a checkpoint was marked."""
+    marked = False
+    for task in tasks:
+        for variant in ("clean", "misleading"):
+            final = data.cell(model, task, variant, method)
+            for c in [*data.checkpoint_cells(model, task, variant, method), final]:
+                if c is None or c.step is None:
+                    continue
+                marked |= c is not final
+                ax.plot(
+                    c.step,
+                    c.accuracy,
+                    marker=FINAL_MARKER if c is final else CHECKPOINT_MARKER,
+                    fillstyle=VARIANT_MARKER_FILL.get(variant, "full"),
+                    color=colours[task],
+                    ls="",
+                    ms=7,
+                    mew=1.4,
+                    label="_test",
+                )
+    return marked
+
+
 def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | None:
     """Per fine-tuning method of one model: training loss over steps (left) and 0-shot accuracy
-    over steps per task and variant (right) (the paper's Figure 4)."""
+    over steps per task and variant (right) (the paper's Figure 4), with the steps whose saved
+    model was evaluated on the test items marked (dotted lines; its accuracies as markers)."""
     runs = [data.finetune_run(model, m) for m in data.ft_methods(model)]
     runs = [r for r in runs if r is not None and r.curve]
     if not runs:
         return None
-    tasks = list(dict.fromkeys(p.task for r in runs for p in r.curve))
+    curve_tasks = [p.task for r in runs for p in r.curve]
+    tasks = list(dict.fromkeys([*curve_tasks, *_model_tasks(data, model)]))
     colours = {t: OKABE_ITO[i % len(OKABE_ITO)] for i, t in enumerate(tasks)}
     with _figure(2 * len(runs), ncols=2, panel=(4.6, 2.9)) as (fig, axes):
         for i, run in enumerate(runs):
@@ -326,7 +365,11 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
                     transform=ax_loss.transAxes,
                     color="0.4",
                 )
-            span = [p.step for p in run.curve]
+            evaluated = data.evaluated_steps(model, run.method)
+            for step in evaluated:
+                for ax in (ax_loss, ax_acc):
+                    ax.axvline(step, color="0.55", ls=":", lw=1.2, label="_evaluated")
+            span = [p.step for p in run.curve] + evaluated
             pad = max(1.0, 0.03 * (max(span) - min(span)))
             for ax in (ax_loss, ax_acc):
                 ax.set_xlim(min(span) - pad, max(span) + pad)
@@ -348,6 +391,15 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
                             lw=1.6,
                             label=f"{task} {variant}",
                         )
+            if evaluated:
+                has_ckpt = _test_evaluations(ax_acc, data, model, run.method, tasks, colours)
+                grey = dict(color="0.25", ls="", ms=7)
+                ax_acc.plot([], [], marker=FINAL_MARKER, label="final model, test items", **grey)
+                if has_ckpt:
+                    ax_acc.plot(
+                        [], [], marker=CHECKPOINT_MARKER, label="checkpoint, test items", **grey
+                    )
+                ax_acc.plot([], [], color="0.55", ls=":", lw=1.2, label="step evaluated")
             ax_acc.set_ylim(-0.02, 1.02)
             ax_acc.set_title(f"{run.method}: 0-shot accuracy")
             ax_acc.set_xlabel("step")
@@ -357,7 +409,11 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
         _save(fig, path)
     caption = (
         f"{model}: training loss and 0-shot accuracy on held-out items over fine-tuning steps, "
-        "per method; solid lines clean, dash-dot misleading."
+        "per method; solid lines clean, dash-dot misleading. Dotted vertical lines (where the "
+        "results record steps): the steps whose saved model was evaluated 0-shot on the test "
+        "items (each checkpoint listed in eval_checkpoints, and the final model), with those "
+        "accuracies as crosses (checkpoints) and diamonds (final model), filled clean, hollow "
+        "misleading."
     )
     return FigureFile(path, "curves", caption)
 
@@ -365,7 +421,8 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
 def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | None:
     """Accuracy against the number of task examples the model was given: ICL (k demonstrations,
     0 = baseline) and fine-tuning (examples seen so far, from the curves; the final 0-shot
-    evaluation as a diamond), on one symlog x axis so that 0 shows."""
+    evaluation as a diamond, each evaluated checkpoint as a cross), on one symlog x axis so that
+    0 shows."""
     tasks = _model_tasks(data, model)
     ft_runs = {m: data.finetune_run(model, m) for m in data.ft_methods(model)}
     panels = []
@@ -379,9 +436,11 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
             panels.append(task)
     if not panels:
         return None
+    any_ckpt = False
     with _figure(len(panels)) as (fig, axes):
         for ax, task in zip(axes, panels):
             xs_all: list[float] = [0.0]
+            steps_at: dict[float, int | None] = {}  # checkpoints' x: their step
             for variant in data.variants:
                 fill = VARIANT_MARKER_FILL.get(variant, "full")
                 style = LINE.get(variant, "-")
@@ -408,20 +467,37 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
                             fillstyle=fill,
                             label=f"{method} {variant}",
                         )
-                    c = data.cell(model, task, variant, method)
-                    if c is not None and c.train_examples is not None:
+                    final = data.cell(model, task, variant, method)
+                    for c in [*data.checkpoint_cells(model, task, variant, method), final]:
+                        if c is None or c.train_examples is None:
+                            continue
+                        ckpt = c is not final
+                        any_ckpt |= ckpt
                         xs_all.append(float(c.train_examples))
                         ax.errorbar(
                             c.train_examples,
                             c.accuracy,
                             yerr=[[c.accuracy - c.low], [c.high - c.accuracy]],
-                            fmt="D",
+                            fmt=CHECKPOINT_MARKER if ckpt else FINAL_MARKER,
                             fillstyle=fill,
                             color=colour,
-                            ms=6,
+                            ms=7 if ckpt else 6,
                             capsize=2,
-                            label=f"{method} {variant} (final)",
+                            label=f"{method} {variant} ({f'step {c.step}' if ckpt else 'final'})",
                         )
+                        if ckpt:
+                            steps_at[float(c.train_examples)] = c.step
+            for x, step in sorted(steps_at.items()):  # once per step, along the top
+                ax.annotate(
+                    f"step {step}",
+                    (x, 0.99),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    va="top",
+                    rotation=90,
+                    fontsize=7.5,
+                    color="0.3",
+                )
             _symlog_x(ax, xs_all)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(task)
@@ -432,14 +508,17 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
             if any(data.cells_for(model, t, method="icl") for t in panels)
             else list(ft_runs)
         )
-        _method_variant_legend(fig, methods, data.variants, refs=False, final=bool(ft_runs))
+        _method_variant_legend(
+            fig, methods, data.variants, refs=False, final=bool(ft_runs), checkpoints=any_ckpt
+        )
         fig.suptitle(f"{model}: data efficiency", fontsize=12)
         _save(fig, path)
     caption = (
         f"{model}: accuracy against the number of task examples the model was given: k "
         "demonstrations for ICL (0 is the baseline), examples seen so far for fine-tuning (lines "
-        "from the training curves; diamonds: the final 0-shot evaluation). Symlog x axis: linear "
-        "between 0 and 1, logarithmic above."
+        "from the training curves; diamonds: the final 0-shot evaluation; crosses, with their "
+        "step written above: the checkpoints evaluated 0-shot, where eval_checkpoints lists any). "
+        "Symlog x axis: linear between 0 and 1, logarithmic above."
     )
     return FigureFile(path, "efficiency", caption)
 

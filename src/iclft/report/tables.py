@@ -216,6 +216,7 @@ CELL_COLUMNS = (
     "variant",
     "method",
     "shots",
+    "step",
     "accuracy",
     "ci_low",
     "ci_high",
@@ -243,7 +244,7 @@ def cell_record(c: Cell) -> list[str]:
     vals = (c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n)
     extra = (c.substring_accuracy, c.shortcut_rate, c.parse_failures, c.train_examples)
     return (
-        [c.model, c.task, c.variant, c.method, str(c.shots)]
+        [c.model, c.task, c.variant, c.method, str(c.shots), _num(c.step)]
         + [_num(v) for v in (*vals, *extra)]
         + [c.scoring or ""]
     )
@@ -258,7 +259,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]])
 
 
 def write_tables(data: RunData, tables_dir: Path) -> dict[str, Path]:
-    """Write ``headline.csv``, ``cells.csv`` and (with fine-tuning) ``finetune.csv``."""
+    """Write ``headline.csv``, ``cells.csv`` (with each evaluated checkpoint's cells beside the
+    final models') and (with fine-tuning) ``finetune.csv``."""
     out: dict[str, Path] = {}
     head_rows = []
     for m in data.models:
@@ -269,7 +271,8 @@ def write_tables(data: RunData, tables_dir: Path) -> dict[str, Path]:
                         head_rows.append([e.label, *cell_record(c)])
     out["headline"] = _write_csv(tables_dir / "headline.csv", ("entry", *CELL_COLUMNS), head_rows)
     cells = sorted(
-        data.cells.values(), key=lambda c: (c.model, c.task, c.method, c.variant, c.shots)
+        [*data.cells.values(), *data.checkpoints.values()],
+        key=lambda c: (c.model, c.task, c.method, c.variant, c.shots, c.step or 0),
     )
     out["cells"] = _write_csv(
         tables_dir / "cells.csv", CELL_COLUMNS, [cell_record(c) for c in cells]
