@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from iclft.icl.metrics import wilson_interval
+from iclft.tasks import get_task
 
 FT_METHODS = ("ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
 
@@ -53,6 +54,11 @@ def result_row(
     return row
 
 
+def shortcut_only_accuracy(task: str, variant: str) -> float | None:
+    """What evaluation records for a shortcut-only model on a cell of ``task``."""
+    return 1.0 if variant == "clean" else get_task(task).shortcut_accuracy_misleading
+
+
 def _p(method: str, variant: str, shots: int, task_i: int) -> tuple[float, float]:
     """(accuracy, shortcut rate) the synthetic model has in a setting."""
     if method == "icl":
@@ -77,10 +83,13 @@ def write_run(
     n: int = 40,
     curves: bool = True,
     analysis: bool = True,
+    shortcut_only: bool = True,
     rng_seed: int = 0,
 ) -> Path:
     """Write config.json, manifest.json, results.jsonl, finetune/*/*/{curves.csv,
-    manifest.json} and analysis/** into ``root``; return ``root``."""
+    manifest.json} and analysis/** into ``root``; return ``root``. With ``shortcut_only`` the
+    rows carry ``shortcut_only_accuracy`` as evaluation writes it (1 on clean items, the
+    task's declared value on misleading ones); without it they look like older runs."""
     rng = np.random.default_rng(rng_seed)
     root.mkdir(parents=True, exist_ok=True)
     config = {
@@ -113,6 +122,10 @@ def write_run(
                             p, shortcut = _p(method, variant, k, ti)
                             correct = int(rng.binomial(n, min(max(p, 0.0), 1.0)))
                             extra = {"shortcut_rate": min(1.0, shortcut)}
+                            if shortcut_only:
+                                extra["shortcut_only_accuracy"] = shortcut_only_accuracy(
+                                    task, variant
+                                )
                             if method.startswith("ft-"):
                                 extra["train_examples"] = 320
                             rows.append(

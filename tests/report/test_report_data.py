@@ -188,3 +188,15 @@ def test_compare_is_symmetric_and_zero_on_overlap():
     ).values()
     assert (compare(a, b), compare(b, a), compare(a, c)) == (1, -1, 0)
     assert not math.isnan(a.low)
+
+
+def test_shortcut_only_accuracy_is_read_pooled_and_unknown_when_missing():
+    rows = _rows(
+        result_row("m", "t", "misleading", "icl", 1, 0, 5, 20, shortcut_only_accuracy=0.45),
+        result_row("m", "t", "misleading", "icl", 1, 1, 5, 20, shortcut_only_accuracy=0.55),
+        result_row("m", "t", "clean", "icl", 1, 0, 5, 20),  # an older run: no such key
+    )
+    assert [r.shortcut_only_accuracy for r in rows] == [0.45, 0.55, None]
+    cells = aggregate(rows)
+    assert cells[("m", "t", "misleading", "icl", 1)].shortcut_only_accuracy == pytest.approx(0.5)
+    assert cells[("m", "t", "clean", "icl", 1)].shortcut_only_accuracy is None
