@@ -88,3 +88,15 @@ def test_conflict_shortcut_rate_counts_only_items_where_the_shortcut_is_wrong(
     assert row["conflict_n"] == len(conflict) > 0
     want = sum(p["prediction"] == p["shortcut_target"] for p in conflict) / len(conflict)
     assert row["conflict_shortcut_rate"] == pytest.approx(want)
+
+
+def test_rows_carry_the_shortcut_only_accuracy_of_their_own_items(tiny_models, tiny_tokenizer):
+    eng = Engine(tiny_models["qwen2"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
+    task = get_task("boolean")
+    spec = EvalSpec(tasks=("boolean",), n=15, seed=3, scoring="loglik").check()
+    rows = {r["variant"]: r for r in evaluate_task(eng, task, spec, model_label="tiny").results}
+    assert rows["clean"]["shortcut_only_accuracy"] == 1.0
+    mis = task.generate("misleading", 15, 3)
+    want = sum(e.shortcut_target == e.target for e in mis) / 15
+    assert rows["misleading"]["shortcut_only_accuracy"] == pytest.approx(want)
+    assert 0 < want < 1  # chance-level on this task: the row is measured, not declared

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from iclft.icl.metrics import wilson_interval
+from iclft.tasks import get_task
 
 FT_METHODS = ("ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
 FT_STEPS, FT_BATCH = 20, 16
@@ -56,6 +57,11 @@ def result_row(
     return row
 
 
+def shortcut_only_accuracy(task: str, variant: str) -> float | None:
+    """What evaluation records for a shortcut-only model on a cell of ``task``."""
+    return 1.0 if variant == "clean" else get_task(task).shortcut_accuracy_misleading
+
+
 def _p(method: str, variant: str, shots: int, task_i: int, step: int = FT_STEPS):
     """(accuracy, shortcut rate) the synthetic model has in a setting (fine-tuned: at a step)."""
     if method == "icl":
@@ -81,10 +87,13 @@ def write_run(
     curves: bool = True,
     checkpoints: Sequence[int] = (),
     analysis: bool = True,
+    shortcut_only: bool = True,
     rng_seed: int = 0,
 ) -> Path:
     """Write config.json, manifest.json, results.jsonl, finetune/*/*/{curves.csv,
-    manifest.json} and analysis/** into ``root``; return ``root``."""
+    manifest.json} and analysis/** into ``root``; return ``root``. With ``shortcut_only`` the
+    rows carry ``shortcut_only_accuracy`` as evaluation writes it (1 on clean items, the
+    task's declared value on misleading ones); without it they look like older runs."""
     rng = np.random.default_rng(rng_seed)
     root.mkdir(parents=True, exist_ok=True)
     config = {
@@ -120,6 +129,10 @@ def write_run(
                                 p, shortcut = _p(method, variant, k, ti, step)
                                 correct = int(rng.binomial(n, min(max(p, 0.0), 1.0)))
                                 extra: dict = {"shortcut_rate": min(1.0, shortcut)}
+                                if shortcut_only:
+                                    extra["shortcut_only_accuracy"] = shortcut_only_accuracy(
+                                        task, variant
+                                    )
                                 if ft:
                                     d = f"finetune/{model.replace('/', '__')}/{method}"
                                     extra["step"] = step

@@ -259,3 +259,15 @@ def test_rows_without_a_step_from_older_runs_still_load_and_report(tmp_path, mak
     assert data.checkpoints == {} and data.evaluated_steps("smollm2-135m", "ft-kv") == []
     names = {f.name for f in build_report(run).figures}
     assert {"finetune_curves__smollm2-135m.png", "data_efficiency__smollm2-135m.png"} <= names
+
+
+def test_shortcut_only_accuracy_is_read_pooled_and_unknown_when_missing():
+    rows = _rows(
+        result_row("m", "t", "misleading", "icl", 1, 0, 5, 20, shortcut_only_accuracy=0.45),
+        result_row("m", "t", "misleading", "icl", 1, 1, 5, 20, shortcut_only_accuracy=0.55),
+        result_row("m", "t", "clean", "icl", 1, 0, 5, 20),  # an older run: no such key
+    )
+    assert [r.shortcut_only_accuracy for r in rows] == [0.45, 0.55, None]
+    cells = aggregate(rows)
+    assert cells[("m", "t", "misleading", "icl", 1)].shortcut_only_accuracy == pytest.approx(0.5)
+    assert cells[("m", "t", "clean", "icl", 1)].shortcut_only_accuracy is None

@@ -308,6 +308,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         lr_scheduler_type="constant" if is_demo else cfg.schedule,
         warmup_steps=0 if is_demo else cfg.warmup_steps,
         weight_decay=weight_decay,
+        max_grad_norm=0.0 if is_demo else 1.0,  # plain SGD on demonstrations: no clipping
         optim="sgd" if (is_demo or cfg.optimizer == "sgd") else "adamw_torch",
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -240,6 +240,10 @@ def evaluate_task(
                 "ci_high": hi,
                 "substring_accuracy": sum(r["substring_correct"] for r in rows) / n,
                 "shortcut_rate": sum(r["shortcut_answer"] for r in rows) / n,
+                # what a model answering only by the shortcut scores on these very items (1 on
+                # clean items by construction; the task declares its misleading value)
+                "shortcut_only_accuracy": sum(r["shortcut_target"] == r["target"] for r in rows)
+                / n,
                 "conflict_n": len(conflict),
                 "conflict_shortcut_rate": (
                     sum(r["shortcut_answer"] for r in conflict) / len(conflict)

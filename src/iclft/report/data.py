@@ -89,6 +89,9 @@ class ResultRow:
     shortcut_rate: float | None = None
     #: shortcut answers among items whose shortcut answer is wrong
     conflict_shortcut_rate: float | None = None
+    #: accuracy of a model that answers only by the shortcut, on this cell's items (``None``:
+    #: unknown, as in runs written before evaluation recorded it)
+    shortcut_only_accuracy: float | None = None
     parse_failures: int | None = None
     train_examples: int | None = None
     #: fine-tuned models: the optimizer steps the evaluated weights were trained for
@@ -138,6 +141,7 @@ class ResultRow:
             substring_accuracy=_opt_float(d.get("substring_accuracy")),
             shortcut_rate=_opt_float(d.get("shortcut_rate")),
             conflict_shortcut_rate=_opt_float(d.get("conflict_shortcut_rate")),
+            shortcut_only_accuracy=_opt_float(d.get("shortcut_only_accuracy")),
             parse_failures=_opt_int(d.get("parse_failures")),
             train_examples=train,
             step=_opt_int(d.get("step")),
@@ -170,6 +174,7 @@ class Cell:
     substring_accuracy: float | None
     shortcut_rate: float | None
     conflict_shortcut_rate: float | None
+    shortcut_only_accuracy: float | None  # mean over the seeds that recorded it
     parse_failures: int | None  # summed over seeds
     train_examples: int | None
     scoring: str | None
@@ -191,7 +196,8 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are known; ``None`` when none is."""
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
 
@@ -245,9 +251,10 @@ def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
         std=statistics.stdev(accs) if len(accs) > 1 else None,
         acc_min=min(accs),
         acc_max=max(accs),
-        substring_accuracy=_mean(r.substring_accuracy for r in rs),
-        shortcut_rate=_mean(r.shortcut_rate for r in rs),
-        conflict_shortcut_rate=_mean(r.conflict_shortcut_rate for r in rs),
+        substring_accuracy=mean_known(r.substring_accuracy for r in rs),
+        shortcut_rate=mean_known(r.shortcut_rate for r in rs),
+        conflict_shortcut_rate=mean_known(r.conflict_shortcut_rate for r in rs),
+        shortcut_only_accuracy=mean_known(r.shortcut_only_accuracy for r in rs),
         parse_failures=sum(p for p in pf if p is not None)
         if any(p is not None for p in pf)
         else None,

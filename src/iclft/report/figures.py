@@ -22,9 +22,10 @@ from iclft.report.data import (
     RunData,
     file_slug,
     is_finetune,
+    mean_known,
     method_sort_key,
 )
-from iclft.report.tables import headline
+from iclft.report.tables import HeadlineEntry, headline
 from iclft.store import atomic_writer
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -241,20 +242,71 @@ def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile 
     return FigureFile(path, "shots", caption)
 
 
-def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
-    """Clean accuracy (x) against misleading accuracy (y) for baseline, best ICL and each
-    fine-tuning method, one panel per task, with the diagonal (the paper's Figure 3)."""
+SHORTCUT_COLOUR = "0.35"
+
+
+@dataclass(frozen=True)
+class RobustnessPanel:
+    """One task's panel of the robustness figure: its headline entries with both variants, and
+    where a model answering only by the shortcut lands (``None`` where the run did not record
+    it; ``clean`` alone may be missing)."""
+
+    task: str
+    entries: tuple[HeadlineEntry, ...]
+    shortcut_clean: float | None
+    shortcut_misleading: float | None
+
+
+def robustness_panels(data: RunData, model: str) -> list[RobustnessPanel]:
+    """The panels :func:`plot_robustness` draws, one per task with a clean and a misleading
+    cell; the shortcut-only accuracy is the mean over the panel's cells (they normally share
+    their items, so the values agree)."""
     panels = []
     for task in _model_tasks(data, model):
-        entries = [e for e in headline(data, model, task) if e.clean and e.misleading]
+        entries = tuple(e for e in headline(data, model, task) if e.clean and e.misleading)
         if entries:
-            panels.append((task, entries))
+            sc_clean = mean_known(e.clean.shortcut_only_accuracy for e in entries if e.clean)
+            sc_mis = mean_known(
+                e.misleading.shortcut_only_accuracy for e in entries if e.misleading
+            )
+            panels.append(RobustnessPanel(task, entries, sc_clean, sc_mis))
+    return panels
+
+
+def draw_shortcut_reference(ax, panel: RobustnessPanel) -> bool:
+    """A dashed line at the shortcut-only misleading accuracy and a star where a shortcut-only
+    model sits (clean, misleading); nothing when the run did not record it."""
+    y = panel.shortcut_misleading
+    if y is None:
+        return False
+    ax.axhline(y, color=SHORTCUT_COLOUR, ls="--", lw=1.2, label="shortcut-only model")
+    if panel.shortcut_clean is not None:
+        ax.plot(
+            panel.shortcut_clean,
+            y,
+            marker="*",
+            ms=11,
+            ls="",
+            color=SHORTCUT_COLOUR,
+            label="_shortcut-only model (point)",
+        )
+    return True
+
+
+def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
+    """Clean accuracy (x) against misleading accuracy (y) for baseline, best ICL and each
+    fine-tuning method, one panel per task, with the diagonal (the paper's Figure 3) and the
+    shortcut-only reference, which differs by task (0 where the cue always misleads, 0.5 where
+    it is uninformative)."""
+    panels = robustness_panels(data, model)
     if not panels:
         return None
+    drawn = False
     with _figure(len(panels), panel=(3.4, 3.4)) as (fig, axes):
-        for ax, (task, entries) in zip(axes, panels):
+        for ax, panel in zip(axes, panels):
             ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1, label="_diag")
-            for e in entries:
+            drawn |= draw_shortcut_reference(ax, panel)
+            for e in panel.entries:
                 c, m = e.clean, e.misleading
                 assert c is not None and m is not None
                 colour = method_colour(e.method)
@@ -282,7 +334,7 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
             ax.set_xlim(-0.03, 1.03)
             ax.set_ylim(-0.03, 1.03)
             ax.set_aspect("equal")
-            ax.set_title(task)
+            ax.set_title(panel.task)
             ax.set_xlabel("clean accuracy")
             ax.set_ylabel("misleading accuracy")
         _shared_legend(fig, axes, ncol=6)
@@ -293,6 +345,12 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
         "its best k by clean accuracy, and each fine-tuned model; bars are 95% intervals, the "
         "dotted diagonal is equal accuracy on both."
     )
+    if drawn:
+        caption += (
+            " Dashed grey line: the misleading accuracy of a model that answers only by the "
+            "shortcut, on the same items (the star: its clean and misleading accuracy); it is 0 "
+            "where the cue always points the wrong way and about 0.5 where it is uninformative."
+        )
     return FigureFile(path, "robustness", caption)
 
 
@@ -556,4 +614,5 @@ __all__ = [
     "plot_data_efficiency",
     "plot_finetune_curves",
     "plot_robustness",
+    "robustness_panels",
 ]

@@ -227,6 +227,7 @@ CELL_COLUMNS = (
     "n",
     "substring_accuracy",
     "shortcut_rate",
+    "shortcut_only_accuracy",
     "parse_failures",
     "train_examples",
     "scoring",
@@ -242,7 +243,13 @@ def _num(x: float | int | None) -> str:
 def cell_record(c: Cell) -> list[str]:
     """A CSV row (:data:`CELL_COLUMNS`) for one cell."""
     vals = (c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n)
-    extra = (c.substring_accuracy, c.shortcut_rate, c.parse_failures, c.train_examples)
+    extra = (
+        c.substring_accuracy,
+        c.shortcut_rate,
+        c.shortcut_only_accuracy,
+        c.parse_failures,
+        c.train_examples,
+    )
     return (
         [c.model, c.task, c.variant, c.method, str(c.shots), _num(c.step)]
         + [_num(v) for v in (*vals, *extra)]

@@ -114,6 +114,9 @@ class Task(ABC):
     answer_lead: ClassVar[str] = "The result is:"
     #: candidate answers for choice tasks; ``None`` for free-answer tasks
     choices: ClassVar[tuple[str, ...] | None] = None
+    #: what a model that answers only by the shortcut scores on misleading items (its score on
+    #: clean items is 1 by construction); ``None`` when a task does not declare it
+    shortcut_accuracy_misleading: ClassVar[float | None] = None
 
     @property
     def is_choice(self) -> bool:

@@ -154,6 +154,7 @@ class CodeTask(Task):
     description = "function2(z, a) ignores a = function1(x), so the heavy function1 is irrelevant"
     instruction = "Give the output of each Python program for the given input."
     answer_lead = "The output is:"
+    shortcut_accuracy_misleading = 0.0
 
     def __init__(self, input_range: tuple[int, int] = (1, 20)):
         if not 1 <= input_range[0] <= input_range[1]:

@@ -41,6 +41,7 @@ class ExpressionTask(Task):
     description = "(a)+(z)*(c): the z terms sum to 0, so the answer is the sum of a"
     instruction = "Calculate the value of each arithmetic expression."
     answer_lead = "The result is:"
+    shortcut_accuracy_misleading = 0.0
 
     def __init__(
         self, terms: tuple[int, int, int] = (2, 4, 4), value_range: tuple[int, int] = (1, 9)

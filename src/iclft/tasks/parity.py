@@ -34,6 +34,7 @@ class ParityTask(Task):
     instruction = "Decide whether the sum of each list of numbers is even or odd."
     answer_lead = "The answer is:"
     choices = LABELS
+    shortcut_accuracy_misleading = 0.0
 
     def __init__(self, length: tuple[int, int] = (5, 8)):
         if not 4 <= length[0] <= length[1]:
