@@ -51,7 +51,7 @@ def _eval(model, hub, tmp_path, **env):
         "TRANSFORMERS_OFFLINE": "",
         **env,
     }
-    cmd = [sys.executable, "-m", "iclft", "eval", "--model", model, "--task", "boolean",
+    cmd = [sys.executable, "-m", "iclft", "eval", "--model", model, "--task", "parity",
            "-n", "2", "--device", "cpu", "-o", str(tmp_path / "out")]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=full, timeout=300)
 
