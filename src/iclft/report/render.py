@@ -220,11 +220,21 @@ def scoring_section(data: RunData) -> Section:
         "table ('substring acc.') and in tables/cells.csv."
         + ("" if has_sub else " This run's results carry no substring figure.")
     )
+    protocol = data.config.get("protocol", "exact")
     s.paragraphs.append(
-        f"Scoring modes in this run: {', '.join(modes) if modes else 'not recorded'}. Intervals "
-        "are 95% Wilson score intervals; with several seeds, the pooled Wilson interval widened to "
-        "cover every seed's accuracy. Sentences call two settings different only when their "
-        "intervals do not overlap."
+        f"Scoring modes in this run: {', '.join(modes) if modes else 'not recorded'}; protocol "
+        + (
+            "paper: the seed code's fixed-length continuation, correct when the target occurs "
+            "anywhere in it (accuracy is then the lenient figure)."
+            if protocol == "paper"
+            else "exact: leading whitespace and newlines are skipped, generation stops at the "
+            "next newline, and the first non-empty line is parsed."
+        )
+        + " Intervals are 95% Wilson score intervals; with several seeds, the pooled Wilson "
+        "interval widened to cover every seed's accuracy. Sentences compare settings scored on "
+        "the same items by their paired test (the paired bootstrap interval of the difference "
+        "excludes 0), and other pairs (clean vs misleading, or runs without paired tests) only "
+        "when their intervals do not overlap."
     )
     return s
 
