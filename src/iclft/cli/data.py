@@ -22,9 +22,11 @@ def tasks() -> None:
     table.add_column("task", style="bold")
     table.add_column("answer")
     table.add_column("implicit pattern (clean variant)")
+    table.add_column("shortcut-only acc. (misleading)", justify="right")
     for name, cls in registry().items():
         kind = "/".join(cls.choices) if cls.choices else "free (integer)"
-        table.add_row(name, kind, cls.description)
+        sc = cls.shortcut_accuracy_misleading
+        table.add_row(name, kind, cls.description, "?" if sc is None else f"{sc:g}")
     out.print(table)
 
 
