@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from iclft.errors import UserError, did_you_mean
+from iclft.icl.prompts import MAX_DEMO_SETS
 
 METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
 FT_METHODS = {
@@ -151,6 +152,12 @@ class ExperimentConfig(_Strict):
     scoring: Literal["generate", "loglik", "auto"] = "generate"
     #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.evaluate
     protocol: Literal["exact", "paper"] = "exact"
+    #: independent demonstration sets per k-shot cell (intervals include their variance)
+    demo_sets: int = Field(1, ge=1, le=MAX_DEMO_SETS)
+    #: held-out clean items per k-shot cell, on which the report chooses the best k (0: none)
+    heldout_n: int = Field(0, ge=0)
+    #: the k the headline also shows, fixed before any result (default: the largest k)
+    fixed_shots: int | None = Field(None, ge=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(10, gt=0)
@@ -226,6 +233,8 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
                 f"scoring: loglik needs choice tasks, but {', '.join(free)} "
                 "has free answers (use auto or generate)"
             )
+    if cfg.fixed_shots is not None and cfg.fixed_shots not in cfg.shots:
+        problems.append(f"fixed_shots: {cfg.fixed_shots} is not one of shots {cfg.shots}")
     if cfg.protocol == "paper" and cfg.scoring == "loglik":
         problems.append(
             "protocol: paper generates text for every task; use scoring generate or auto"

@@ -158,12 +158,11 @@ class _Models:
         return self.loaded
 
 
-def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list, list]:
-    from iclft.icl.engine import Engine
-    from iclft.icl.evaluate import EvalSpec, evaluate_task
-    from iclft.tasks import get_task
+def _eval_spec(cfg, stage, shots, method):
+    """The evaluation of one stage: the config's settings at ``shots``."""
+    from iclft.icl.evaluate import EvalSpec
 
-    spec = EvalSpec(
+    return EvalSpec(
         tasks=tuple(cfg.tasks),
         variants=tuple(cfg.variants),
         shots=tuple(shots),
@@ -174,7 +173,17 @@ def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list,
         max_new_tokens=cfg.max_new_tokens,
         method=method,
         protocol=cfg.protocol,
+        demo_sets=cfg.demo_sets,
+        heldout_n=cfg.heldout_n,
     ).check()
+
+
+def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list, list]:
+    from iclft.icl.engine import Engine
+    from iclft.icl.evaluate import evaluate_task
+    from iclft.tasks import get_task
+
+    spec = _eval_spec(cfg, stage, shots, method)
     engine = Engine(
         loaded.model, loaded.tokenizer, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens
     )
@@ -193,13 +202,17 @@ def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list,
 
 
 def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
+    from iclft.icl.evaluate import prompt_count
+
     first_seed = cfg.seeds[0]
     per_item = len(cfg.tasks) * len(cfg.variants) * cfg.n
     if stage.kind == "icl":
         shots = sorted({0} if "baseline" in cfg.methods else set())
         if "icl" in cfg.methods:
             shots = sorted(set(shots) | set(cfg.shots))
-        advance = track(stage.label, per_item * len(shots))
+        advance = track(
+            stage.label, len(cfg.tasks) * prompt_count(_eval_spec(cfg, stage, shots, None))
+        )
         loaded = models.get(stage.model)
         results, preds = _eval_rows(
             cfg, stage, loaded, shots, None, advance, lambda r: {"train_examples": r["shots"]}

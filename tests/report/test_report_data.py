@@ -116,10 +116,60 @@ def test_best_icl_is_highest_clean_accuracy_fewest_shots_on_ties(tmp_path):
         result_row("m", "t", "clean", "icl", k, 0, c, 20) for k, c in ((1, 5), (4, 12), (8, 12))
     ] + [result_row("m", "t", "misleading", "icl", k, 0, 19, 20) for k in (1, 4, 8)]
     data = load_run(_write_results(tmp_path / "run", rows))
-    assert best_icl_shots(data, "m", "t") == 4
-    (entry,) = headline(data, "m", "t")
-    assert entry.label == "ICL (k=4)"
-    assert entry.misleading is not None and entry.misleading.shots == 4
+    assert best_icl_shots(data, "m", "t") == (4, "best on test items")
+    chosen, fixed = headline(data, "m", "t")
+    assert chosen.label == "ICL (k=4, best on test items)"
+    assert chosen.misleading is not None and chosen.misleading.shots == 4
+    assert (fixed.label, fixed.shots) == ("ICL (k=8, fixed)", 8)  # the largest k by default
+
+
+def test_best_icl_is_chosen_on_heldout_items_when_the_run_has_them(tmp_path):
+    """Held-out rows choose k (here 1, although k=8 is best on the test items) and never
+    become test cells; the config's fixed_shots names the fixed entry."""
+    test = [
+        result_row("m", "t", "clean", "icl", k, 0, c, 20) for k, c in ((1, 10), (4, 12), (8, 18))
+    ]
+    held = [
+        result_row("m", "t", "clean", "icl", k, 0, c, 20, split="heldout")
+        for k, c in ((1, 15), (4, 9), (8, 11))
+    ]
+    run = _write_results(tmp_path / "run", test + held)
+    (run / "config.json").write_text(json.dumps({"fixed_shots": 4}))
+    data = load_run(run)
+    assert best_icl_shots(data, "m", "t") == (1, "best on held-out")
+    assert data.cell("m", "t", "clean", "icl", 1).accuracy == 0.5  # the test row, not held-out
+    assert data.heldout[("m", "t", "clean", "icl", 1)].accuracy == 0.75
+    chosen, fixed = headline(data, "m", "t")
+    assert (chosen.label, chosen.shots) == ("ICL (k=1, best on held-out)", 1)
+    assert (fixed.label, fixed.shots) == ("ICL (k=4, fixed)", 4)
+    (config := json.loads((run / "config.json").read_text())).update(fixed_shots=1)
+    (run / "config.json").write_text(json.dumps(config))
+    (only,) = headline(load_run(run), "m", "t")
+    assert only.label == "ICL (k=1, best on held-out, = fixed k)"
+
+
+def test_cells_with_demonstration_sets_carry_their_spread_and_combine_seeds(tmp_path):
+    """A seed's two-level interval is used as is; two seeds combine their half-widths as
+    independent estimates (narrower than either), widened to both seeds' accuracies."""
+    rows = []
+    for seed, c, sets, lo, hi in (
+        (0, 30, [0.4, 0.5, 0.6], 0.30, 0.70),
+        (1, 36, [0.55, 0.6, 0.65], 0.40, 0.80),
+    ):
+        r = result_row("m", "t", "clean", "icl", 2, seed, 0, 20)
+        r.update(demo_sets=3, n_scored=60, correct=c, set_accuracies=sets, ci_low=lo, ci_high=hi)
+        rows.append(r)
+    for r in rows:
+        r["accuracy"] = r["correct"] / r["n_scored"]
+    data = load_run(_write_results(tmp_path / "run", rows[:1]))
+    one = data.cell("m", "t", "clean", "icl", 2)
+    assert (one.low, one.high, one.demo_sets) == (0.30, 0.70, 3)
+    assert (one.set_min, one.set_max) == (0.4, 0.6)
+    both = load_run(_write_results(tmp_path / "run2", rows)).cell("m", "t", "clean", "icl", 2)
+    assert both.accuracy == pytest.approx(0.55)
+    assert both.low == pytest.approx(0.55 - (0.2**2 + 0.2**2) ** 0.5 / 2)
+    assert both.high == pytest.approx(0.55 + (0.2**2 + 0.2**2) ** 0.5 / 2)
+    assert (both.set_min, both.set_max) == (0.4, 0.65)
 
 
 def _paper_like(tmp_path, *, icl_clean, ft_clean, icl_mis, n=50, shortcut=0.8, ft=True):

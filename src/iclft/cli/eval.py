@@ -26,6 +26,17 @@ def eval_command(
         help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
         "code: a fixed --max-new-tokens continuation, target as a substring).",
     ),
+    demo_sets: int = typer.Option(
+        1,
+        "--demo-sets",
+        help="Independent demonstration sets per k-shot cell; with 2+, intervals come from a "
+        "two-level bootstrap (sets, then items).",
+    ),
+    heldout_n: int = typer.Option(
+        0,
+        "--heldout-n",
+        help="Held-out clean items per k-shot cell, on which `iclft report` chooses the best k.",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
@@ -50,6 +61,8 @@ def eval_command(
         scoring=scoring,
         max_new_tokens=max_new_tokens,
         protocol=protocol,
+        demo_sets=demo_sets,
+        heldout_n=heldout_n,
     ).check()
     res = run_eval(
         spec,
@@ -61,15 +74,18 @@ def eval_command(
         batch_size=batch_size,
     )
     table = Table(title=f"accuracy ({output})")
-    for col in ("task", "variant", "shots", "accuracy", "95% CI", "substring", "shortcut"):
+    cols = ("task", "variant", "shots", "accuracy", "95% CI", "sets", "substring", "shortcut")
+    for col in cols:
         table.add_column(col)
     for r in res.results:
+        sets = r["set_accuracies"]
         table.add_row(
             r["task"],
-            r["variant"],
+            r["variant"] + (" (held-out)" if r["split"] == "heldout" else ""),
             str(r["shots"]),
             f"{r['accuracy']:.3f}",
             f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            f"{len(sets)}: {min(sets):.2f}–{max(sets):.2f}" if len(sets) > 1 else "1",
             f"{r['substring_accuracy']:.3f}",
             f"{r['shortcut_rate']:.3f}",
         )

@@ -13,16 +13,27 @@ stop, scored correct when ``str(target)`` occurs anywhere in it (so "2" is found
 
 from __future__ import annotations
 
+import statistics
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from iclft.errors import UnknownNameError, UserError
 from iclft.icl.engine import Engine, context_limit
-from iclft.icl.metrics import wilson_interval
-from iclft.icl.prompts import DEMO_MODES, DemoPool, Prompt, build_prompt
+from iclft.icl.metrics import N_BOOT, TWO_LEVEL, WILSON, two_level_interval, wilson_interval
+from iclft.icl.prompts import (
+    DEMO_MODES,
+    HELDOUT_BASE,
+    MAX_DEMO_SETS,
+    DemoPool,
+    Prompt,
+    build_prompt,
+)
 from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task
 
 SCORINGS = ("generate", "loglik", "auto")
@@ -44,6 +55,11 @@ class EvalSpec:
     max_new_tokens: int = 10
     method: str | None = None  # label for results rows; default: baseline (0-shot) / icl
     protocol: str = "exact"
+    #: independent demonstration sets per k-shot cell (0-shot prompts have none to vary)
+    demo_sets: int = 1
+    #: held-out clean items per k-shot cell on which the best k is chosen (0: none); used
+    #: only when there are at least two k > 0 to choose from
+    heldout_n: int = 0
 
     def check(self) -> EvalSpec:
         if not self.tasks:
@@ -72,6 +88,14 @@ class EvalSpec:
                 )
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not isinstance(self.demo_sets, int) or not 1 <= self.demo_sets <= MAX_DEMO_SETS:
+            raise UserError(
+                f"demo sets must be an integer from 1 to {MAX_DEMO_SETS}, got {self.demo_sets!r}"
+            )
+        if not isinstance(self.heldout_n, int) or self.heldout_n < 0:
+            raise UserError(
+                f"held-out items must be a non-negative integer, got {self.heldout_n!r}"
+            )
         if self.protocol not in PROTOCOLS:
             raise UnknownNameError("protocol", self.protocol, PROTOCOLS)
         if self.protocol == "paper" and self.scoring == "loglik":
@@ -80,6 +104,30 @@ class EvalSpec:
                 "auto with --protocol paper"
             )
         return self
+
+
+def demo_sets_for(spec: EvalSpec, shots: int) -> range:
+    """The demonstration sets a cell with ``shots`` is evaluated over (one for 0 shots)."""
+    return range(spec.demo_sets if shots > 0 else 1)
+
+
+def selects_shots(spec: EvalSpec) -> bool:
+    """Whether held-out items are evaluated: asked for, and two or more k > 0 to choose from."""
+    return spec.heldout_n > 0 and sum(k > 0 for k in spec.shots) >= 2
+
+
+def prompt_count(spec: EvalSpec) -> int:
+    """Prompts one task of ``spec`` scores (for progress bars)."""
+    test = sum(len(demo_sets_for(spec, k)) for k in spec.shots) * len(spec.variants) * spec.n
+    held = sum(len(demo_sets_for(spec, k)) for k in spec.shots if k > 0) * spec.heldout_n
+    return test + (held if selects_shots(spec) else 0)
+
+
+def heldout_items(task: Task, spec: EvalSpec) -> list[Example]:
+    """Clean items from their own index range, minus any whose question is a test item's."""
+    test = {q.question for v in spec.variants for q in task.generate(v, spec.n, spec.seed)}
+    items = task.generate("clean", spec.heldout_n, spec.seed, start=HELDOUT_BASE)
+    return [q for q in items if q.question not in test]
 
 
 def method_label(spec: EvalSpec, shots: int) -> str:
@@ -102,12 +150,19 @@ class CellResult:
 
 
 def _fit_prompts(
-    engine: Engine, task: Task, pool: DemoPool, query: Example, index: int, k: int, reserve: int
+    engine: Engine,
+    task: Task,
+    pool: DemoPool,
+    query: Example,
+    index: int,
+    k: int,
+    reserve: int,
+    heldout: bool = False,
 ) -> Prompt:
     """The k-shot prompt, dropping demonstrations from the end until it fits the context."""
     limit = context_limit(engine.model)
-    demos = pool.demos(query, index, k)
-    prompt = build_prompt(task, query, demos, k)
+    demos = pool.demos(query, index, k, heldout)
+    prompt = build_prompt(task, query, demos, k, pool.demo_set)
     if limit is None:
         return prompt
     while len(engine.encode(prompt.text)) + reserve > limit:
@@ -117,7 +172,7 @@ def _fit_prompts(
                 f"more than the model's context of {limit}"
             )
         demos = demos[:-1]
-        prompt = build_prompt(task, query, demos, k)
+        prompt = build_prompt(task, query, demos, k, pool.demo_set)
     return prompt
 
 
@@ -160,16 +215,25 @@ def evaluate_task(
     """All (variant, shots) cells of one task: one engine call, so caches are shared."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
     stop, judge = PROTOCOLS[spec.protocol]
-    pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
+    pools = [
+        DemoPool(task, spec.seed, spec.demos, max(spec.shots), s) for s in range(spec.demo_sets)
+    ]
     queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
+    heldout = heldout_items(task, spec) if selects_shots(spec) else []
     reserve = spec.max_new_tokens if scoring == "generate" else 8
     check_fit(engine, task, spec)
-    prompts: list[Prompt] = [
-        _fit_prompts(engine, task, pool, q, i, k, reserve)
-        for k in spec.shots
-        for v in spec.variants
-        for i, q in enumerate(queries[v])
-    ]
+    prompts: list[Prompt] = []
+    splits: list[str] = []
+    for k in spec.shots:
+        for s in demo_sets_for(spec, k):
+            for v in spec.variants:
+                for i, q in enumerate(queries[v]):
+                    prompts.append(_fit_prompts(engine, task, pools[s], q, i, k, reserve))
+                    splits.append("test")
+            if k > 0:
+                for i, q in enumerate(heldout):
+                    prompts.append(_fit_prompts(engine, task, pools[s], q, i, k, reserve, True))
+                    splits.append("heldout")
     texts = [p.text for p in prompts]
     prefixes = [p.prefix for p in prompts]
     scores: list[list[float]] | None = None
@@ -187,8 +251,8 @@ def evaluate_task(
         outputs = list(preds)
 
     out = CellResult()
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for idx, (p, o, pred) in enumerate(zip(prompts, outputs, preds)):
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for idx, (p, split, o, pred) in enumerate(zip(prompts, splits, outputs, preds)):
         q = p.query
         row = {
             "id": q.id,
@@ -198,6 +262,8 @@ def evaluate_task(
             "variant": q.variant,
             "shots": p.shots,
             "shots_used": p.shots_used,
+            "demo_set": p.demo_set,
+            "split": split,
             "demo_ids": [d.id for d in p.demos],
             "scoring": scoring,
             "seed": spec.seed,
@@ -213,47 +279,89 @@ def evaluate_task(
         if scores is not None:
             row["scores"] = dict(zip(task.choices or (), scores[idx]))
         out.predictions.append(row)
-        cells.setdefault((q.variant, p.shots), []).append(row)
-    for (variant, k), rows in cells.items():
-        n = len(rows)
-        correct = sum(r["correct"] for r in rows)
-        # shortcut-following where it matters: items on which the shortcut answer is wrong
-        conflict = [r for r in rows if r["shortcut_target"] != r["target"]]
-        lo, hi = wilson_interval(correct, n)
+        cells.setdefault((split, q.variant, p.shots), []).append(row)
+    for rows in cells.values():
         out.results.append(
-            {
-                "model": model_label,
-                "task": task.name,
-                "variant": variant,
-                "method": method_label(spec, k),
-                "shots": k,
-                "shots_used_mean": sum(r["shots_used"] for r in rows) / n,
-                "truncated": sum(r["shots_used"] < k for r in rows),
-                "demos": spec.demos,
-                "scoring": scoring,
-                "protocol": spec.protocol,
-                "seed": spec.seed,
-                "n": n,
-                "correct": correct,
-                "accuracy": correct / n,
-                "ci_low": lo,
-                "ci_high": hi,
-                "substring_accuracy": sum(r["substring_correct"] for r in rows) / n,
-                "shortcut_rate": sum(r["shortcut_answer"] for r in rows) / n,
-                # what a model answering only by the shortcut scores on these very items (1 on
-                # clean items by construction; the task declares its misleading value)
-                "shortcut_only_accuracy": sum(r["shortcut_target"] == r["target"] for r in rows)
-                / n,
-                "conflict_n": len(conflict),
-                "conflict_shortcut_rate": (
-                    sum(r["shortcut_answer"] for r in conflict) / len(conflict)
-                    if conflict
-                    else None
-                ),
-                "parse_failures": sum(r["prediction"] is None for r in rows),
-            }
+            _cell_row(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
         )
     return out
+
+
+def set_matrix(rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[str], np.ndarray]:
+    """``(sets, item ids, correct)`` of one cell's predictions: ``correct[s, i]`` is 1 when set
+    ``sets[s]`` answered item ``ids[i]`` right. Every set answers every item."""
+    sets = sorted({int(r.get("demo_set", 0)) for r in rows})
+    ids = sorted({r["id"] for r in rows})
+    si, ii = {s: j for j, s in enumerate(sets)}, {x: j for j, x in enumerate(ids)}
+    m = np.full((len(sets), len(ids)), np.nan)
+    for r in rows:
+        m[si[int(r.get("demo_set", 0))], ii[r["id"]]] = float(bool(r["correct"]))
+    if np.isnan(m).any():
+        raise ValueError("a demonstration set did not answer every item of its cell")
+    return sets, ids, m
+
+
+def bootstrap_rng(seed: int, *parts: str | int) -> np.random.Generator:
+    """The seeded random stream of one cell's bootstrap (a pure function of its key)."""
+    key = [int(seed)] + [zlib.crc32(str(p).encode()) for p in parts]
+    return np.random.default_rng(key)
+
+
+def _cell_row(
+    rows: Sequence[dict[str, Any]], spec: EvalSpec, *, model_label: str, task: str, scoring: str
+) -> dict[str, Any]:
+    """The results row of one cell from its predictions (every demonstration set's)."""
+    first = rows[0]
+    split, variant, k = first["split"], first["variant"], first["shots"]
+    sets, ids, m = set_matrix(rows)
+    n, n_sets = len(ids), len(sets)
+    set_acc = [float(a) for a in m.mean(axis=1)]
+    correct = int(m.sum())
+    if n_sets == 1:
+        lo, hi = wilson_interval(correct, n)
+        interval = WILSON
+    else:
+        lo, hi = two_level_interval(
+            m, N_BOOT, bootstrap_rng(spec.seed, model_label, task, variant, k, split)
+        )
+        interval = TWO_LEVEL
+    # shortcut-following where it matters: items on which the shortcut answer is wrong
+    conflict = [r for r in rows if r["shortcut_target"] != r["target"]]
+    return {
+        "model": model_label,
+        "task": task,
+        "variant": variant,
+        "method": first["method"],
+        "shots": k,
+        "split": split,
+        "shots_used_mean": sum(r["shots_used"] for r in rows) / len(rows),
+        "truncated": sum(r["shots_used"] < k for r in rows),
+        "demos": spec.demos,
+        "demo_sets": n_sets,
+        "set_accuracies": set_acc,
+        "set_sd": statistics.stdev(set_acc) if n_sets > 1 else None,
+        "scoring": scoring,
+        "protocol": spec.protocol,
+        "seed": spec.seed,
+        "n": n,
+        "n_scored": len(rows),
+        "correct": correct,
+        "accuracy": correct / len(rows),
+        "ci_low": lo,
+        "ci_high": hi,
+        "interval": interval,
+        "substring_accuracy": sum(r["substring_correct"] for r in rows) / len(rows),
+        "shortcut_rate": sum(r["shortcut_answer"] for r in rows) / len(rows),
+        # what a model answering only by the shortcut scores on these very items (1 on
+        # clean items by construction; the task declares its misleading value)
+        "shortcut_only_accuracy": sum(r["shortcut_target"] == r["target"] for r in rows)
+        / len(rows),
+        "conflict_n": len({r["id"] for r in conflict}),
+        "conflict_shortcut_rate": (
+            sum(r["shortcut_answer"] for r in conflict) / len(conflict) if conflict else None
+        ),
+        "parse_failures": sum(r["prediction"] is None for r in rows),
+    }
 
 
 def run_eval(
@@ -298,7 +406,7 @@ def run_eval(
     label = loaded.resolved.spec
     for name in spec.tasks:
         check_fit(engine, get_task(name), spec)
-    total = len(spec.tasks) * len(spec.variants) * len(spec.shots) * spec.n
+    total = len(spec.tasks) * prompt_count(spec)
     result = CellResult()
     with Progress(
         TextColumn("[bold]{task.description}"),

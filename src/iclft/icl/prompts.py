@@ -21,8 +21,22 @@ Demonstration modes:
 * ``per-query``: fresh demonstrations for each query (the paper's protocol); only the
   instruction line is shared.
 
+Demonstration sets: ``demo_set`` s draws an independent list (shared) or independent
+per-query draws (per-query) from its own index range; set 0 is the list iclft always used, so
+one set reproduces earlier runs.
+
 Demonstrations come from index ranges that queries never use, and any demonstration whose
 question equals the query's is skipped, so a prompt never shows its own query's answer.
+
+Index ranges of one (task, seed), all clean items unless said otherwise (fine-tuning data
+starts at ``iclft.finetune.data.TRAIN_INDEX_BASE``):
+
+* ``0 .. n-1``: test queries (each variant);
+* ``HELDOUT_BASE ..``: held-out clean queries on which the report chooses the best k;
+* ``_SHARED_BASE + s * _SHARED_SET_STRIDE ..``: demonstration set s, shared mode;
+* ``_PER_QUERY_BASE * (1 + variant) + s * _PER_QUERY_SET_STRIDE + query * stride ..``:
+  demonstration set s of one query, per-query mode (held-out queries use the variant slot
+  after the last).
 """
 
 from __future__ import annotations
@@ -36,7 +50,12 @@ from iclft.tasks.base import VARIANTS, Example, Task
 DEMO_MODES = ("shared", "per-query")
 SEP = "\n\n"
 _SHARED_BASE = 1_000_000  # demonstration indices live far from query indices (0 .. n-1)
+_SHARED_SET_STRIDE = 100_000
+HELDOUT_BASE = 5_000_000
 _PER_QUERY_BASE = 10_000_000
+_PER_QUERY_SET_STRIDE = 100_000_000
+#: the most demonstration sets a cell may draw (their index ranges stay disjoint)
+MAX_DEMO_SETS = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,7 @@ class Prompt:
     query: Example
     shots: int  # requested
     demos: tuple[Example, ...]  # actually used (``len(demos) < shots`` when truncated)
+    demo_set: int = 0
 
     @property
     def shots_used(self) -> int:
@@ -64,37 +84,54 @@ def render_prompt(task: Task, query: Example, demos: Sequence[Example]) -> tuple
 class DemoPool:
     """Where demonstrations come from, for one task and seed."""
 
-    def __init__(self, task: Task, seed: int, mode: str, max_shots: int):
+    def __init__(self, task: Task, seed: int, mode: str, max_shots: int, demo_set: int = 0):
         if mode not in DEMO_MODES:
             raise UnknownNameError("demonstration mode", mode, DEMO_MODES)
-        self.task, self.seed, self.mode = task, seed, mode
+        if not 0 <= demo_set < MAX_DEMO_SETS:
+            raise ValueError(f"demo_set must be in 0..{MAX_DEMO_SETS - 1}, got {demo_set}")
+        self.task, self.seed, self.mode, self.demo_set = task, seed, mode, demo_set
         self.stride = max(max_shots, 1) + 4  # spare items replace ones equal to a query
         self._shared: list[Example] | None = None
 
     def _shared_list(self) -> list[Example]:
         if self._shared is None:
+            base = _SHARED_BASE + self.demo_set * _SHARED_SET_STRIDE
             self._shared = [
-                self.task.make_example("clean", self.seed, _SHARED_BASE + i)
-                for i in range(self.stride)
+                self.task.make_example("clean", self.seed, base + i) for i in range(self.stride)
             ]
         return self._shared
 
-    def candidates(self, query: Example, query_index: int) -> list[Example]:
-        """The ordered demonstration list for this query (before choosing k)."""
+    def candidates(self, query: Example, query_index: int, heldout: bool = False) -> list[Example]:
+        """The ordered demonstration list for this query (before choosing k); ``heldout``
+        queries (numbered from 0 too) draw per-query demonstrations from their own range."""
         if self.mode == "shared":
             pool = self._shared_list()
         else:
-            v = VARIANTS.index(query.variant) if query.variant in VARIANTS else len(VARIANTS)
-            base = _PER_QUERY_BASE * (1 + v) + query_index * self.stride
+            v = (
+                len(VARIANTS)
+                if heldout or query.variant not in VARIANTS
+                else VARIANTS.index(query.variant)
+            )
+            base = (
+                _PER_QUERY_BASE * (1 + v)
+                + self.demo_set * _PER_QUERY_SET_STRIDE
+                + query_index * self.stride
+            )
             pool = [
                 self.task.make_example("clean", self.seed, base + j) for j in range(self.stride)
             ]
         return [d for d in pool if d.question != query.question]
 
-    def demos(self, query: Example, query_index: int, k: int) -> list[Example]:
-        return self.candidates(query, query_index)[:k]
+    def demos(
+        self, query: Example, query_index: int, k: int, heldout: bool = False
+    ) -> list[Example]:
+        return self.candidates(query, query_index, heldout)[:k]
 
 
-def build_prompt(task: Task, query: Example, demos: Sequence[Example], shots: int) -> Prompt:
+def build_prompt(
+    task: Task, query: Example, demos: Sequence[Example], shots: int, demo_set: int = 0
+) -> Prompt:
     prefix, text = render_prompt(task, query, demos)
-    return Prompt(text=text, prefix=prefix, query=query, shots=shots, demos=tuple(demos))
+    return Prompt(
+        text=text, prefix=prefix, query=query, shots=shots, demos=tuple(demos), demo_set=demo_set
+    )

@@ -6,9 +6,17 @@ A fine-tuning run may be evaluated at several steps: its final model and the che
 final model's rows, so that the headline compares settings chosen before looking at test items;
 the checkpoints' rows are pooled apart (:attr:`RunData.checkpoints`), one cell per step.
 
-Interval of a cell: with one seed, the 95% Wilson interval of its items; with several seeds, the
-Wilson interval of the pooled items widened to cover every seed's accuracy, so the band shows the
-spread between seeds and never claims more certainty than the items give.
+Interval of a cell: with one seed, the row's own interval (the 95% Wilson interval of its
+items, or with several demonstration sets the two-level bootstrap over sets and items); with
+several seeds and one demonstration set, the Wilson interval of the pooled items widened to
+cover every seed's accuracy, so the band shows the spread between seeds and never claims more
+certainty than the items give. With several seeds *and* demonstration sets, seeds are
+independent draws of items and sets, so the half-widths below and above the mean combine as
+``sqrt(sum(h_s^2)) / seeds`` (the normal approximation of the mean of independent estimates),
+again widened to cover every seed's accuracy.
+
+Held-out rows (``split: heldout``, clean items on which the best k is chosen) are pooled apart
+(:attr:`RunData.heldout`) and never reach a table's test cells.
 """
 
 from __future__ import annotations
@@ -98,6 +106,15 @@ class ResultRow:
     step: int | None = None
     #: where the row evaluates a checkpoint rather than the final model, its directory
     checkpoint: str | None = None
+    #: ``test`` (reported) or ``heldout`` (items that choose the best k)
+    split: str = "test"
+    #: demonstration sets the cell was evaluated over, their accuracies and spread
+    demo_sets: int = 1
+    set_accuracies: tuple[float, ...] | None = None
+    set_sd: float | None = None
+    #: prompts scored (items x demonstration sets); ``correct`` counts over all of them
+    n_scored: int | None = None
+    interval: str | None = None
 
     @property
     def is_checkpoint(self) -> bool:
@@ -120,6 +137,12 @@ class ResultRow:
         n, correct = _opt_int(d.get("n")), _opt_int(d.get("correct"))
         if correct is None and n is not None:
             correct = int(round(acc * n))
+        sets_acc = d.get("set_accuracies")
+        if isinstance(sets_acc, list):
+            vals = [_opt_float(x) for x in sets_acc]
+            set_accuracies = tuple(v for v in vals if v is not None) or None
+        else:
+            set_accuracies = None
         train = _opt_int(d.get("train_examples"))
         if train is None and method == "icl":
             train = shots
@@ -146,6 +169,12 @@ class ResultRow:
             train_examples=train,
             step=_opt_int(d.get("step")),
             checkpoint=None if d.get("checkpoint") is None else str(d["checkpoint"]),
+            split=str(d.get("split") or "test"),
+            demo_sets=_opt_int(d.get("demo_sets")) or 1,
+            set_accuracies=set_accuracies,
+            set_sd=_opt_float(d.get("set_sd")),
+            n_scored=_opt_int(d.get("n_scored")),
+            interval=None if d.get("interval") is None else str(d["interval"]),
         )
 
 
@@ -179,6 +208,11 @@ class Cell:
     train_examples: int | None
     scoring: str | None
     step: int | None = None  # fine-tuned models: the training step evaluated
+    demo_sets: int = 1  # demonstration sets per seed (the fewest, if seeds differ)
+    #: spread of accuracy across demonstration sets: sample sd over every (seed, set)
+    set_sd: float | None = None
+    set_min: float | None = None
+    set_max: float | None = None
 
     @property
     def key(self) -> CellKey:
@@ -206,6 +240,15 @@ def aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
     """Pool the rows of final models (every row but a checkpoint's) into cells: mean, spread
     and interval over seeds. A seed repeated within a cell (a result written twice) counts
     once: the last row wins."""
+    return _aggregate(r for r in rows if r.split == "test")
+
+
+def aggregate_heldout(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
+    """The held-out rows (``split: heldout``) pooled as :func:`aggregate` pools test rows."""
+    return _aggregate(r for r in rows if r.split == "heldout")
+
+
+def _aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
     by_cell: dict[CellKey, dict[int, ResultRow]] = {}
     for r in rows:
         if not r.is_checkpoint:
@@ -217,7 +260,7 @@ def aggregate_checkpoints(rows: Iterable[ResultRow]) -> dict[CheckpointKey, Cell
     """Pool the checkpoints' rows as :func:`aggregate` pools the others, one cell per step."""
     by_step: dict[CheckpointKey, dict[int, ResultRow]] = {}
     for r in rows:
-        if r.is_checkpoint and r.step is not None:
+        if r.is_checkpoint and r.step is not None and r.split == "test":
             by_step.setdefault((r.model, r.task, r.variant, r.method, r.step), {})[r.seed] = r
     return {key: _pool(key[:4] + (0,), seeds) for key, seeds in by_step.items()}
 
@@ -230,13 +273,20 @@ def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
     ns = [r.n for r in rs]
     have_counts = all(r.n is not None and r.correct is not None for r in rs)
     n_total = sum(r.n for r in rs) if have_counts else None  # type: ignore[misc]
-    if len(rs) == 1 and rs[0].ci_low is not None and rs[0].ci_high is not None:
+    scored = sum((r.n_scored or r.n or 0) for r in rs)
+    have_ci = all(r.ci_low is not None and r.ci_high is not None for r in rs)
+    if len(rs) == 1 and have_ci:
         low, high = rs[0].ci_low, rs[0].ci_high
-    elif have_counts and n_total:
-        low, high = wilson_interval(sum(r.correct for r in rs), n_total)  # type: ignore[misc]
+    elif have_ci and any(r.demo_sets > 1 for r in rs):  # independent seeds: combine widths
+        below = math.sqrt(sum((r.accuracy - r.ci_low) ** 2 for r in rs)) / len(rs)  # type: ignore
+        above = math.sqrt(sum((r.ci_high - r.accuracy) ** 2 for r in rs)) / len(rs)  # type: ignore
+        low, high = max(0.0, mean - below), min(1.0, mean + above)
+    elif have_counts and scored:
+        low, high = wilson_interval(sum(r.correct for r in rs), scored)  # type: ignore[misc]
     else:
         low, high = min(accs), max(accs)
     low, high = min(low, min(accs)), max(high, max(accs))
+    set_accs = [a for r in rs for a in (r.set_accuracies or ())]
     pf = [r.parse_failures for r in rs]
     trains = {r.train_examples for r in rs if r.train_examples is not None}
     steps = {r.step for r in rs if r.step is not None}
@@ -261,6 +311,10 @@ def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
         train_examples=max(trains) if trains else None,
         scoring=rs[-1].scoring,
         step=max(steps) if steps else None,
+        demo_sets=min(r.demo_sets for r in rs),
+        set_sd=statistics.stdev(set_accs) if len(set_accs) > 1 else None,
+        set_min=min(set_accs) if len(set_accs) > 1 else None,
+        set_max=max(set_accs) if len(set_accs) > 1 else None,
     )
 
 
@@ -330,6 +384,8 @@ class RunData:
     rows: list[ResultRow]
     cells: dict[CellKey, Cell]  # final models only: see the module docstring
     checkpoints: dict[CheckpointKey, Cell] = field(default_factory=dict)
+    #: ICL cells on held-out clean items, on which the best k is chosen
+    heldout: dict[CellKey, Cell] = field(default_factory=dict)
     finetune: list[FinetuneRun] = field(default_factory=list)
     analysis_figures: list[AnalysisFigure] = field(default_factory=list)
     analysis_summaries: list[AnalysisSummary] = field(default_factory=list)
@@ -559,7 +615,14 @@ def load_run(run_dir: Path) -> RunData:
     manifest = _read_json(run_dir / "manifest.json", notes)
     models = list(dict.fromkeys(r.model for r in rows))
     data = RunData(
-        run_dir, config, manifest, rows, aggregate(rows), aggregate_checkpoints(rows), notes=notes
+        run_dir,
+        config,
+        manifest,
+        rows,
+        aggregate(rows),
+        aggregate_checkpoints(rows),
+        aggregate_heldout(rows),
+        notes=notes,
     )
     data.finetune = _find_finetune(run_dir, models, notes)
     data.comparisons = [Comparison.from_dict(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]

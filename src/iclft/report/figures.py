@@ -263,7 +263,9 @@ def robustness_panels(data: RunData, model: str) -> list[RobustnessPanel]:
     their items, so the values agree)."""
     panels = []
     for task in _model_tasks(data, model):
-        entries = tuple(e for e in headline(data, model, task) if e.clean and e.misleading)
+        entries = tuple(
+            e for e in _first_icl(headline(data, model, task)) if e.clean and e.misleading
+        )
         if entries:
             sc_clean = mean_known(e.clean.shortcut_only_accuracy for e in entries if e.clean)
             sc_mis = mean_known(
@@ -271,6 +273,12 @@ def robustness_panels(data: RunData, model: str) -> list[RobustnessPanel]:
             )
             panels.append(RobustnessPanel(task, entries, sc_clean, sc_mis))
     return panels
+
+
+def _first_icl(entries: list[HeadlineEntry]) -> list[HeadlineEntry]:
+    """The headline entries with ICL at its chosen k only (the fixed k's entry left out)."""
+    icl = [e for e in entries if e.method == "icl"]
+    return [e for e in entries if e.method != "icl" or e is icl[0]]
 
 
 def draw_shortcut_reference(ax, panel: RobustnessPanel) -> bool:
@@ -320,7 +328,7 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
                     ms=7,
                     capsize=2,
                     lw=1,
-                    label="ICL (best k)" if e.method == "icl" else e.method,
+                    label="ICL (chosen k)" if e.method == "icl" else e.method,
                 )
                 if e.method == "icl":
                     ax.annotate(
@@ -342,7 +350,8 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
         _save(fig, path)
     caption = (
         f"{model}: clean accuracy (x) vs misleading accuracy (y) for the 0-shot baseline, ICL at "
-        "its best k by clean accuracy, and each fine-tuned model; bars are 95% intervals, the "
+        "its k chosen by clean accuracy on held-out items (on the test items in runs without "
+        "held-out items), and each fine-tuned model; bars are 95% intervals, the "
         "dotted diagonal is equal accuracy on both."
     )
     if drawn:

@@ -53,6 +53,13 @@ def _cell_text(c: Cell | None) -> str:
     return text + f" sd {fmt(c.std)}" if c.n_seeds > 1 else text
 
 
+def _spread(c: Cell | None) -> str:
+    """``0.56–0.81 (5 sets)``: the range of a cell's demonstration sets' accuracies."""
+    if c is None or c.set_min is None or c.set_max is None:
+        return "–"
+    return f"{fmt(c.set_min)}–{fmt(c.set_max)} ({c.demo_sets} sets)"
+
+
 def headline_tables(data: RunData) -> list[Table]:
     """One headline table per model: baseline / best ICL / each FT, clean and misleading."""
     cols = (
@@ -62,6 +69,7 @@ def headline_tables(data: RunData) -> list[Table]:
         "misleading accuracy [95%]",
         "shortcut rate (misleading)",
         "substring acc. (clean / misl.)",
+        "set spread (clean / misl.)",
         "n",
         "seeds",
     )
@@ -72,6 +80,7 @@ def headline_tables(data: RunData) -> list[Table]:
             for e in headline(data, model, task):
                 c, m = e.clean, e.misleading
                 subs = " / ".join(fmt(x.substring_accuracy) if x else "–" for x in (c, m))
+                spread = " / ".join(_spread(x) for x in (c, m))
                 n = next((x.n for x in (c, m) if x is not None and x.n is not None), None)
                 seeds = max(x.n_seeds for x in (c, m) if x is not None)
                 rows.append(
@@ -82,6 +91,7 @@ def headline_tables(data: RunData) -> list[Table]:
                         _cell_text(m),
                         fmt(m.shortcut_rate) if m else "–",
                         subs,
+                        spread,
                         "–" if n is None else str(n),
                         str(seeds),
                     ]
@@ -176,10 +186,13 @@ def comparisons_section(data: RunData) -> Section:
     s.paragraphs.append(
         "Settings scored on the same test items, compared item by item: the difference in "
         "accuracy (A - B) with a 95% paired bootstrap interval (items resampled in pairs) and "
-        "the exact McNemar p-value on the items only one of the two gets right. ICL is shown at "
-        "the headline's k; comparisons.jsonl holds every shot count."
+        "the exact McNemar p-value on the items only one of the two gets right. Where a side "
+        "was evaluated over several demonstration sets, its score on an item is the mean over "
+        "the sets, the interval is the two-level paired bootstrap (sets, then items) and p its "
+        "bootstrap p-value (the per-set McNemar p-values are in comparisons.jsonl). ICL is "
+        "shown at the headline's k; comparisons.jsonl holds every shot count."
     )
-    cols = ("task", "variant", "A vs B", "diff [95% CI]", "A only / B only", "McNemar p", "n")
+    cols = ("task", "variant", "A vs B", "diff [95% CI]", "A only / B only", "p", "test", "n")
     for model in data.models:
         rows = []
         for task in data.tasks:
@@ -199,6 +212,7 @@ def comparisons_section(data: RunData) -> Section:
                         f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
                         f"{c.a_only} / {c.b_only}",
                         f"{c.p_value:.2g}",
+                        "McNemar" if max(c.a_sets, c.b_sets) == 1 else "bootstrap",
                         str(c.n),
                     )
                 )
@@ -230,8 +244,11 @@ def scoring_section(data: RunData) -> Section:
             else "exact: leading whitespace and newlines are skipped, generation stops at the "
             "next newline, and the first non-empty line is parsed."
         )
-        + " Intervals are 95% Wilson score intervals; with several seeds, the pooled Wilson "
-        "interval widened to cover every seed's accuracy. Sentences compare settings scored on "
+        + " Intervals are 95% Wilson score intervals over items with one demonstration set, "
+        "and with several (demo_sets) the two-level bootstrap: demonstration sets resampled, "
+        "then items, so the interval includes how much the result depends on which "
+        "demonstrations were drawn; with several seeds, the pooled interval widened to cover "
+        "every seed's accuracy. Sentences compare settings scored on "
         "the same items by their paired test (the paired bootstrap interval of the difference "
         "excludes 0), and other pairs (clean vs misleading, or runs without paired tests) only "
         "when their intervals do not overlap."
@@ -247,11 +264,16 @@ def build_sections(
     summary.bullets = [s for _, _, s in sentences(data)]
     head = Section("headline", "Headline table")
     head.paragraphs.append(
-        "Per model and task: the 0-shot baseline, ICL at its best k (by clean accuracy) and each "
+        "Per model and task: the 0-shot baseline; ICL at the k with the best clean accuracy on "
+        "held-out items (items the table never reports, so the choice does not flatter it; in "
+        "runs without held-out items the choice is made on the test items and labelled so) and "
+        "at a k fixed in advance (the config's fixed_shots, else the largest k); and each "
         "fine-tuned model evaluated 0-shot. Accuracy is exact match with its 95% interval (mean "
-        "over seeds and their standard deviation, sd, when there are several); n is the number "
-        "of test items per seed; the shortcut rate is the share of misleading items answered "
-        "with the shortcut's answer."
+        "over seeds and their standard deviation, sd, when there are several); with several "
+        "demonstration sets, the interval is the two-level bootstrap over sets and items and "
+        "'set spread' the range of the sets' accuracies; n is the number of test items per "
+        "seed; the shortcut rate is the share of misleading items answered with the shortcut's "
+        "answer."
     )
     head.tables = headline_tables(data)
     steps = checkpoint_tables(data)

@@ -29,18 +29,38 @@ class HeadlineEntry:
         return self.clean if variant == "clean" else self.misleading
 
 
-def best_icl_shots(data: RunData, model: str, task: str) -> int | None:
-    """The shot count with the highest clean ICL accuracy (misleading when there is no clean
-    variant); ties go to the fewest shots. ``None`` when the run has no ICL cells."""
+#: how the headline's ICL k was chosen (the second part of its label)
+HELDOUT, ON_TEST = "best on held-out", "best on test items"
+
+
+def best_icl_shots(data: RunData, model: str, task: str) -> tuple[int, str] | None:
+    """``(k, basis)``: the shot count with the highest ICL accuracy on the held-out clean items
+    (``basis`` :data:`HELDOUT`), ties to the fewest shots. Runs without held-out items fall back
+    to the test items' clean accuracy (misleading when there is no clean variant), an
+    optimistic selection that ``basis`` (:data:`ON_TEST`) names. ``None``: no ICL cells."""
+    held = [c for c in data.heldout.values() if (c.model, c.task, c.method) == (model, task, "icl")]
+    if held:
+        return max(held, key=lambda c: (c.accuracy, -c.shots)).shots, HELDOUT
     for variant in ("clean", "misleading"):
         cells = data.cells_for(model, task, variant, "icl")
         if cells:
-            return max(cells, key=lambda c: (c.accuracy, -c.shots)).shots
+            return max(cells, key=lambda c: (c.accuracy, -c.shots)).shots, ON_TEST
     return None
 
 
+def fixed_icl_shots(data: RunData, model: str, task: str) -> int | None:
+    """The k fixed before looking at any item: the config's ``fixed_shots`` when it was
+    evaluated, else the largest evaluated k. ``None``: no ICL cells."""
+    ks = sorted({c.shots for c in data.cells_for(model, task, method="icl")})
+    if not ks:
+        return None
+    want = data.config.get("fixed_shots")
+    return want if isinstance(want, int) and want in ks else ks[-1]
+
+
 def headline(data: RunData, model: str, task: str) -> list[HeadlineEntry]:
-    """Baseline, best ICL and each fine-tuning method of one model on one task (present ones)."""
+    """Baseline, ICL at the chosen k (first: the sentences lead with it) and at the fixed k,
+    and each fine-tuning method of one model on one task (the present ones)."""
     out = []
 
     def add(label: str, method: str, shots: int) -> None:
@@ -50,9 +70,12 @@ def headline(data: RunData, model: str, task: str) -> list[HeadlineEntry]:
             out.append(HeadlineEntry(model, task, label, method, shots, clean, mis))
 
     add("baseline", "baseline", 0)
-    k = best_icl_shots(data, model, task)
-    if k is not None:
-        add(f"ICL (k={k})", "icl", k)
+    best, fixed = best_icl_shots(data, model, task), fixed_icl_shots(data, model, task)
+    if best is not None:
+        k, basis = best
+        add(f"ICL (k={k}, {basis}" + (", = fixed k)" if k == fixed else ")"), "icl", k)
+    if fixed is not None and (best is None or fixed != best[0]):
+        add(f"ICL (k={fixed}, fixed)", "icl", fixed)
     for m in data.ft_methods(model):
         add(m, m, 0)
     return out
@@ -116,7 +139,7 @@ def sentence(
 
     def name(e: HeadlineEntry) -> str:
         if e.method == "icl":
-            return e.label
+            return f"ICL (k={e.shots})"
         if e.method == "baseline":
             return "the 0-shot baseline"
         return f"the best fine-tuning ({e.label})" if len(fts) > 1 else f"fine-tuning ({e.label})"

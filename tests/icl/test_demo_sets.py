@@ -1,0 +1,182 @@
+"""Demonstration sets: independent draws, per-set accuracies, the two-level bootstrap (coverage
+where the truth is known), held-out items for choosing k, and set-aware paired comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iclft.errors import UserError
+from iclft.icl.compare import TEST_SETS, compare_settings, paired_comparisons
+from iclft.icl.engine import Engine
+from iclft.icl.evaluate import EvalSpec, evaluate_task, heldout_items, prompt_count
+from iclft.icl.metrics import two_level_interval, wilson_interval
+from iclft.icl.prompts import DemoPool
+from iclft.tasks import get_task
+
+
+def _crossed(rng, *, sets, items, mu, sd_set, sd_item):
+    """Correctness of ``sets`` demonstration sets on ``items`` items, with a random effect per
+    set and per item on the logit (the crossed design of a real evaluation)."""
+    a = rng.normal(0, sd_set, size=(sets, 1))
+    b = rng.normal(0, sd_item, size=(1, items))
+    p = 1 / (1 + np.exp(-(mu + a + b)))
+    return (rng.random((sets, items)) < p).astype(float)
+
+
+def _truth(mu, sd_set, sd_item, draws=2_000_000, seed=99):
+    """The population accuracy: the mean over new sets *and* new items."""
+    rng = np.random.default_rng(seed)
+    z = mu + rng.normal(0, sd_set, draws) + rng.normal(0, sd_item, draws)
+    return float(np.mean(1 / (1 + np.exp(-z))))
+
+
+def test_two_level_bootstrap_covers_the_population_accuracy_about_95_percent():
+    """Synthetic evaluations whose population accuracy is known: the two-level interval covers
+    it in about 95% of replications, while the Wilson interval over items alone, which
+    ignores the choice of demonstrations, covers it far less often."""
+    mu, sd_set, sd_item = 0.3, 0.8, 1.0
+    truth = _truth(mu, sd_set, sd_item)
+    rng = np.random.default_rng(0)
+    reps, hit2, hitw = 300, 0, 0
+    for _ in range(reps):
+        m = _crossed(rng, sets=10, items=60, mu=mu, sd_set=sd_set, sd_item=sd_item)
+        lo, hi = two_level_interval(m, 1000, rng)
+        hit2 += lo <= truth <= hi
+        wlo, whi = wilson_interval(int(m.sum()), m.size)
+        hitw += wlo <= truth <= whi
+    assert 0.88 <= hit2 / reps <= 0.995, hit2 / reps
+    assert hitw / reps < 0.8, hitw / reps
+
+
+def test_one_set_reduces_to_the_item_bootstrap_and_ties_give_a_point():
+    rng = np.random.default_rng(1)
+    m = (rng.random((1, 400)) < 0.7).astype(float)
+    lo, hi = two_level_interval(m, 4000, np.random.default_rng(2))
+    wlo, whi = wilson_interval(int(m.sum()), 400)
+    assert lo == pytest.approx(wlo, abs=0.02) and hi == pytest.approx(whi, abs=0.02)
+    assert two_level_interval(np.ones((3, 5)), 100, rng) == (1.0, 1.0)
+
+
+def test_demo_sets_are_independent_and_set_zero_is_the_old_list():
+    task = get_task("parity")
+    q = task.generate("clean", 1, 0)[0]
+    old = DemoPool(task, 0, "shared", 4).demos(q, 0, 4)
+    sets = [DemoPool(task, 0, "shared", 4, s).demos(q, 0, 4) for s in range(3)]
+    assert [d.id for d in sets[0]] == [d.id for d in old]
+    ids = [{d.id for d in s} for s in sets]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+    per = [DemoPool(task, 0, "per-query", 4, s).demos(q, 0, 4) for s in range(2)]
+    assert not {d.id for d in per[0]} & {d.id for d in per[1]}
+
+
+def test_evaluation_over_sets_rows_and_predictions(tiny_models, tiny_tokenizer):
+    eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
+    spec = EvalSpec(
+        tasks=("boolean",), shots=(0, 1, 2), n=5, seed=3, scoring="auto", demo_sets=3, heldout_n=4
+    ).check()
+    task = get_task("boolean")
+    out = evaluate_task(eng, task, spec, model_label="tiny")
+    held = heldout_items(task, spec)
+    assert len(out.predictions) == prompt_count(spec) == 2 * 5 * (1 + 3 + 3) + len(held) * 3 * 2
+    test_q = {q.question for v in ("clean", "misleading") for q in task.generate(v, 5, 3)}
+    assert held and not {q.question for q in held} & test_q
+    for r in out.results:
+        rows = [
+            p
+            for p in out.predictions
+            if (p["split"], p["variant"], p["shots"]) == (r["split"], r["variant"], r["shots"])
+        ]
+        sets = 1 if r["shots"] == 0 else 3
+        assert r["demo_sets"] == sets == len(r["set_accuracies"])
+        assert r["n"] == len({p["id"] for p in rows}) and r["n_scored"] == len(rows)
+        for s, acc in enumerate(r["set_accuracies"]):
+            mine = [p["correct"] for p in rows if p["demo_set"] == s]
+            assert acc == pytest.approx(sum(mine) / len(mine))
+        assert r["accuracy"] == pytest.approx(np.mean(r["set_accuracies"]))
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+        assert ("two-level" in r["interval"]) == (sets > 1)
+    heldout_rows = [r for r in out.results if r["split"] == "heldout"]
+    assert {(r["variant"], r["shots"]) for r in heldout_rows} == {("clean", 1), ("clean", 2)}
+    demos = {
+        p["demo_set"]: tuple(p["demo_ids"])
+        for p in out.predictions
+        if p["shots"] == 2 and p["split"] == "test"
+    }
+    assert len(set(demos.values())) == 3  # one shared list per set
+    again = evaluate_task(eng, task, spec, model_label="tiny")
+    assert again.results == out.results  # reproducible from the seed, bootstrap included
+
+
+def test_no_heldout_items_without_two_shot_counts_to_choose_from(tiny_models, tiny_tokenizer):
+    eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, heldout_n=5)
+    out = evaluate_task(eng, get_task("parity"), spec.check(), model_label="tiny")
+    assert {p["split"] for p in out.predictions} == {"test"}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"demo_sets": 0}, "demo sets must be an integer from 1 to 32"),
+        ({"demo_sets": 33}, "demo sets must be an integer from 1 to 32"),
+        ({"heldout_n": -1}, "held-out items must be a non-negative integer"),
+    ],
+)
+def test_bad_set_settings_are_refused(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        EvalSpec(tasks=("parity",), **kwargs).check()
+
+
+def _answers(matrix):
+    """``{(seed, id): {set: correct}}`` from a ``(sets, items)`` matrix."""
+    return {
+        (0, f"q{i}"): {s: bool(matrix[s, i]) for s in range(matrix.shape[0])}
+        for i in range(matrix.shape[1])
+    }
+
+
+def test_set_aware_comparison_widens_with_set_variance_and_keeps_per_set_mcnemar():
+    """ICL over 6 sets whose accuracies differ a lot vs a 0-shot setting: the paired interval
+    includes the set variance (wider than pairing set 0 alone), the p-value is the bootstrap's
+    and every set has its own exact McNemar p-value."""
+    rng = np.random.default_rng(5)
+    icl = _crossed(rng, sets=6, items=80, mu=0.5, sd_set=1.5, sd_item=0.5)
+    base = (rng.random((1, 80)) < 0.45).astype(float)
+    c = compare_settings(
+        "m", "t", "clean", ("icl", 4, _answers(icl)), ("baseline", 0, _answers(base)),
+        n_boot=4000, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert c is not None and (c.a_sets, c.b_sets, c.test) == (6, 1, TEST_SETS)
+    assert c.diff == pytest.approx(icl.mean() - base.mean())
+    assert c.p_values_per_set is not None and len(c.p_values_per_set) == 6
+    one = compare_settings(
+        "m", "t", "clean", ("icl", 4, _answers(icl[:1])), ("baseline", 0, _answers(base)),
+        n_boot=4000, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert one is not None and one.p_values_per_set is None and one.a_sets == 1
+    assert c.ci_high - c.ci_low > 1.2 * (one.ci_high - one.ci_low)
+    flipped = c.flipped()
+    assert (flipped.a_sets, flipped.b_sets, flipped.diff) == (1, 6, -c.diff)
+
+
+def test_paired_comparisons_read_sets_and_skip_heldout_items():
+    preds = []
+    for s in range(3):
+        for i in range(10):
+            preds.append(
+                {"model": "m", "task": "t", "variant": "clean", "method": "icl", "shots": 2,
+                 "seed": 0, "id": f"q{i}", "demo_set": s, "split": "test", "correct": i < 5 + s}
+            )  # fmt: skip
+        preds.append(
+            {"model": "m", "task": "t", "variant": "clean", "method": "icl", "shots": 2,
+             "seed": 0, "id": "h0", "demo_set": s, "split": "heldout", "correct": True}
+        )  # fmt: skip
+    for i in range(10):
+        preds.append(
+            {"model": "m", "task": "t", "variant": "clean", "method": "baseline", "shots": 0,
+             "seed": 0, "id": f"q{i}", "split": "test", "correct": i < 2}
+        )  # fmt: skip
+    (c,) = paired_comparisons(preds, n_boot=500)
+    assert (c.n, c.a_sets, c.b_sets) == (10, 3, 1)
+    assert c.accuracy_a == pytest.approx(0.6) and c.accuracy_b == pytest.approx(0.2)
