@@ -152,3 +152,36 @@ def test_listed_checkpoints_are_evaluated_beside_the_final_model(tiny_dir, tmp_p
     (kv / "checkpoints/checkpoint-1/trainer_state.json").unlink()  # as a killed save leaves it
     with pytest.raises(ModelError, match="save was cut short"):
         resolve_model(str(kv / "checkpoints/checkpoint-1"))
+
+
+def test_demo_sets_and_heldout_items_reach_comparisons_and_report(tiny_dir, tmp_path):
+    """A run over 2 demonstration sets with held-out items: k-shot rows carry both sets,
+    held-out rows are written but kept out of the report's cells and of the paired tests,
+    which pair the sets' mean per item; the headline shows the chosen and the fixed k."""
+    from iclft.report import build_report
+    from iclft.report.data import load_run
+    from iclft.report.tables import headline
+
+    data = _config(
+        tiny_dir, tasks=["parity"], methods=["baseline", "icl"], shots=[0, 1, 2], n=4,
+        demo_sets=2, heldout_n=3, fixed_shots=2,
+    )  # fmt: skip
+    cfg = validate_config(data)
+    run_experiment(cfg, tmp_path / "r", show_progress=False)
+    rows = _rows(tmp_path / "r")
+    held = [r for r in rows if r["split"] == "heldout"]
+    assert {(r["variant"], r["shots"]) for r in held} == {("clean", 1), ("clean", 2)}
+    icl = [r for r in rows if r["method"] == "icl" and r["split"] == "test"]
+    assert icl and all(r["demo_sets"] == 2 and len(r["set_accuracies"]) == 2 for r in icl)
+    comps = [json.loads(x) for x in (tmp_path / "r" / "comparisons.jsonl").open()]
+    assert comps and all(c["n"] == 4 for c in comps)
+    assert {c["a_sets"] for c in comps if c["a_method"] == "icl"} == {2}
+    run = load_run(tmp_path / "r")
+    model = run.models[0]
+    assert run.cell(model, "parity", "clean", "icl", 1).n == 4  # the test items, not held-out
+    assert run.heldout[(model, "parity", "clean", "icl", 1)].n == 3
+    entries = [e for e in headline(run, model, "parity") if e.method == "icl"]
+    assert entries[0].label.startswith("ICL (k=") and "best on held-out" in entries[0].label
+    assert any(e.shots == 2 and "fixed" in e.label for e in entries)
+    html = build_report(tmp_path / "r").html.read_text()
+    assert "set spread" in html and "2 sets" in html
