@@ -15,7 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from iclft.errors import UserError, did_you_mean
-from iclft.icl.prompts import MAX_DEMO_SETS
+from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
 
 METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
 FT_METHODS = {
@@ -72,6 +72,7 @@ def _task_names():
 MethodName = Annotated[str, _known("method", lambda: METHODS)]
 TaskName = Annotated[str, _known("task", _task_names)]
 VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
+ChatMode = Annotated[str, _known("chat template mode", lambda: CHAT_MODES)]
 
 
 class _Strict(BaseModel):
@@ -158,6 +159,8 @@ class ExperimentConfig(_Strict):
     heldout_n: int = Field(0, ge=0)
     #: the k the headline also shows, fixed before any result (default: the largest k)
     fixed_shots: int | None = Field(None, ge=1)
+    #: prompts in the tokenizer's chat template (instruction-tuned models): none, turns, single
+    chat_template: ChatMode = "none"
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(10, gt=0)

@@ -175,6 +175,7 @@ def _eval_spec(cfg, stage, shots, method):
         protocol=cfg.protocol,
         demo_sets=cfg.demo_sets,
         heldout_n=cfg.heldout_n,
+        chat=cfg.chat_template,
     ).check()
 
 

@@ -37,6 +37,12 @@ def eval_command(
         "--heldout-n",
         help="Held-out clean items per k-shot cell, on which `iclft report` chooses the best k.",
     ),
+    chat_template: str = typer.Option(
+        "none",
+        "--chat-template",
+        help="none (plain prompts), turns (each demonstration a user and an assistant turn) or "
+        "single (one user turn) in the tokenizer's chat template, for instruction-tuned models.",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
@@ -63,6 +69,7 @@ def eval_command(
         protocol=protocol,
         demo_sets=demo_sets,
         heldout_n=heldout_n,
+        chat=chat_template,
     ).check()
     res = run_eval(
         spec,

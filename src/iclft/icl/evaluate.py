@@ -27,9 +27,11 @@ from iclft.errors import UnknownNameError, UserError
 from iclft.icl.engine import Engine, context_limit
 from iclft.icl.metrics import N_BOOT, TWO_LEVEL, WILSON, two_level_interval, wilson_interval
 from iclft.icl.prompts import (
+    CHAT_MODES,
     DEMO_MODES,
     HELDOUT_BASE,
     MAX_DEMO_SETS,
+    ChatFormat,
     DemoPool,
     Prompt,
     build_prompt,
@@ -60,6 +62,8 @@ class EvalSpec:
     #: held-out clean items per k-shot cell on which the best k is chosen (0: none); used
     #: only when there are at least two k > 0 to choose from
     heldout_n: int = 0
+    #: wrap prompts in the tokenizer's chat template: none, turns or single (see prompts)
+    chat: str = "none"
 
     def check(self) -> EvalSpec:
         if not self.tasks:
@@ -96,6 +100,8 @@ class EvalSpec:
             raise UserError(
                 f"held-out items must be a non-negative integer, got {self.heldout_n!r}"
             )
+        if self.chat not in CHAT_MODES:
+            raise UnknownNameError("chat template mode", self.chat, CHAT_MODES)
         if self.protocol not in PROTOCOLS:
             raise UnknownNameError("protocol", self.protocol, PROTOCOLS)
         if self.protocol == "paper" and self.scoring == "loglik":
@@ -158,11 +164,12 @@ def _fit_prompts(
     k: int,
     reserve: int,
     heldout: bool = False,
+    chat: ChatFormat | None = None,
 ) -> Prompt:
     """The k-shot prompt, dropping demonstrations from the end until it fits the context."""
     limit = context_limit(engine.model)
     demos = pool.demos(query, index, k, heldout)
-    prompt = build_prompt(task, query, demos, k, pool.demo_set)
+    prompt = build_prompt(task, query, demos, k, pool.demo_set, chat)
     if limit is None:
         return prompt
     while len(engine.encode(prompt.text)) + reserve > limit:
@@ -172,20 +179,27 @@ def _fit_prompts(
                 f"more than the model's context of {limit}"
             )
         demos = demos[:-1]
-        prompt = build_prompt(task, query, demos, k, pool.demo_set)
+        prompt = build_prompt(task, query, demos, k, pool.demo_set, chat)
     return prompt
 
 
 def _check_shots_fit(
-    engine: Engine, task: Task, pool: DemoPool, query: Example, k: int, reserve: int
+    engine: Engine,
+    task: Task,
+    pool: DemoPool,
+    query: Example,
+    k: int,
+    reserve: int,
+    chat: ChatFormat | None = None,
 ):
     """Refuse shot counts that cannot fit at all (rather than silently truncating them all)."""
     limit = context_limit(engine.model)
     if limit is None or k == 0:
         return
     demos = pool.candidates(query, 0)[:1]
-    one = len(engine.encode(task.render_demo(demos[0]) + "\n\n")) if demos else 1
-    base = len(engine.encode(build_prompt(task, query, [], 0).text)) + reserve
+    base = len(engine.encode(build_prompt(task, query, [], 0, chat=chat).text)) + reserve
+    with_one = len(engine.encode(build_prompt(task, query, demos, 1, chat=chat).text))
+    one = max(with_one + reserve - base, 1) if demos else 1
     fits = max(0, (limit - base) // max(one, 1))
     if k > 2 * fits + 1:  # truncation handles the margin; this is clearly too many
         raise UserError(
@@ -194,14 +208,20 @@ def _check_shots_fit(
         )
 
 
+def chat_format(engine: Engine, spec: EvalSpec, model: str = "the model") -> ChatFormat | None:
+    """The chat template renderer ``spec`` asks for (``None``: plain prompts)."""
+    return None if spec.chat == "none" else ChatFormat(engine.tok, spec.chat, model)
+
+
 def check_fit(engine: Engine, task: Task, spec: EvalSpec) -> None:
     """Refuse shot counts that cannot fit the model's context (before any work starts)."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
     reserve = spec.max_new_tokens if scoring == "generate" else 8
     pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
     first = task.generate(spec.variants[0], 1, spec.seed)[0]
+    chat = chat_format(engine, spec)
     for k in spec.shots:
-        _check_shots_fit(engine, task, pool, first, k, reserve)
+        _check_shots_fit(engine, task, pool, first, k, reserve, chat)
 
 
 def evaluate_task(
@@ -222,17 +242,22 @@ def evaluate_task(
     heldout = heldout_items(task, spec) if selects_shots(spec) else []
     reserve = spec.max_new_tokens if scoring == "generate" else 8
     check_fit(engine, task, spec)
+    chat = chat_format(engine, spec, model_label)
     prompts: list[Prompt] = []
     splits: list[str] = []
     for k in spec.shots:
         for s in demo_sets_for(spec, k):
             for v in spec.variants:
                 for i, q in enumerate(queries[v]):
-                    prompts.append(_fit_prompts(engine, task, pools[s], q, i, k, reserve))
+                    prompts.append(
+                        _fit_prompts(engine, task, pools[s], q, i, k, reserve, chat=chat)
+                    )
                     splits.append("test")
             if k > 0:
                 for i, q in enumerate(heldout):
-                    prompts.append(_fit_prompts(engine, task, pools[s], q, i, k, reserve, True))
+                    prompts.append(
+                        _fit_prompts(engine, task, pools[s], q, i, k, reserve, True, chat)
+                    )
                     splits.append("heldout")
     texts = [p.text for p in prompts]
     prefixes = [p.prefix for p in prompts]
@@ -264,6 +289,7 @@ def evaluate_task(
             "shots_used": p.shots_used,
             "demo_set": p.demo_set,
             "split": split,
+            "chat_template": spec.chat,
             "demo_ids": [d.id for d in p.demos],
             "scoring": scoring,
             "seed": spec.seed,
@@ -338,6 +364,7 @@ def _cell_row(
         "truncated": sum(r["shots_used"] < k for r in rows),
         "demos": spec.demos,
         "demo_sets": n_sets,
+        "chat_template": spec.chat,
         "set_accuracies": set_acc,
         "set_sd": statistics.stdev(set_acc) if n_sets > 1 else None,
         "scoring": scoring,

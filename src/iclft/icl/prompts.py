@@ -21,6 +21,19 @@ Demonstration modes:
 * ``per-query``: fresh demonstrations for each query (the paper's protocol); only the
   instruction line is shared.
 
+Chat templates (``chat``, off by default) wrap the same content in the tokenizer's own chat
+template for instruction-tuned models (:class:`ChatFormat`):
+
+* ``turns``: each demonstration is a user turn (its question) and an assistant turn (answer
+  lead and target); the instruction opens the first user turn;
+* ``single``: one user turn holding the plain prompt's instruction, demonstrations and the
+  query's question.
+
+Either way the assistant's turn is opened (the template's generation prompt) and starts with
+the answer lead, so the model continues with the answer as in a plain prompt. The prompt text
+is the template's exact rendering, less a leading BOS token when the tokenizer adds its own
+(so it is not doubled).
+
 Demonstration sets: ``demo_set`` s draws an independent list (shared) or independent
 per-query draws (per-query) from its own index range; set 0 is the list iclft always used, so
 one set reproduces earlier runs.
@@ -44,10 +57,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from iclft.errors import UnknownNameError
+from iclft.errors import UnknownNameError, UserError
 from iclft.tasks.base import VARIANTS, Example, Task
 
 DEMO_MODES = ("shared", "per-query")
+CHAT_MODES = ("none", "turns", "single")
 SEP = "\n\n"
 _SHARED_BASE = 1_000_000  # demonstration indices live far from query indices (0 .. n-1)
 _SHARED_SET_STRIDE = 100_000
@@ -74,11 +88,60 @@ class Prompt:
         return len(self.demos)
 
 
-def render_prompt(task: Task, query: Example, demos: Sequence[Example]) -> tuple[str, str]:
+def render_prompt(
+    task: Task, query: Example, demos: Sequence[Example], chat: ChatFormat | None = None
+) -> tuple[str, str]:
     """``(prefix, full_text)``: the prefix is the instruction and the demonstrations."""
+    if chat is not None:
+        return chat.render(task, query, demos)
     parts = [task.instruction, *(task.render_demo(d) for d in demos)]
     prefix = SEP.join(parts) + SEP
     return prefix, prefix + task.render_query(query)
+
+
+class ChatFormat:
+    """Renders prompts through a tokenizer's chat template (see the module docstring)."""
+
+    #: stands for the query's question while rendering, to find where the prefix ends
+    _SENTINEL = "\u241eICLFT-QUERY\u241e"
+
+    def __init__(self, tokenizer, mode: str, model: str = "the model"):
+        if mode not in CHAT_MODES or mode == "none":
+            raise UnknownNameError("chat template mode", mode, CHAT_MODES[1:])
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(
+                f"--chat-template {mode} needs a tokenizer with a chat template, and {model}'s "
+                "has none (use --chat-template none for a base model)"
+            )
+        self.tok, self.mode = tokenizer, mode
+        bos = getattr(tokenizer, "bos_token", None)
+        adds = bos is not None and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [
+            tokenizer.bos_token_id
+        ]
+        self._strip = bos if adds else None
+
+    def messages(self, task: Task, question: str, demos: Sequence[Example]) -> list[dict]:
+        if self.mode == "single":
+            parts = [task.instruction, *(task.render_demo(d) for d in demos), question]
+            return [{"role": "user", "content": SEP.join(parts)}]
+        out: list[dict] = []
+        lead = task.instruction + SEP
+        for d in demos:
+            out.append({"role": "user", "content": lead + d.question})
+            out.append({"role": "assistant", "content": f"{task.answer_lead} {d.target}"})
+            lead = ""
+        out.append({"role": "user", "content": lead + question})
+        return out
+
+    def render(self, task: Task, query: Example, demos: Sequence[Example]) -> tuple[str, str]:
+        msgs = self.messages(task, self._SENTINEL, demos)
+        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if self._strip and text.startswith(self._strip):
+            text = text[len(self._strip) :]
+        if text.count(self._SENTINEL) != 1:
+            raise UserError("the tokenizer's chat template does not show the user's message once")
+        prefix, rest = text.split(self._SENTINEL)
+        return prefix, prefix + query.question + rest + task.answer_lead
 
 
 class DemoPool:
@@ -129,9 +192,14 @@ class DemoPool:
 
 
 def build_prompt(
-    task: Task, query: Example, demos: Sequence[Example], shots: int, demo_set: int = 0
+    task: Task,
+    query: Example,
+    demos: Sequence[Example],
+    shots: int,
+    demo_set: int = 0,
+    chat: ChatFormat | None = None,
 ) -> Prompt:
-    prefix, text = render_prompt(task, query, demos)
+    prefix, text = render_prompt(task, query, demos, chat)
     return Prompt(
         text=text, prefix=prefix, query=query, shots=shots, demos=tuple(demos), demo_set=demo_set
     )
