@@ -122,6 +122,10 @@ class CircuitsSettings(_Strict):
     n: int = Field(4, gt=0, description="patching pairs per task")
     method: Literal["exact", "attribution"] = "attribution"
     top_k: int = Field(20, gt=0)
+    verify: int | None = Field(
+        None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
+    )
+    n_splits: int = Field(100, ge=0, description="split-halves for each shift's noise floor")
 
 
 class SimilaritySettings(_Strict):

@@ -40,7 +40,30 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         ("base", "ft"),
         ("icl", "ft"),
     ]
-    assert len(data["shifts"][0]["per_layer_cosine_distance"]) == 2
+    for s in data["settings"].values():
+        g = s["gap_check"]
+        assert (
+            s["identified"]
+            == g["identified"]
+            == (g["gap_ci_low"] is not None and g["gap_ci_low"] > 0)
+        )
+        if method == "exact":
+            assert s["attribution_check"] is None
+        else:  # attribution's top 2 x 3 heads/MLPs re-measured exactly
+            a = s["attribution_check"]
+            assert a["n_remeasured"] == 6 and a["top_k"] == 3 and 0 <= a["top_k_overlap"] <= 3
+            assert a["components"] == s["circuit"] + a["components"][3:]
+            assert a["spearman"]["value"] is None or -1 <= a["spearman"]["value"] <= 1
+    for sh in data["shifts"]:
+        both = (
+            data["settings"][sh["from"]]["identified"] and data["settings"][sh["to"]]["identified"]
+        )
+        assert sh["status"] == ("identified" if both else "not identified")
+        values = sh if both else sh["unguarded"]
+        assert len(values["per_layer_cosine_distance"]) == 2
+        floor = values["noise_floor"]
+        assert floor["half_size"] == 1 and floor["n_splits"] == 100
+        assert floor["all"]["jaccard_distance"]["floor"]["value"] is not None
     for name in ("base", "icl", "ft"):
         png = tmp_path / f"heatmap_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -58,6 +81,8 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         (["--task", "parity", "-n", "0"], "-n must be a positive"),
         (["--task", "parity", "--positions", "first"], "unknown positions"),
         (["--task", "parity", "--ft-model", "/no/such/dir"], "is not a directory"),
+        (["--task", "parity", "--verify", "-1"], "--verify must be"),
+        (["--task", "parity", "--splits", "-2"], "--splits must be"),
     ],
 )
 def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeypatch):
