@@ -126,6 +126,9 @@ class CircuitsSettings(_Strict):
         None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
     )
     n_splits: int = Field(100, ge=0, description="split-halves for each shift's noise floor")
+    per_position: list[Literal["resid", "mlp"]] = Field(
+        default_factory=list, description="kinds also patched one position at a time (exact)"
+    )
 
 
 class SimilaritySettings(_Strict):

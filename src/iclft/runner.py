@@ -284,6 +284,7 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
             top_k=c.top_k,
             verify=c.verify,
             n_splits=c.n_splits,
+            per_position=tuple(c.per_position),
         )
         ft = [m for m in cfg.ft_methods()]
         ft_model = ft_dir(run_dir, stage.model, ft[0], stage.seed, first_seed) if ft else None

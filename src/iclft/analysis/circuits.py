@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iclft.analysis.anatomy import Component, parse_component
-from iclft.analysis.patching import PairEffects
+from iclft.analysis.patching import PairEffects, PositionEffects
 from iclft.errors import UserError
 
 
@@ -566,3 +566,45 @@ def agreement(
         n_boot=n_boot,
         level=level,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects per position
+
+
+@dataclass(frozen=True)
+class PositionTable:
+    """Per-position effects over pairs, aligned on the last prompt token (offset 0): at each
+    offset a ratio of means over the pairs that have it,
+    ``e(c, o) = sum_p raw[p, c, o] / sum_p gap[p]``."""
+
+    components: tuple[str, ...]
+    offsets: tuple[int, ...]
+    effects: np.ndarray  # [components, offsets]
+    n_pairs: tuple[int, ...]  # pairs that reach each offset
+
+    @classmethod
+    def from_pairs(cls, results: Sequence[PositionEffects]) -> PositionTable:
+        if not results:
+            raise UserError("no pairs to aggregate")
+        comps = results[0].components
+        offsets = sorted({o for r in results for o in r.offsets})
+        col = {o: j for j, o in enumerate(offsets)}
+        num = np.zeros((len(comps), len(offsets)))
+        den = np.zeros(len(offsets))
+        count = np.zeros(len(offsets), dtype=int)
+        for r in results:
+            idx = [col[o] for o in r.offsets]
+            num[:, idx] += r.raw
+            den[idx] += r.gap
+            count[idx] += 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eff = np.where(den != 0, num / np.where(den != 0, den, 1), np.nan)
+        return cls(comps, tuple(offsets), eff, tuple(int(c) for c in count))
+
+    def to_dict(self) -> dict:
+        return {
+            "offsets": list(self.offsets),
+            "n_pairs": list(self.n_pairs),
+            "effects": {c: [_num(v) for v in row] for c, row in zip(self.components, self.effects)},
+        }

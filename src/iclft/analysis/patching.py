@@ -101,6 +101,12 @@ class TokenPair:
             out[r, : len(seq)] = torch.tensor(seq)
         return out
 
+    @property
+    def first_diff(self) -> int:
+        """The first position where the clean and corrupt prompts differ: the activations of
+        every earlier position are equal in both runs (causal attention)."""
+        return next(i for i, (a, b) in enumerate(zip(self.clean, self.corrupt)) if a != b)
+
     def positions(self, which: str) -> list[int]:
         if which == "query":
             return list(range(self.query_start, self.length))
@@ -268,26 +274,32 @@ def _prepare(
 
 
 @torch.no_grad()
-def _patched(anatomy: Anatomy, runs: _Runs, groups: Sequence[Sequence[Component]]) -> np.ndarray:
+def _patched(
+    anatomy: Anatomy,
+    runs: _Runs,
+    groups: Sequence[Sequence[Component]],
+    at: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
     """The metric with each group of components patched together, one row block per group,
-    all in one forward."""
+    all in one forward; group g at positions ``at[g]`` (default: the runs' positions)."""
     pair, C, R = runs.pair, len(groups), runs.pair.n_rows
     start = runs.start
-    pos_abs = torch.tensor(runs.positions)
-    pos_rel = pos_abs - start
-    by_site: dict[Site, list[tuple[int, slice]]] = {}
+    by_site: dict[Site, list[tuple[int, slice, torch.Tensor]]] = {}
     for c, group in enumerate(groups):
+        pos_abs = torch.tensor(runs.positions if at is None else list(at[c]))
+        if at is not None and int(pos_abs.min()) < start:
+            raise ValueError("a patched position lies in the reused corrupt cache")
         for comp in group:
-            by_site.setdefault(comp.site, []).append((c, anatomy.features(comp)))
+            by_site.setdefault(comp.site, []).append((c, anatomy.features(comp), pos_abs))
 
     def edit(site: Site):
         clean = runs.clean_acts[site].to(_device(anatomy))
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             x = x.clone()
-            for c, feat in by_site[site]:
+            for c, feat, pos_abs in by_site[site]:
                 for r in range(R):
-                    x[r * C + c, pos_rel, feat] = clean[r, pos_abs, feat]
+                    x[r * C + c, pos_abs - start, feat] = clean[r, pos_abs, feat]
             return x
 
         return fn
@@ -351,6 +363,72 @@ def exact_patching(
         if progress:
             progress(len(chunk))
     return PairEffects(pair.id, tuple(c.name for c in comps), runs.clean, runs.corrupt, patched)
+
+
+@dataclass(frozen=True)
+class PositionEffects:
+    """One pair's metric with each component patched at one position at a time."""
+
+    pair_id: str
+    components: tuple[str, ...]
+    positions: tuple[int, ...]  # absolute positions, from the first differing token
+    prompt_len: int
+    clean: float
+    corrupt: float
+    patched: np.ndarray  # [n_components, n_positions]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Positions relative to the last prompt token (0; answer tokens are 1, 2, ...)."""
+        return tuple(p - (self.prompt_len - 1) for p in self.positions)
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self.patched - self.corrupt
+
+    @property
+    def gap(self) -> float:
+        return self.clean - self.corrupt
+
+
+def exact_patching_per_position(
+    anatomy: Anatomy,
+    pair: TokenPair,
+    components: Sequence[Component] | None = None,
+    *,
+    batch_size: int = 32,
+    reuse: bool = True,
+    progress: Progress | None = None,
+) -> PositionEffects:
+    """Patch each component alone at each position alone (component x position), from the first
+    differing token to the last (earlier positions carry equal activations in both runs, so
+    their effect is 0), ``batch_size`` patches per forward. Where the whole-query patch of a
+    residual stream restores the clean run by definition, this shows where its effect sits."""
+    comps = _components(anatomy, components)
+    positions = list(range(pair.first_diff, pair.length))
+    runs = _prepare(anatomy, pair, {c.site for c in comps}, positions, reuse)
+    cells = [(i, j) for i in sorted(range(len(comps)), key=lambda i: (comps[i].layer, i))
+             for j in range(len(positions))]  # fmt: skip
+    patched = np.empty((len(comps), len(positions)))  # [components, positions]
+    step = max(1, int(batch_size))
+    for k in range(0, len(cells), step):
+        chunk = cells[k : k + step]
+        out = _patched(
+            anatomy, runs, [[comps[i]] for i, _ in chunk], [[positions[j]] for _, j in chunk]
+        )
+        for (i, j), v in zip(chunk, out):
+            patched[i, j] = v
+        if progress:
+            progress(len(chunk))
+    return PositionEffects(
+        pair.id,
+        tuple(c.name for c in comps),
+        tuple(positions),
+        pair.prompt_len,
+        runs.clean,
+        runs.corrupt,
+        patched,
+    )
 
 
 def attribution_patching(

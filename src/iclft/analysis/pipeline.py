@@ -27,6 +27,8 @@ import numpy as np
 from iclft.errors import UnknownNameError, UserError
 
 METHOD_NAMES = ("exact", "attribution")
+#: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
+PER_POSITION_KINDS = ("resid", "mlp")
 Track = Callable[[str, int], Callable[[int], None]]
 """``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
 
@@ -54,6 +56,8 @@ class CircuitSpec:
     verify: int | None = None
     #: random split-half splits for the noise floor of each shift (0: no floor)
     n_splits: int = 100
+    #: component kinds (of PER_POSITION_KINDS) also patched exactly one position at a time
+    per_position: tuple[str, ...] = ()
 
     def verify_count(self, circuit_size: int, eligible: int) -> int:
         """Components to re-measure exactly (0 with exact patching: nothing to check)."""
@@ -92,6 +96,9 @@ class CircuitSpec:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.verify is not None and (not isinstance(self.verify, int) or self.verify < 0):
             raise UserError(f"--verify must be an integer >= 0, got {self.verify}")
+        for kind in self.per_position:
+            if kind not in PER_POSITION_KINDS:
+                raise UnknownNameError("per-position kind", kind, PER_POSITION_KINDS)
         if not isinstance(self.n_splits, int) or self.n_splits < 0:
             raise UserError(f"--splits must be an integer >= 0, got {self.n_splits}")
         return self
@@ -135,14 +142,21 @@ def run_circuits(
     from iclft.analysis.anatomy import anatomy, parse_component
     from iclft.analysis.circuits import (
         EffectTable,
+        PositionTable,
         agreement,
         circuit,
         circuit_shift,
         gap_check,
     )
-    from iclft.analysis.figures import plot_effect_heatmap
+    from iclft.analysis.figures import plot_effect_heatmap, plot_position_heatmap
     from iclft.analysis.pairs import make_pairs
-    from iclft.analysis.patching import METHODS, encode_pair, exact_patching, patched_metric
+    from iclft.analysis.patching import (
+        METHODS,
+        encode_pair,
+        exact_patching,
+        exact_patching_per_position,
+        patched_metric,
+    )
     from iclft.faults import kill_point
     from iclft.models import load_model
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
@@ -281,6 +295,39 @@ def run_circuits(
             + ("" if gaps[name].identified else " · NOT IDENTIFIED: gap interval reaches 0"),
             out_dir / f"heatmap_{name}.png",
         )
+        if spec.per_position:
+            pos_comps = an.components(tuple(spec.per_position))
+            first = tokens[name][chosen[0]]
+            n_cells = len(pos_comps) * sum(
+                tokens[name][p].length - tokens[name][p].first_diff for p in chosen
+            )
+            advance = track(f"{name}: per-position patching ({n_cells} patches)", n_cells)
+            per_pos = [
+                exact_patching_per_position(
+                    an, tokens[name][pid], pos_comps, batch_size=spec.batch_size, progress=advance
+                )
+                for pid in chosen
+            ]
+            ptable = PositionTable.from_pairs(per_pos)
+            rows = first.rows("clean")[0].tolist()
+            labels = []
+            for o in ptable.offsets:
+                p = first.prompt_len - 1 + o
+                tok = models[which].tokenizer.decode([rows[p]]) if 0 <= p < len(rows) else ""
+                labels.append(repr(tok)[1:-1][:8])
+            results[name]["per_position"] = {
+                **ptable.to_dict(),
+                "tokens_of_first_pair": labels,
+                "method": "exact, one component at one position",
+            }
+            plot_position_heatmap(
+                results[name]["per_position"]["effects"],
+                ptable.offsets,
+                labels,
+                f"{spec.task} · {name} ({shots}-shot, exact per position, {len(chosen)} pairs)",
+                out_dir / f"positions_{name}.png",
+            )
+            timings[f"{name}_s"] = round(time.time() - t0, 3)
         kill_point(f"circuits:{name}")
 
     rng = np.random.default_rng(spec.seed)

@@ -67,6 +67,12 @@ def circuits_command(
     n_splits: int = typer.Option(
         100, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
     ),
+    per_position: str = typer.Option(
+        "",
+        "--per-position",
+        help="Also patch these kinds (resid, mlp; comma-separated) one position at a time "
+        "(exact): positions_<setting>.png.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
@@ -91,6 +97,7 @@ def circuits_command(
         batch_size=batch_size,
         verify=verify,
         n_splits=n_splits,
+        per_position=tuple(k.strip() for k in per_position.split(",") if k.strip()),
     ).check()
     check_ft_model(ft_model)
     ensure_writable_dir(output)
