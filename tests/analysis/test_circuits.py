@@ -66,6 +66,10 @@ def test_shift_of_a_setting_with_itself_is_zero_and_moves_when_effects_move():
     assert s1.jaccard.ci_low <= s1.jaccard.value <= s1.jaccard.ci_high
     assert s1.to_dict() == s2.to_dict()  # seeded bootstrap
     assert len(s1.per_layer) == 2
+    ea, eb = a.effects(), moved.effects()
+    for layer, iv in enumerate(s1.per_layer):  # heads and MLP of each layer
+        sel = [i for i, n in enumerate(NAMES) if n.startswith(f"L{layer}.") and "RESID" not in n]
+        assert iv.value == pytest.approx(cosine_distance(ea[sel], eb[sel]), abs=1e-12)
     d = s1.to_dict()
     assert set(d["attention"]) == set(d["mlp"]) == {"jaccard_distance", "cosine_distance"}
 

@@ -35,6 +35,7 @@ Controls, since a distance alone has no reference for "no change":
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,19 @@ class EffectTable:
 
 
 def _kinds(names: Sequence[str]) -> list[Component]:
-    return [parse_component(n) for n in names]
+    return list(_parsed(tuple(names)))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(names: tuple[str, ...]) -> tuple[Component, ...]:
+    """Parsed once per name list: the bootstrap and the floor call :func:`circuit` thousands
+    of times on the same components."""
+    return tuple(parse_component(n) for n in names)
+
+
+@functools.lru_cache(maxsize=16)
+def _kind_mask(names: tuple[str, ...], kinds: tuple[str, ...]) -> np.ndarray:
+    return np.array([c.kind in kinds for c in _parsed(names)], dtype=bool)
 
 
 def circuit(
@@ -97,9 +110,9 @@ def circuit(
     kinds: Sequence[str] = ("head", "mlp"),
 ) -> list[str]:
     """Names of the components in the circuit (largest |effect| first)."""
-    comps = _kinds(names)
-    eligible = [i for i, c in enumerate(comps) if c.kind in kinds and np.isfinite(effects[i])]
-    order = sorted(eligible, key=lambda i: -abs(effects[i]))
+    effects = np.asarray(effects, dtype=np.float64)
+    eligible = np.flatnonzero(_kind_mask(tuple(names), tuple(kinds)) & np.isfinite(effects))
+    order = eligible[np.argsort(-np.abs(effects[eligible]), kind="stable")].tolist()
     if share is not None:
         if not 0 < share <= 1:
             raise UserError(f"share must be in (0, 1], got {share}")
@@ -385,6 +398,45 @@ class Shift:
         return {**head, **nulls, **tail, "unguarded": values}
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Masks over a component list, computed once per list (the bootstrap and the floor call
+    :func:`_shift_stats` thousands of times)."""
+
+    keep: np.ndarray  # heads and MLPs
+    heads: np.ndarray
+    mlps: np.ndarray
+    head_names: frozenset[str]
+    mlp_names: frozenset[str]
+    layers: np.ndarray  # layer of each kept component
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(names: tuple[str, ...]) -> _Layout:
+    comps = _parsed(names)
+    heads = np.array([c.kind == "head" for c in comps])
+    mlps = np.array([c.kind == "mlp" for c in comps])
+    keep = heads | mlps
+    return _Layout(
+        keep=keep,
+        heads=heads,
+        mlps=mlps,
+        head_names=frozenset(n for n, h in zip(names, heads) if h),
+        mlp_names=frozenset(n for n, m in zip(names, mlps) if m),
+        layers=np.array([c.layer for c in comps])[keep],
+    )
+
+
+def _per_layer_cosine(x: np.ndarray, y: np.ndarray, layers: np.ndarray, n: int) -> np.ndarray:
+    """:func:`cosine_distance` within each of ``n`` layers at once (NaN where it is NaN)."""
+    dot = np.bincount(layers, weights=x * y, minlength=n)
+    nx = np.sqrt(np.bincount(layers, weights=x * x, minlength=n))
+    ny = np.sqrt(np.bincount(layers, weights=y * y, minlength=n))
+    ok = (nx > 0) & (ny > 0) & np.isfinite(nx) & np.isfinite(ny)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, 1.0 - dot / (nx * ny), np.nan)
+
+
 def _shift_stats(
     ea: np.ndarray,
     eb: np.ndarray,
@@ -396,26 +448,19 @@ def _shift_stats(
 ) -> np.ndarray:
     """The shift statistics as one flat vector: [jaccard, cosine, attn jaccard, attn cosine,
     mlp jaccard, mlp cosine, per-layer cosine x n_layers] (the first six: :data:`FLOOR_STATS`)."""
-    keep = np.array([c.kind in ("head", "mlp") for c in comps])
-    heads = np.array([c.kind == "head" for c in comps])
-    mlps = np.array([c.kind == "mlp" for c in comps])
+    lay = _layout(tuple(names))
     ca = set(circuit(ea, names, top_k=top_k, share=share))
     cb = set(circuit(eb, names, top_k=top_k, share=share))
-    head_names = {n for n, h in zip(names, heads) if h}
-    mlp_names = {n for n, m in zip(names, mlps) if m}
     out = [
         jaccard_distance(ca, cb),
-        cosine_distance(ea[keep], eb[keep]),
-        jaccard_distance(ca & head_names, cb & head_names),
-        cosine_distance(ea[heads], eb[heads]),
-        jaccard_distance(ca & mlp_names, cb & mlp_names),
-        cosine_distance(ea[mlps], eb[mlps]),
+        cosine_distance(ea[lay.keep], eb[lay.keep]),
+        jaccard_distance(ca & lay.head_names, cb & lay.head_names),
+        cosine_distance(ea[lay.heads], eb[lay.heads]),
+        jaccard_distance(ca & lay.mlp_names, cb & lay.mlp_names),
+        cosine_distance(ea[lay.mlps], eb[lay.mlps]),
     ]
-    layers = np.array([c.layer for c in comps])
-    for layer in range(n_layers):
-        sel = keep & (layers == layer)
-        out.append(cosine_distance(ea[sel], eb[sel]))
-    return np.array(out, dtype=np.float64)
+    per_layer = _per_layer_cosine(ea[lay.keep], eb[lay.keep], lay.layers, n_layers)
+    return np.concatenate([np.array(out, dtype=np.float64), per_layer])
 
 
 def circuit_shift(
