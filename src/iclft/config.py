@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.errors import UserError, did_you_mean
 
 METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
@@ -125,8 +126,8 @@ class CircuitsSettings(_Strict):
     verify: int | None = Field(
         None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
     )
-    n_splits: int = Field(100, ge=0, description="split-halves for each shift's noise floor")
-    per_position: list[Literal["resid", "mlp"]] = Field(
+    n_splits: int = Field(N_SPLITS, ge=0, description="split-halves for each shift's noise floor")
+    per_position: list[Literal[PER_POSITION_KINDS]] = Field(
         default_factory=list, description="kinds also patched one position at a time (exact)"
     )
 

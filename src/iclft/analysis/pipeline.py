@@ -29,6 +29,8 @@ from iclft.errors import UnknownNameError, UserError
 METHOD_NAMES = ("exact", "attribution")
 #: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
 PER_POSITION_KINDS = ("resid", "mlp")
+#: split-halves drawn for each shift's noise floor, unless told otherwise
+N_SPLITS = 100
 Track = Callable[[str, int], Callable[[int], None]]
 """``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
 
@@ -55,7 +57,7 @@ class CircuitSpec:
     #: the circuit size; 0: no check)
     verify: int | None = None
     #: random split-half splits for the noise floor of each shift (0: no floor)
-    n_splits: int = 100
+    n_splits: int = N_SPLITS
     #: component kinds (of PER_POSITION_KINDS) also patched exactly one position at a time
     per_position: tuple[str, ...] = ()
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from iclft.analysis.pipeline import N_SPLITS
+
 app = typer.Typer(
     help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
     no_args_is_help=True,
@@ -65,7 +67,7 @@ def circuits_command(
         "(default: twice the circuit size; 0: no check).",
     ),
     n_splits: int = typer.Option(
-        100, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
+        N_SPLITS, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
     ),
     per_position: str = typer.Option(
         "",
