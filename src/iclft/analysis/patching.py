@@ -29,11 +29,12 @@ equal and patching them would change nothing. ``last`` patches the last prompt p
 
 Speed. Exact patching puts ``batch_size`` patched copies of the corrupt input in one forward
 (copy c is patched at component c). With ``reuse=True`` it also skips work that the corrupt
-run already did: positions before the first patched one come from the corrupt run's key/value
-cache, and blocks below the lowest patched layer of a batch replay the corrupt run's residual
-stream instead of computing it (components are sorted by layer, so a batch starts late in the
-network when its components sit late). Every patched row computes exactly what an unbatched
-forward of that patch computes.
+run already did: positions before the first one where the two prompts differ (before it both
+runs' activations are equal, so patching them changes nothing) come from the corrupt run's
+key/value cache, and blocks below the lowest patched layer of a batch replay the corrupt run's
+residual stream instead of computing it (components are sorted by layer, so a batch starts
+late in the network when its components sit late). Every patched row computes exactly what an
+unbatched forward of that patch computes.
 """
 
 from __future__ import annotations
@@ -250,7 +251,10 @@ def _prepare(
     if not reuse:
         corrupt = float(pair.metric(_logits(anatomy, ids, keep))[0])
         return _Runs(pair, positions, clean_acts, clean, corrupt)
-    start = min(positions)
+    # positions before the first differing token hold equal activations in both runs: their
+    # patch is a no-op, so they come from the corrupt cache with everything else before them
+    start = max(min(positions), min(pair.first_diff, max(positions)))
+    positions = [p for p in positions if p >= start]
     cache = None
     if start > 0:
         from transformers import DynamicCache
