@@ -82,10 +82,12 @@ def plot_position_heatmap(
         kinds.setdefault(c.kind, {})[c.layer] = row
     order = [k for k in ("resid", "mlp", "attn", "head") if k in kinds]
     n_layers = 1 + max((layer for k in kinds.values() for layer in k), default=0)
-    fig = Figure(figsize=(2.0 + 0.45 * len(offsets) * len(order), 1.6 + 0.2 * n_layers))
+    width = 1.0 + (1.6 + 0.5 * len(offsets)) * len(order)
+    fig = Figure(figsize=(width, 1.6 + 0.2 * n_layers))
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, len(order), i + 1) for i in range(len(order))]
-    for ax, kind in zip(axes, order):
+    fig.subplots_adjust(wspace=0.5)
+    for i, (ax, kind) in enumerate(zip(axes, order)):
         grid = np.full((n_layers, len(offsets)), np.nan)
         for layer, row in kinds[kind].items():
             grid[layer] = [np.nan if v is None else v for v in row]
@@ -94,11 +96,12 @@ def plot_position_heatmap(
         im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
         ax.set_xticks(range(len(offsets)), [f"{o}\n{t}" for o, t in zip(offsets, labels)])
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_xlabel("position (offset from the last prompt token; a pair's tokens)")
-        ax.set_ylabel("layer")
+        if i == 0:
+            ax.set_ylabel("layer")
         ax.set_title(f"{kind.upper()} per position", fontsize=9)
-        fig.colorbar(im, ax=ax, label="normalised effect")
-    fig.suptitle(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
+    fig.supxlabel("offset from the last prompt token (tokens of the first pair)", fontsize=8)
+    fig.suptitle(title + " · normalised effect", fontsize=9)
     with atomic_writer(Path(path), "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     return Path(path)
