@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -278,6 +278,20 @@ def _prepare(
 
 
 @torch.no_grad()
+def _advance(anatomy: Anatomy, runs: _Runs, grow: Any) -> _Runs:
+    """``runs`` (prepared with reuse) moved one position on: the corrupt run's next position
+    is appended to the cache ``grow`` (mutated), the replayed residual streams start there."""
+    from transformers import DynamicCache
+
+    p = runs.start
+    if grow is None:
+        grow = DynamicCache(config=anatomy.model.config)
+    _logits(anatomy, runs.pair.rows("corrupt")[:, p : p + 1], 1, past=grow, start=p)
+    resid = {layer: r[:, 1:] for layer, r in (runs.resid or {}).items()}
+    return replace(runs, start=p + 1, cache=grow, resid=resid, positions=[p + 1])
+
+
+@torch.no_grad()
 def _patched(
     anatomy: Anatomy,
     runs: _Runs,
@@ -411,19 +425,22 @@ def exact_patching_per_position(
     comps = _components(anatomy, components)
     positions = list(range(pair.first_diff, pair.length))
     runs = _prepare(anatomy, pair, {c.site for c in comps}, positions, reuse)
-    cells = [(i, j) for i in sorted(range(len(comps)), key=lambda i: (comps[i].layer, i))
-             for j in range(len(positions))]  # fmt: skip
+    order = sorted(range(len(comps)), key=lambda i: (comps[i].layer, i))
     patched = np.empty((len(comps), len(positions)))  # [components, positions]
     step = max(1, int(batch_size))
-    for k in range(0, len(cells), step):
-        chunk = cells[k : k + step]
-        out = _patched(
-            anatomy, runs, [[comps[i]] for i, _ in chunk], [[positions[j]] for _, j in chunk]
-        )
-        for (i, j), v in zip(chunk, out):
-            patched[i, j] = v
-        if progress:
-            progress(len(chunk))
+    at, grow = runs, copy.deepcopy(runs.cache)
+    for j, p in enumerate(positions):
+        # a patch at p changes nothing before p: with reuse, the patched runs start at p (at
+        # most at the last prompt position, whose logits the metric reads)
+        if reuse and j and p <= pair.prompt_len - 1:
+            at = _advance(anatomy, at, grow)
+            grow = at.cache
+        for k in range(0, len(order), step):
+            chunk = order[k : k + step]
+            out = _patched(anatomy, at, [[comps[i]] for i in chunk], [[p]] * len(chunk))
+            patched[chunk, j] = out
+            if progress:
+                progress(len(chunk))
     return PositionEffects(
         pair.id,
         tuple(c.name for c in comps),
