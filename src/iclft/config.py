@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.errors import UserError, did_you_mean
 from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
 
@@ -124,6 +125,13 @@ class CircuitsSettings(_Strict):
     n: int = Field(4, gt=0, description="patching pairs per task")
     method: Literal["exact", "attribution"] = "attribution"
     top_k: int = Field(20, gt=0)
+    verify: int | None = Field(
+        None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
+    )
+    n_splits: int = Field(N_SPLITS, ge=0, description="split-halves for each shift's noise floor")
+    per_position: list[Literal[PER_POSITION_KINDS]] = Field(
+        default_factory=list, description="kinds also patched one position at a time (exact)"
+    )
 
 
 class SimilaritySettings(_Strict):

@@ -290,7 +290,15 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
 
         c = cfg.analysis.circuits
         spec = CircuitSpec(
-            task=stage.task, shots=c.shots, n=c.n, method=c.method, seed=stage.seed, top_k=c.top_k
+            task=stage.task,
+            shots=c.shots,
+            n=c.n,
+            method=c.method,
+            seed=stage.seed,
+            top_k=c.top_k,
+            verify=c.verify,
+            n_splits=c.n_splits,
+            per_position=tuple(c.per_position),
         )
         ft = [m for m in cfg.ft_methods()]
         ft_model = ft_dir(run_dir, stage.model, ft[0], stage.seed, first_seed) if ft else None

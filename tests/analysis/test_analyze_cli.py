@@ -25,7 +25,16 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         "base": _loaded(tiny_model_factory("qwen2", n, seed=0), tiny_tokenizer, "base"),
         "ft": _loaded(tiny_model_factory("qwen2", n, seed=1), tiny_tokenizer, "ft"),
     }
-    spec = CircuitSpec(task="parity", shots=1, n=3, method=method, top_k=3, n_boot=20)
+    per_position = ("resid",) if method == "attribution" else ()
+    spec = CircuitSpec(
+        task="parity",
+        shots=1,
+        n=3,
+        method=method,
+        top_k=3,
+        n_boot=20,
+        per_position=per_position,
+    )
     report = run_circuits(spec, tmp_path, loaded=loaded, ft_model=None)
     data = json.loads((tmp_path / "circuits.json").read_text())
     assert data == json.loads(json.dumps(report))
@@ -40,7 +49,42 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         ("base", "ft"),
         ("icl", "ft"),
     ]
-    assert len(data["shifts"][0]["per_layer_cosine_distance"]) == 2
+    for s in data["settings"].values():
+        g = s["gap_check"]
+        assert (
+            s["identified"]
+            == g["identified"]
+            == (g["gap_ci_low"] is not None and g["gap_ci_low"] > 0)
+        )
+        if method == "exact":
+            assert s["attribution_check"] is None
+        else:  # attribution's top 2 x 3 heads/MLPs re-measured exactly
+            a = s["attribution_check"]
+            assert a["n_remeasured"] == 6 and a["top_k"] == 3 and 0 <= a["top_k_overlap"] <= 3
+            assert a["components"] == s["circuit"] + a["components"][3:]
+            assert a["spearman"]["value"] is None or -1 <= a["spearman"]["value"] <= 1
+    for name, s in data["settings"].items():
+        if not per_position:
+            assert "per_position" not in s and not (tmp_path / f"positions_{name}.png").exists()
+            continue
+        pp = s["per_position"]
+        assert set(pp["effects"]) == {"L0.RESID", "L1.RESID"}
+        assert 0 in pp["offsets"] and len(pp["tokens_of_first_pair"]) == len(pp["offsets"])
+        assert all(len(v) == len(pp["offsets"]) for v in pp["effects"].values())
+        assert max(pp["n_pairs"]) == 3
+        # one-token answers: the metric reads the last prompt position, which alone restores it
+        assert pp["effects"]["L1.RESID"][pp["offsets"].index(0)] == pytest.approx(1, abs=1e-3)
+        assert (tmp_path / f"positions_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    for sh in data["shifts"]:
+        both = (
+            data["settings"][sh["from"]]["identified"] and data["settings"][sh["to"]]["identified"]
+        )
+        assert sh["status"] == ("identified" if both else "not identified")
+        values = sh if both else sh["unguarded"]
+        assert len(values["per_layer_cosine_distance"]) == 2
+        floor = values["noise_floor"]
+        assert floor["half_size"] == 1 and floor["n_splits"] == 100
+        assert floor["all"]["jaccard_distance"]["floor"]["value"] is not None
     for name in ("base", "icl", "ft"):
         png = tmp_path / f"heatmap_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -58,6 +102,9 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         (["--task", "parity", "-n", "0"], "-n must be a positive"),
         (["--task", "parity", "--positions", "first"], "unknown positions"),
         (["--task", "parity", "--ft-model", "/no/such/dir"], "is not a directory"),
+        (["--task", "parity", "--verify", "-1"], "--verify must be"),
+        (["--task", "parity", "--splits", "-2"], "--splits must be"),
+        (["--task", "parity", "--per-position", "heads"], "unknown per-position kind"),
     ],
 )
 def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeypatch):

@@ -113,3 +113,39 @@ def test_rows_and_metric():
     lsm = torch.log_softmax(logits, -1)
     want = lsm[0, 0, 5] + lsm[0, 1, 6] - lsm[1, 0, 7]
     assert float(pair.metric(logits)[0]) == pytest.approx(float(want))
+
+
+@pytest.mark.parametrize(("arch", "task"), [("llama", "parity"), ("gpt2", "code")])
+def test_per_position_patching(arch, task, tiny_models, token_pairs, hooks_left):
+    from iclft.analysis.patching import exact_patching_per_position
+
+    an = anatomy(tiny_models[arch])
+    pair = token_pairs[task][1]
+    last_layer = an.n_layers - 1
+    comps = [
+        Component(0, "head", 1),
+        Component(0, "mlp"),
+        Component(0, "resid"),
+        Component(last_layer, "resid"),
+    ]
+    naive = exact_patching_per_position(an, pair, comps, batch_size=1, reuse=False)
+    batched = exact_patching_per_position(an, pair, comps, batch_size=7, reuse=True)
+    np.testing.assert_allclose(batched.patched, naive.patched, atol=2e-5)
+    assert batched.positions[0] == pair.first_diff > pair.query_start - 1
+    assert (
+        batched.positions[-1] == pair.length - 1
+        and batched.offsets[-1] == pair.length - pair.prompt_len
+    )
+    assert batched.patched.shape == (len(comps), len(batched.positions))
+    last = batched.components.index(f"L{an.n_layers - 1}.RESID")
+    effect = batched.raw[last] / batched.gap
+    if pair.n_rows == 1:  # the metric reads the last prompt position only: it alone restores it
+        assert effect[batched.offsets.index(0)] == pytest.approx(1.0, abs=1e-4)
+        assert np.abs(np.delete(effect, batched.offsets.index(0))).max() < 1e-5
+    else:  # each read position carries its share; together they make up the whole gap
+        assert effect.sum() == pytest.approx(1.0, abs=1e-4)
+    # a whole-query patch of the last residual stream is exactly the clean run; per position
+    # the first layer's residual stream spreads its effect over the positions
+    first = batched.components.index("L0.RESID")
+    assert np.abs(batched.raw[first]).max() > 1e-4
+    assert hooks_left(an.model) == 0

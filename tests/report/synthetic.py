@@ -195,13 +195,51 @@ def write_run(
                 {
                     "task": tasks[0],
                     "summary": {"n_pairs": 12, "faithfulness": 0.81, "ignored": [1, 2]},
+                    "settings": {
+                        "base": {
+                            "shots": 0,
+                            "identified": False,
+                            "gap_check": {"gap_mean": 0.1, "gap_ci_low": -0.2, "gap_ci_high": 0.4},
+                            "attribution_check": None,
+                        },
+                        "icl": {
+                            "shots": 2,
+                            "identified": True,
+                            "gap_check": {"gap_mean": 1.5, "gap_ci_low": 1.1, "gap_ci_high": 1.9},
+                            "circuit_faithfulness": 0.7,
+                            "attribution_check": {
+                                "spearman": {"value": 0.93, "ci_low": 0.8, "ci_high": 0.97},
+                                "top_k_overlap": 8,
+                                "top_k": 10,
+                                "n_remeasured": 20,
+                                "exact_over_attribution_top_k": 1.8,
+                            },
+                        },
+                    },
                     "shifts": [
+                        {
+                            "from": "icl",
+                            "to": "ft",
+                            "status": "identified",
+                            "jaccard_distance": {"value": 0.6, "ci_low": 0.4, "ci_high": 0.8},
+                            "per_layer_cosine_distance": [],
+                            "noise_floor": {
+                                "all": {
+                                    "jaccard_distance": {
+                                        "floor": {"value": 0.45, "ci_low": 0.2, "ci_high": 0.7},
+                                        "shift_over_floor": 1.333,
+                                        "half_shift_over_floor": 1.1,
+                                    }
+                                }
+                            },
+                        },
                         {
                             "from": "base",
                             "to": "icl",
-                            "jaccard_distance": {"value": 0.6, "ci_low": 0.4, "ci_high": 0.8},
-                            "per_layer_cosine_distance": [],
-                        }
+                            "status": "not identified",
+                            "not_identified": ["base"],
+                            "jaccard_distance": None,
+                        },
                     ],
                 }
             )

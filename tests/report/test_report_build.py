@@ -86,6 +86,11 @@ def test_html_is_one_self_contained_file(full_report):
     for needle in ("abc123", "finetune.ft-full_s", "future_key", "substring test", "] sd 0."):
         assert needle in text
     assert "faithfulness" in text and "0.6 [0.4, 0.8]" in text and "ignored" not in text
+    # circuits: the floor beside the shift, the unidentified setting marked, attribution checked
+    assert "0.45 [0.2, 0.7]" in text and "1.33x" in text and "1.1x" in text
+    assert "not identified (base)" in text and "NOT IDENTIFIED" in text
+    assert "0.93 [0.8, 0.97]" in text and "8/10 (of 20)" in text
+    assert "split-half noise floor" in text and "own definition" in text
 
 
 def test_markdown_links_every_figure_relatively(full_report):

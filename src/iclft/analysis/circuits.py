@@ -17,10 +17,25 @@ Shift between settings a and b (base vs ICL, base vs FT, ...) on the same pairs:
 
 each with a percentile bootstrap interval: pairs are resampled with replacement (the same
 resample for both settings, since they share pairs) with a seeded ``numpy.random.Generator``.
+This definition is ours: the seed paper (Yin et al., 2024) released no code for circuit shift.
+
+Controls, since a distance alone has no reference for "no change":
+
+* Split-half noise floor: the same statistics between two disjoint random halves of the pairs
+  under one setting (averaged over ``n_splits`` splits and over both settings), i.e. the
+  distance that pair-sampling noise alone produces. A half holds n/2 pairs, so the floor is
+  that of an n/2-pair comparison; ``half_shift`` is the shift measured like-for-like (setting a
+  on one half, b on the other, same splits), and ``half_shift / floor`` the fair ratio.
+* The gap guard: a setting whose mean clean-corrupt gap ``m_clean - m_corrupt`` has a bootstrap
+  interval over pairs that reaches 0 or below has no identified circuit (its effects divide by
+  a gap indistinguishable from 0); a shift from or to it is not reported.
+* Attribution checked against exact patching: :class:`Agreement` compares the two on the
+  components that exact patching re-measured (Spearman, top-k overlap, scale).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iclft.analysis.anatomy import Component, parse_component
-from iclft.analysis.patching import PairEffects
+from iclft.analysis.patching import PairEffects, PositionEffects
 from iclft.errors import UserError
 
 
@@ -71,7 +86,19 @@ class EffectTable:
 
 
 def _kinds(names: Sequence[str]) -> list[Component]:
-    return [parse_component(n) for n in names]
+    return list(_parsed(tuple(names)))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(names: tuple[str, ...]) -> tuple[Component, ...]:
+    """Parsed once per name list: the bootstrap and the floor call :func:`circuit` thousands
+    of times on the same components."""
+    return tuple(parse_component(n) for n in names)
+
+
+@functools.lru_cache(maxsize=16)
+def _kind_mask(names: tuple[str, ...], kinds: tuple[str, ...]) -> np.ndarray:
+    return np.array([c.kind in kinds for c in _parsed(names)], dtype=bool)
 
 
 def circuit(
@@ -83,9 +110,9 @@ def circuit(
     kinds: Sequence[str] = ("head", "mlp"),
 ) -> list[str]:
     """Names of the components in the circuit (largest |effect| first)."""
-    comps = _kinds(names)
-    eligible = [i for i, c in enumerate(comps) if c.kind in kinds and np.isfinite(effects[i])]
-    order = sorted(eligible, key=lambda i: -abs(effects[i]))
+    effects = np.asarray(effects, dtype=np.float64)
+    eligible = np.flatnonzero(_kind_mask(tuple(names), tuple(kinds)) & np.isfinite(effects))
+    order = eligible[np.argsort(-np.abs(effects[eligible]), kind="stable")].tolist()
     if share is not None:
         if not 0 < share <= 1:
             raise UserError(f"share must be in (0, 1], got {share}")
@@ -124,10 +151,201 @@ class Interval:
     ci_high: float
 
     def to_dict(self) -> dict[str, float | None]:
-        def f(v: float) -> float | None:
-            return None if not np.isfinite(v) else round(float(v), 6)
+        return {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+        }
 
-        return {"value": f(self.value), "ci_low": f(self.ci_low), "ci_high": f(self.ci_high)}
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+
+def _percentiles(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles, ignoring NaN (an
+    all-NaN column stays NaN; no samples: NaN)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if len(samples) == 0:
+        nan = np.full(samples.shape[1] if samples.ndim == 2 else 1, np.nan)
+        return nan, nan
+    samples = samples.reshape(len(samples), -1)
+    alpha = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(samples, alpha, axis=0), np.nanquantile(samples, 1 - alpha, axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gap guard
+
+
+@dataclass(frozen=True)
+class GapCheck:
+    """Is a setting's circuit identified? Its mean clean-corrupt gap over pairs with a
+    percentile bootstrap interval; identified when the interval lies above 0."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_pairs: int
+    n_boot: int
+    level: float = 0.95
+
+    @property
+    def identified(self) -> bool:
+        return bool(np.isfinite(self.ci_low) and self.ci_low > 0)
+
+    @property
+    def reason(self) -> str | None:
+        if self.identified:
+            return None
+        if self.n_pairs < 2:
+            return "fewer than 2 pairs: no interval for the clean-corrupt gap"
+        return (
+            f"the {self.level:.0%} interval of the clean-corrupt gap over pairs "
+            f"[{self.ci_low:.3g}, {self.ci_high:.3g}] is not above 0"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "identified": self.identified,
+            "reason": self.reason,
+            "gap_mean": _num(self.mean),
+            "gap_ci_low": _num(self.ci_low),
+            "gap_ci_high": _num(self.ci_high),
+            "n_pairs": self.n_pairs,
+            "bootstrap": {"n": self.n_boot, "level": self.level},
+        }
+
+
+def gap_check(
+    gap: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, rng: np.random.Generator
+) -> GapCheck:
+    """Percentile bootstrap of ``mean(gap)`` over pairs (``gap[p] = m_clean - m_corrupt``)."""
+    gap = np.asarray(gap, dtype=np.float64)  # [pairs]
+    if gap.size < 2 or n_boot < 1:
+        return GapCheck(
+            float(gap.mean()) if gap.size else np.nan, np.nan, np.nan, gap.size, 0, level
+        )
+    idx = rng.integers(0, gap.size, size=(n_boot, gap.size))  # [n_boot, pairs]
+    lo, hi = _percentiles(gap[idx].mean(axis=1), level)
+    return GapCheck(float(gap.mean()), float(lo[0]), float(hi[0]), gap.size, n_boot, level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shift, its split-half noise floor
+
+
+#: the statistics of :func:`_shift_stats` that get a noise floor (the per-layer ones do not)
+FLOOR_STATS: tuple[tuple[str, str], ...] = (
+    ("all", "jaccard_distance"),
+    ("all", "cosine_distance"),
+    ("attention", "jaccard_distance"),
+    ("attention", "cosine_distance"),
+    ("mlp", "jaccard_distance"),
+    ("mlp", "cosine_distance"),
+)
+
+
+def split_halves(
+    n: int, n_splits: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_splits`` random splits of ``range(n)`` into two disjoint halves of ``n // 2`` each
+    (one index left out when ``n`` is odd); none when ``n < 2``."""
+    if n < 2:
+        return []
+    h = n // 2
+    out = []
+    for _ in range(n_splits):
+        perm = rng.permutation(n)
+        out.append((np.sort(perm[:h]), np.sort(perm[h : 2 * h])))
+    return out
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Split-half floor of each statistic in :data:`FLOOR_STATS`: its mean over splits (and
+    the central ``level`` range of splits), per setting and averaged over the two."""
+
+    floor: list[Interval]  # mean of the two settings'
+    floor_a: list[Interval]
+    floor_b: list[Interval]
+    half_shift: list[Interval]  # a on one half vs b on the other (both ways), same splits
+    n_splits: int
+    half_size: int
+    level: float = 0.95
+
+    def to_dict(self, shift: np.ndarray) -> dict:
+        """``shift``: the full-sample point values of the same statistics."""
+        out: dict = {
+            "method": (
+                "split-half: the same statistic between two disjoint random halves of the "
+                "common pairs under one setting; value = mean over splits (and over both "
+                "settings), ci_low/ci_high = central range of the splits"
+            ),
+            "n_splits": self.n_splits,
+            "half_size": self.half_size,
+        }
+        for i, (group, stat) in enumerate(FLOOR_STATS):
+            f, hs = self.floor[i].value, self.half_shift[i].value
+            entry = {
+                "floor": self.floor[i].to_dict(),
+                "floor_from": self.floor_a[i].to_dict(),
+                "floor_to": self.floor_b[i].to_dict(),
+                "half_shift": self.half_shift[i].to_dict(),
+                "shift_over_floor": _num(shift[i] / f) if f and np.isfinite(f) else None,
+                "half_shift_over_floor": _num(hs / f) if f and np.isfinite(f) else None,
+            }
+            out.setdefault(group, {})[stat] = entry
+        return out
+
+
+def noise_floor(
+    a: EffectTable,
+    b: EffectTable,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    top_k: int | None,
+    share: float | None,
+    level: float = 0.95,
+) -> NoiseFloor | None:
+    """The split-half floor of the shift from ``a`` to ``b`` over their common pairs
+    (``ia[j]``, ``ib[j]``: pair j's row in each table) for the given ``splits`` of
+    ``range(len(ia))``; ``None`` without splits."""
+    if not splits:
+        return None
+    comps = _kinds(a.components)
+    n_layers = max(c.layer for c in comps) + 1
+    args = (comps, a.components, top_k, share, n_layers)
+    k = len(FLOOR_STATS)
+    fa, fb, cross = [], [], []
+    for h1, h2 in splits:
+        fa.append(_shift_stats(a.effects(ia[h1]), a.effects(ia[h2]), *args)[:k])
+        fb.append(_shift_stats(b.effects(ib[h1]), b.effects(ib[h2]), *args)[:k])
+        x1 = _shift_stats(a.effects(ia[h1]), b.effects(ib[h2]), *args)[:k]
+        x2 = _shift_stats(a.effects(ia[h2]), b.effects(ib[h1]), *args)[:k]
+        cross.append((x1 + x2) / 2)
+    fa_, fb_, cross_ = np.array(fa), np.array(fb), np.array(cross)  # [splits, k]
+
+    def summary(x: np.ndarray) -> list[Interval]:
+        lo, hi = _percentiles(x, level)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(x, axis=0)
+        return [Interval(float(m), float(l_), float(h_)) for m, l_, h_ in zip(mean, lo, hi)]
+
+    return NoiseFloor(
+        floor=summary((fa_ + fb_) / 2),
+        floor_a=summary(fa_),
+        floor_b=summary(fb_),
+        half_shift=summary(cross_),
+        n_splits=len(splits),
+        half_size=len(splits[0][0]),
+        level=level,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,19 +361,80 @@ class Shift:
     mlp: dict[str, Interval]
     n_boot: int
     level: float = 0.95
+    floor: NoiseFloor | None = None
+    #: the settings of the two whose circuit is not identified (see :class:`GapCheck`)
+    not_identified: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
+    @property
+    def identified(self) -> bool:
+        return not self.not_identified
+
+    def _point(self) -> np.ndarray:
+        iv = [self.jaccard, self.cosine, *self.attention.values(), *self.mlp.values()]
+        return np.array([i.value for i in iv])
+
     def to_dict(self) -> dict:
-        return {
-            "from": self.a,
-            "to": self.b,
+        """The shift's record. When a setting is not identified, the distances are ``null``
+        and the computed values sit under ``unguarded`` (for diagnosis only)."""
+        values = {
             "jaccard_distance": self.jaccard.to_dict(),
             "cosine_distance": self.cosine.to_dict(),
             "per_layer_cosine_distance": [i.to_dict() for i in self.per_layer],
             "attention": {k: v.to_dict() for k, v in self.attention.items()},
             "mlp": {k: v.to_dict() for k, v in self.mlp.items()},
-            "bootstrap": {"n": self.n_boot, "level": self.level},
+            "noise_floor": self.floor.to_dict(self._point()) if self.floor else None,
         }
+        head = {
+            "from": self.a,
+            "to": self.b,
+            "status": "identified" if self.identified else "not identified",
+            "not_identified": list(self.not_identified),
+        }
+        tail = {"bootstrap": {"n": self.n_boot, "level": self.level}}
+        if self.identified:
+            return {**head, **values, **tail}
+        nulls = {k: None for k in values}
+        return {**head, **nulls, **tail, "unguarded": values}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Masks over a component list, computed once per list (the bootstrap and the floor call
+    :func:`_shift_stats` thousands of times)."""
+
+    keep: np.ndarray  # heads and MLPs
+    heads: np.ndarray
+    mlps: np.ndarray
+    head_names: frozenset[str]
+    mlp_names: frozenset[str]
+    layers: np.ndarray  # layer of each kept component
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(names: tuple[str, ...]) -> _Layout:
+    comps = _parsed(names)
+    heads = np.array([c.kind == "head" for c in comps])
+    mlps = np.array([c.kind == "mlp" for c in comps])
+    keep = heads | mlps
+    return _Layout(
+        keep=keep,
+        heads=heads,
+        mlps=mlps,
+        head_names=frozenset(n for n, h in zip(names, heads) if h),
+        mlp_names=frozenset(n for n, m in zip(names, mlps) if m),
+        layers=np.array([c.layer for c in comps])[keep],
+    )
+
+
+def _per_layer_cosine(x: np.ndarray, y: np.ndarray, layers: np.ndarray, n: int) -> np.ndarray:
+    """:func:`cosine_distance` within each of ``n`` layers at once (NaN where it is NaN)."""
+    dot = np.bincount(layers, weights=x * y, minlength=n)
+    nx = np.sqrt(np.bincount(layers, weights=x * x, minlength=n))
+    ny = np.sqrt(np.bincount(layers, weights=y * y, minlength=n))
+    ok = (nx > 0) & (ny > 0) & np.isfinite(nx) & np.isfinite(ny)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, 1.0 - dot / (nx * ny), np.nan)
 
 
 def _shift_stats(
@@ -168,27 +447,20 @@ def _shift_stats(
     n_layers: int,
 ) -> np.ndarray:
     """The shift statistics as one flat vector: [jaccard, cosine, attn jaccard, attn cosine,
-    mlp jaccard, mlp cosine, per-layer cosine x n_layers]."""
-    keep = np.array([c.kind in ("head", "mlp") for c in comps])
-    heads = np.array([c.kind == "head" for c in comps])
-    mlps = np.array([c.kind == "mlp" for c in comps])
+    mlp jaccard, mlp cosine, per-layer cosine x n_layers] (the first six: :data:`FLOOR_STATS`)."""
+    lay = _layout(tuple(names))
     ca = set(circuit(ea, names, top_k=top_k, share=share))
     cb = set(circuit(eb, names, top_k=top_k, share=share))
-    head_names = {n for n, h in zip(names, heads) if h}
-    mlp_names = {n for n, m in zip(names, mlps) if m}
     out = [
         jaccard_distance(ca, cb),
-        cosine_distance(ea[keep], eb[keep]),
-        jaccard_distance(ca & head_names, cb & head_names),
-        cosine_distance(ea[heads], eb[heads]),
-        jaccard_distance(ca & mlp_names, cb & mlp_names),
-        cosine_distance(ea[mlps], eb[mlps]),
+        cosine_distance(ea[lay.keep], eb[lay.keep]),
+        jaccard_distance(ca & lay.head_names, cb & lay.head_names),
+        cosine_distance(ea[lay.heads], eb[lay.heads]),
+        jaccard_distance(ca & lay.mlp_names, cb & lay.mlp_names),
+        cosine_distance(ea[lay.mlps], eb[lay.mlps]),
     ]
-    layers = np.array([c.layer for c in comps])
-    for layer in range(n_layers):
-        sel = keep & (layers == layer)
-        out.append(cosine_distance(ea[sel], eb[sel]))
-    return np.array(out, dtype=np.float64)
+    per_layer = _per_layer_cosine(ea[lay.keep], eb[lay.keep], lay.layers, n_layers)
+    return np.concatenate([np.array(out, dtype=np.float64), per_layer])
 
 
 def circuit_shift(
@@ -200,9 +472,13 @@ def circuit_shift(
     share: float | None = None,
     n_boot: int = 1000,
     level: float = 0.95,
+    n_splits: int = 100,
+    not_identified: Sequence[str] = (),
     rng: np.random.Generator,
 ) -> Shift:
-    """Circuit shift from ``a`` to ``b`` with bootstrap intervals over their common pairs."""
+    """Circuit shift from ``a`` to ``b`` with bootstrap intervals over their common pairs and
+    the split-half noise floor (``n_splits`` splits drawn from ``rng`` after the bootstrap;
+    0: none). ``not_identified``: the settings (of ``names``) whose gap guard failed."""
     if a.components != b.components:
         raise ValueError("settings were patched over different components")
     common = [p for p in a.pair_ids if p in set(b.pair_ids)]
@@ -218,12 +494,10 @@ def circuit_shift(
     for i in range(n_boot):
         s = rng.integers(0, len(common), size=len(common))
         boots[i] = _shift_stats(a.effects(ia[s]), b.effects(ib[s]), *args)
-    alpha = (1 - level) / 2
-    with warnings.catch_warnings():  # an all-NaN column (e.g. a zero vector) stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo = np.nanquantile(boots, alpha, axis=0) if n_boot else np.full(point.size, np.nan)
-        hi = np.nanquantile(boots, 1 - alpha, axis=0) if n_boot else np.full(point.size, np.nan)
+    lo, hi = _percentiles(boots, level)
     iv = [Interval(float(p), float(lo_), float(hi_)) for p, lo_, hi_ in zip(point, lo, hi)]
+    splits = split_halves(len(common), n_splits, rng)
+    floor = noise_floor(a, b, ia, ib, splits, top_k=top_k, share=share, level=level)
     return Shift(
         a=names[0],
         b=names[1],
@@ -234,4 +508,148 @@ def circuit_shift(
         per_layer=iv[6:],
         n_boot=n_boot,
         level=level,
+        floor=floor,
+        not_identified=tuple(n for n in names if n in set(not_identified)),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution checked against exact patching
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Attribution-patching effects against exact-patching effects of the same components
+    (those attribution ranked highest, re-measured exactly), aggregated over the same pairs."""
+
+    components: tuple[str, ...]  # re-measured, attribution's order (largest |effect| first)
+    attribution: np.ndarray  # [components]
+    exact: np.ndarray  # [components]
+    top_k: int
+    spearman: Interval  # over pairs resampled (bootstrap)
+    n_eligible: int  # heads and MLPs attribution ranked
+    n_boot: int
+    level: float = 0.95
+
+    @property
+    def overlap(self) -> int:
+        """How many of attribution's top ``k`` are in exact's top ``k`` (among the re-measured)."""
+        k = self.top_k
+        by_exact = np.argsort(-np.abs(self.exact), kind="stable")[:k]
+        return len(set(range(min(k, len(self.components)))) & set(by_exact.tolist()))
+
+    @property
+    def scale(self) -> float:
+        """``sum |exact| / sum |attribution|`` over attribution's top ``k`` (AtP tends to
+        underestimate the largest effects: below 1)."""
+        k = min(self.top_k, len(self.components))
+        den = np.abs(self.attribution[:k]).sum()
+        return float(np.abs(self.exact[:k]).sum() / den) if den else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "components": list(self.components),
+            "n_remeasured": len(self.components),
+            "n_eligible": self.n_eligible,
+            "top_k": self.top_k,
+            "spearman": self.spearman.to_dict(),
+            "top_k_overlap": self.overlap,
+            "top_k_overlap_fraction": _num(self.overlap / min(self.top_k, len(self.components)))
+            if self.components
+            else None,
+            "exact_over_attribution_top_k": _num(self.scale),
+            "attribution_effects": [_num(v) for v in self.attribution],
+            "exact_effects": [_num(v) for v in self.exact],
+            "bootstrap": {"n": self.n_boot, "level": self.level},
+        }
+
+
+def agreement(
+    attribution: EffectTable,
+    exact: EffectTable,
+    *,
+    top_k: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    rng: np.random.Generator,
+) -> Agreement:
+    """Compare ``attribution`` (every component) with ``exact`` (a subset of them, the same
+    pairs): Spearman rank correlation of the aggregated effects over ``exact``'s components,
+    with a bootstrap interval over pairs, and the top-``k`` overlap."""
+    from scipy.stats import spearmanr
+
+    if attribution.pair_ids != exact.pair_ids:
+        raise ValueError("attribution and exact patching ran on different pairs")
+    col = np.array([attribution.components.index(c) for c in exact.components])
+    n_eligible = sum(parse_component(c).kind in ("head", "mlp") for c in attribution.components)
+    att_all = attribution.effects()[col]
+    order = np.argsort(-np.abs(att_all), kind="stable")  # attribution's order
+    names = tuple(exact.components[i] for i in order)
+    att, ex = att_all[order], exact.effects()[order]
+
+    def rho(x: np.ndarray, y: np.ndarray) -> float:
+        if len(x) < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            return float("nan")
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            return float("nan")
+        return float(spearmanr(x, y).statistic)
+
+    point = rho(att, ex)
+    n = len(exact.pair_ids)
+    boots = np.empty(n_boot)
+    for i in range(n_boot):
+        s = rng.integers(0, n, size=n)
+        boots[i] = rho(attribution.effects(s)[col][order], exact.effects(s)[order])
+    lo, hi = _percentiles(boots, level)
+    return Agreement(
+        components=names,
+        attribution=att,
+        exact=ex,
+        top_k=top_k,
+        spearman=Interval(point, float(lo[0]), float(hi[0])),
+        n_eligible=int(n_eligible),
+        n_boot=n_boot,
+        level=level,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects per position
+
+
+@dataclass(frozen=True)
+class PositionTable:
+    """Per-position effects over pairs, aligned on the last prompt token (offset 0): at each
+    offset a ratio of means over the pairs that have it,
+    ``e(c, o) = sum_p raw[p, c, o] / sum_p gap[p]``."""
+
+    components: tuple[str, ...]
+    offsets: tuple[int, ...]
+    effects: np.ndarray  # [components, offsets]
+    n_pairs: tuple[int, ...]  # pairs that reach each offset
+
+    @classmethod
+    def from_pairs(cls, results: Sequence[PositionEffects]) -> PositionTable:
+        if not results:
+            raise UserError("no pairs to aggregate")
+        comps = results[0].components
+        offsets = sorted({o for r in results for o in r.offsets})
+        col = {o: j for j, o in enumerate(offsets)}
+        num = np.zeros((len(comps), len(offsets)))
+        den = np.zeros(len(offsets))
+        count = np.zeros(len(offsets), dtype=int)
+        for r in results:
+            idx = [col[o] for o in r.offsets]
+            num[:, idx] += r.raw
+            den[idx] += r.gap
+            count[idx] += 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eff = np.where(den != 0, num / np.where(den != 0, den, 1), np.nan)
+        return cls(comps, tuple(offsets), eff, tuple(int(c) for c in count))
+
+    def to_dict(self) -> dict:
+        return {
+            "offsets": list(self.offsets),
+            "n_pairs": list(self.n_pairs),
+            "effects": {c: [_num(v) for v in row] for c, row in zip(self.components, self.effects)},
+        }

@@ -29,18 +29,19 @@ equal and patching them would change nothing. ``last`` patches the last prompt p
 
 Speed. Exact patching puts ``batch_size`` patched copies of the corrupt input in one forward
 (copy c is patched at component c). With ``reuse=True`` it also skips work that the corrupt
-run already did: positions before the first patched one come from the corrupt run's key/value
-cache, and blocks below the lowest patched layer of a batch replay the corrupt run's residual
-stream instead of computing it (components are sorted by layer, so a batch starts late in the
-network when its components sit late). Every patched row computes exactly what an unbatched
-forward of that patch computes.
+run already did: positions before the first one where the two prompts differ (before it both
+runs' activations are equal, so patching them changes nothing) come from the corrupt run's
+key/value cache, and blocks below the lowest patched layer of a batch replay the corrupt run's
+residual stream instead of computing it (components are sorted by layer, so a batch starts
+late in the network when its components sit late). Every patched row computes exactly what an
+unbatched forward of that patch computes.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -100,6 +101,12 @@ class TokenPair:
             seq = prompt + list(ans)
             out[r, : len(seq)] = torch.tensor(seq)
         return out
+
+    @property
+    def first_diff(self) -> int:
+        """The first position where the clean and corrupt prompts differ: the activations of
+        every earlier position are equal in both runs (causal attention)."""
+        return next(i for i, (a, b) in enumerate(zip(self.clean, self.corrupt)) if a != b)
 
     def positions(self, which: str) -> list[int]:
         if which == "query":
@@ -244,7 +251,10 @@ def _prepare(
     if not reuse:
         corrupt = float(pair.metric(_logits(anatomy, ids, keep))[0])
         return _Runs(pair, positions, clean_acts, clean, corrupt)
-    start = min(positions)
+    # positions before the first differing token hold equal activations in both runs: their
+    # patch is a no-op, so they come from the corrupt cache with everything else before them
+    start = max(min(positions), min(pair.first_diff, max(positions)))
+    positions = [p for p in positions if p >= start]
     cache = None
     if start > 0:
         from transformers import DynamicCache
@@ -268,26 +278,46 @@ def _prepare(
 
 
 @torch.no_grad()
-def _patched(anatomy: Anatomy, runs: _Runs, groups: Sequence[Sequence[Component]]) -> np.ndarray:
+def _advance(anatomy: Anatomy, runs: _Runs, grow: Any) -> _Runs:
+    """``runs`` (prepared with reuse) moved one position on: the corrupt run's next position
+    is appended to the cache ``grow`` (mutated), the replayed residual streams start there."""
+    from transformers import DynamicCache
+
+    p = runs.start
+    if grow is None:
+        grow = DynamicCache(config=anatomy.model.config)
+    _logits(anatomy, runs.pair.rows("corrupt")[:, p : p + 1], 1, past=grow, start=p)
+    resid = {layer: r[:, 1:] for layer, r in (runs.resid or {}).items()}
+    return replace(runs, start=p + 1, cache=grow, resid=resid, positions=[p + 1])
+
+
+@torch.no_grad()
+def _patched(
+    anatomy: Anatomy,
+    runs: _Runs,
+    groups: Sequence[Sequence[Component]],
+    at: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
     """The metric with each group of components patched together, one row block per group,
-    all in one forward."""
+    all in one forward; group g at positions ``at[g]`` (default: the runs' positions)."""
     pair, C, R = runs.pair, len(groups), runs.pair.n_rows
     start = runs.start
-    pos_abs = torch.tensor(runs.positions)
-    pos_rel = pos_abs - start
-    by_site: dict[Site, list[tuple[int, slice]]] = {}
+    by_site: dict[Site, list[tuple[int, slice, torch.Tensor]]] = {}
     for c, group in enumerate(groups):
+        pos_abs = torch.tensor(runs.positions if at is None else list(at[c]))
+        if at is not None and int(pos_abs.min()) < start:
+            raise ValueError("a patched position lies in the reused corrupt cache")
         for comp in group:
-            by_site.setdefault(comp.site, []).append((c, anatomy.features(comp)))
+            by_site.setdefault(comp.site, []).append((c, anatomy.features(comp), pos_abs))
 
     def edit(site: Site):
         clean = runs.clean_acts[site].to(_device(anatomy))
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             x = x.clone()
-            for c, feat in by_site[site]:
+            for c, feat, pos_abs in by_site[site]:
                 for r in range(R):
-                    x[r * C + c, pos_rel, feat] = clean[r, pos_abs, feat]
+                    x[r * C + c, pos_abs - start, feat] = clean[r, pos_abs, feat]
             return x
 
         return fn
@@ -351,6 +381,75 @@ def exact_patching(
         if progress:
             progress(len(chunk))
     return PairEffects(pair.id, tuple(c.name for c in comps), runs.clean, runs.corrupt, patched)
+
+
+@dataclass(frozen=True)
+class PositionEffects:
+    """One pair's metric with each component patched at one position at a time."""
+
+    pair_id: str
+    components: tuple[str, ...]
+    positions: tuple[int, ...]  # absolute positions, from the first differing token
+    prompt_len: int
+    clean: float
+    corrupt: float
+    patched: np.ndarray  # [n_components, n_positions]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Positions relative to the last prompt token (0; answer tokens are 1, 2, ...)."""
+        return tuple(p - (self.prompt_len - 1) for p in self.positions)
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self.patched - self.corrupt
+
+    @property
+    def gap(self) -> float:
+        return self.clean - self.corrupt
+
+
+def exact_patching_per_position(
+    anatomy: Anatomy,
+    pair: TokenPair,
+    components: Sequence[Component] | None = None,
+    *,
+    batch_size: int = 32,
+    reuse: bool = True,
+    progress: Progress | None = None,
+) -> PositionEffects:
+    """Patch each component alone at each position alone (component x position), from the first
+    differing token to the last (earlier positions carry equal activations in both runs, so
+    their effect is 0), ``batch_size`` patches per forward. Where the whole-query patch of a
+    residual stream restores the clean run by definition, this shows where its effect sits."""
+    comps = _components(anatomy, components)
+    positions = list(range(pair.first_diff, pair.length))
+    runs = _prepare(anatomy, pair, {c.site for c in comps}, positions, reuse)
+    order = sorted(range(len(comps)), key=lambda i: (comps[i].layer, i))
+    patched = np.empty((len(comps), len(positions)))  # [components, positions]
+    step = max(1, int(batch_size))
+    at, grow = runs, copy.deepcopy(runs.cache)
+    for j, p in enumerate(positions):
+        # a patch at p changes nothing before p: with reuse, the patched runs start at p (at
+        # most at the last prompt position, whose logits the metric reads)
+        if reuse and j and p <= pair.prompt_len - 1:
+            at = _advance(anatomy, at, grow)
+            grow = at.cache
+        for k in range(0, len(order), step):
+            chunk = order[k : k + step]
+            out = _patched(anatomy, at, [[comps[i]] for i in chunk], [[p]] * len(chunk))
+            patched[chunk, j] = out
+            if progress:
+                progress(len(chunk))
+    return PositionEffects(
+        pair.id,
+        tuple(c.name for c in comps),
+        tuple(positions),
+        pair.prompt_len,
+        runs.clean,
+        runs.corrupt,
+        patched,
+    )
 
 
 def attribution_patching(

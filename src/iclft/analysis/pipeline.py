@@ -8,6 +8,10 @@ Settings (all on the same clean/corrupt pairs):
 * ``icl``: the base model with ``shots`` demonstrations (effects on the query's own tokens);
 * ``ft``: the fine-tuned model (``ft_model``, any spec :func:`iclft.models.load_model` takes),
   zero-shot.
+
+Each setting gets the gap guard (is its circuit identified?) and, with attribution patching,
+an exact re-measure of the ``verify`` components attribution ranked highest; each shift gets
+its split-half noise floor (see :mod:`iclft.analysis.circuits`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import numpy as np
 from iclft.errors import UnknownNameError, UserError
 
 METHOD_NAMES = ("exact", "attribution")
+#: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
+PER_POSITION_KINDS = ("resid", "mlp")
+#: split-halves drawn for each shift's noise floor, unless told otherwise
+N_SPLITS = 100
 Track = Callable[[str, int], Callable[[int], None]]
 """``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
 
@@ -45,6 +53,20 @@ class CircuitSpec:
     share: float | None = None
     n_boot: int = 1000
     batch_size: int = 32
+    #: attribution only: how many of its top heads/MLPs exact patching re-measures (None: twice
+    #: the circuit size; 0: no check)
+    verify: int | None = None
+    #: random split-half splits for the noise floor of each shift (0: no floor)
+    n_splits: int = N_SPLITS
+    #: component kinds (of PER_POSITION_KINDS) also patched exactly one position at a time
+    per_position: tuple[str, ...] = ()
+
+    def verify_count(self, circuit_size: int, eligible: int) -> int:
+        """Components to re-measure exactly (0 with exact patching: nothing to check)."""
+        if self.method != "attribution":
+            return 0
+        want = 2 * max(circuit_size, 1) if self.verify is None else self.verify
+        return min(want, eligible)
 
     def check(self) -> CircuitSpec:
         from iclft.analysis.pairs import pair_tasks
@@ -74,6 +96,13 @@ class CircuitSpec:
             raise UserError(f"--bootstrap must be >= 0, got {self.n_boot}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.verify is not None and (not isinstance(self.verify, int) or self.verify < 0):
+            raise UserError(f"--verify must be an integer >= 0, got {self.verify}")
+        for kind in self.per_position:
+            if kind not in PER_POSITION_KINDS:
+                raise UnknownNameError("per-position kind", kind, PER_POSITION_KINDS)
+        if not isinstance(self.n_splits, int) or self.n_splits < 0:
+            raise UserError(f"--splits must be an integer >= 0, got {self.n_splits}")
         return self
 
 
@@ -112,11 +141,24 @@ def run_circuits(
     ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
     import torch
 
-    from iclft.analysis.anatomy import anatomy
-    from iclft.analysis.circuits import EffectTable, circuit, circuit_shift
-    from iclft.analysis.figures import plot_effect_heatmap
+    from iclft.analysis.anatomy import anatomy, parse_component
+    from iclft.analysis.circuits import (
+        EffectTable,
+        PositionTable,
+        agreement,
+        circuit,
+        circuit_shift,
+        gap_check,
+    )
+    from iclft.analysis.figures import plot_effect_heatmap, plot_position_heatmap
     from iclft.analysis.pairs import make_pairs
-    from iclft.analysis.patching import METHODS, encode_pair, patched_metric
+    from iclft.analysis.patching import (
+        METHODS,
+        encode_pair,
+        exact_patching,
+        exact_patching_per_position,
+        patched_metric,
+    )
     from iclft.faults import kill_point
     from iclft.models import load_model
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
@@ -174,6 +216,11 @@ def run_circuits(
         kwargs["batch_size"] = spec.batch_size
     tables: dict[str, EffectTable] = {}
     results: dict[str, Any] = {}
+    gaps: dict[str, Any] = {}
+    # the gap guard and the attribution check draw from their own streams, so the shift
+    # bootstrap (rng below) is the same whether or not they run
+    gap_rng = np.random.default_rng([spec.seed, 1])
+    check_rng = np.random.default_rng([spec.seed, 2])
     for name, (which, shots) in settings.items():
         t0 = time.time()
         an = anats[which]
@@ -186,10 +233,35 @@ def run_circuits(
         table = EffectTable.from_pairs(per_pair)
         tables[name] = table
         eff = table.effects()
+        gaps[name] = gap_check(table.gap, rng=gap_rng)
         circ = circuit(eff, table.components, top_k=spec.top_k, share=spec.share)
+        # attribution checked: its top components re-measured by exact patching, batched
+        ranked = circuit(eff, table.components, top_k=len(table.components))
+        n_check = spec.verify_count(len(circ), len(ranked))
+        check = None
+        if n_check:
+            top = [parse_component(c) for c in ranked[:n_check]]
+            advance = track(f"{name}: exact re-measure of the top {n_check}", len(chosen))
+            exact = []
+            for pid in chosen:
+                exact.append(
+                    exact_patching(
+                        an,
+                        tokens[name][pid],
+                        top,
+                        positions=spec.positions,
+                        batch_size=spec.batch_size,
+                    )
+                )
+                advance(1)
+            check = agreement(
+                table,
+                EffectTable.from_pairs(exact),
+                top_k=max(len(circ), 1),
+                n_boot=spec.n_boot,
+                rng=check_rng,
+            ).to_dict()
         # faithfulness: the circuit's components patched together (exact, one forward a pair)
-        from iclft.analysis.anatomy import parse_component
-
         circ_comps = [parse_component(c) for c in circ]
         faith = [
             patched_metric(an, tokens[name][pid], circ_comps, positions=spec.positions)
@@ -204,6 +276,9 @@ def run_circuits(
             "shots": shots,
             "effects": effects,
             "circuit": circ,
+            "identified": gaps[name].identified,
+            "gap_check": gaps[name].to_dict(),
+            "attribution_check": check,
             "circuit_faithfulness": _num(raw.mean() / gap.mean()) if gap.mean() else None,
             "clean_metric_mean": _num(table.clean.mean()),
             "corrupt_metric_mean": _num(table.corrupt.mean()),
@@ -218,9 +293,43 @@ def run_circuits(
             effects,
             an.n_layers,
             an.n_heads,
-            f"{spec.task} · {name} ({shots}-shot, {spec.method}, {len(chosen)} pairs)",
+            f"{spec.task} · {name} ({shots}-shot, {spec.method}, {len(chosen)} pairs)"
+            + ("" if gaps[name].identified else " · NOT IDENTIFIED: gap interval reaches 0"),
             out_dir / f"heatmap_{name}.png",
         )
+        if spec.per_position:
+            pos_comps = an.components(tuple(spec.per_position))
+            first = tokens[name][chosen[0]]
+            n_cells = len(pos_comps) * sum(
+                tokens[name][p].length - tokens[name][p].first_diff for p in chosen
+            )
+            advance = track(f"{name}: per-position patching ({n_cells} patches)", n_cells)
+            per_pos = [
+                exact_patching_per_position(
+                    an, tokens[name][pid], pos_comps, batch_size=spec.batch_size, progress=advance
+                )
+                for pid in chosen
+            ]
+            ptable = PositionTable.from_pairs(per_pos)
+            rows = first.rows("clean")[0].tolist()
+            labels = []
+            for o in ptable.offsets:
+                p = first.prompt_len - 1 + o
+                tok = models[which].tokenizer.decode([rows[p]]) if 0 <= p < len(rows) else ""
+                labels.append(repr(tok)[1:-1][:8])
+            results[name]["per_position"] = {
+                **ptable.to_dict(),
+                "tokens_of_first_pair": labels,
+                "method": "exact, one component at one position",
+            }
+            plot_position_heatmap(
+                results[name]["per_position"]["effects"],
+                ptable.offsets,
+                labels,
+                f"{spec.task} · {name} ({shots}-shot, exact per position, {len(chosen)} pairs)",
+                out_dir / f"positions_{name}.png",
+            )
+            timings[f"{name}_s"] = round(time.time() - t0, 3)
         kill_point(f"circuits:{name}")
 
     rng = np.random.default_rng(spec.seed)
@@ -233,6 +342,8 @@ def run_circuits(
             top_k=spec.top_k,
             share=spec.share,
             n_boot=spec.n_boot,
+            n_splits=spec.n_splits,
+            not_identified=[s for s in (a, b) if not gaps[s].identified],
             rng=rng,
         ).to_dict()
         for a, b in order
@@ -249,6 +360,7 @@ def run_circuits(
         "n_pairs_skipped_unequal_tokens": skipped,
         "metric": "logp(clean answer) - logp(corrupt answer), all answer tokens",
         "effect": "(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
+        "positions": spec.positions,
         "settings": results,
         "shifts": shifts,
     }

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from iclft.analysis.pipeline import N_SPLITS
+
 app = typer.Typer(
     help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
     no_args_is_help=True,
@@ -58,6 +60,21 @@ def circuits_command(
     ),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Patches per forward (exact)."),
+    verify: int = typer.Option(
+        None,
+        "--verify",
+        help="Attribution: re-measure its top N heads/MLPs by exact patching "
+        "(default: twice the circuit size; 0: no check).",
+    ),
+    n_splits: int = typer.Option(
+        N_SPLITS, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
+    ),
+    per_position: str = typer.Option(
+        "",
+        "--per-position",
+        help="Also patch these kinds (resid, mlp; comma-separated) one position at a time "
+        "(exact): positions_<setting>.png.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
@@ -80,6 +97,9 @@ def circuits_command(
         share=share,
         n_boot=n_boot,
         batch_size=batch_size,
+        verify=verify,
+        n_splits=n_splits,
+        per_position=tuple(k.strip() for k in per_position.split(",") if k.strip()),
     ).check()
     check_ft_model(ft_model)
     ensure_writable_dir(output)
@@ -89,13 +109,36 @@ def circuits_command(
         )
     out = Console()
     for name, s in report["settings"].items():
-        out.print(f"{name:>4}: circuit {', '.join(s['circuit'])}")
+        g = s["gap_check"]
+        mark = "" if s["identified"] else "  NOT IDENTIFIED"
+        out.print(
+            f"{name:>4}: gap {g['gap_mean']} [{g['gap_ci_low']}, {g['gap_ci_high']}]{mark}; "
+            f"circuit {', '.join(s['circuit'])}"
+        )
+        if s["attribution_check"]:
+            a, r = s["attribution_check"], s["attribution_check"]["spearman"]
+            out.print(
+                f"      attribution vs exact on its top {a['n_remeasured']}: Spearman "
+                f"{r['value']} [{r['ci_low']}, {r['ci_high']}], top-{a['top_k']} overlap "
+                f"{a['top_k_overlap']}/{a['top_k']}, exact/attribution "
+                f"{a['exact_over_attribution_top_k']}"
+            )
     for sh in report["shifts"]:
-        j, c = sh["jaccard_distance"], sh["cosine_distance"]
+        if sh["status"] != "identified":
+            out.print(
+                f"shift {sh['from']} -> {sh['to']}: not identified "
+                f"({', '.join(sh['not_identified'])})"
+            )
+            continue
+        j, c, f = sh["jaccard_distance"], sh["cosine_distance"], sh["noise_floor"]
+        fj = f["all"]["jaccard_distance"] if f else None
+        fc = f["all"]["cosine_distance"] if f else None
         out.print(
             f"shift {sh['from']} -> {sh['to']}: "
-            f"jaccard {j['value']} [{j['ci_low']}, {j['ci_high']}], "
-            f"1-cos {c['value']} [{c['ci_low']}, {c['ci_high']}]"
+            f"jaccard {j['value']} [{j['ci_low']}, {j['ci_high']}]"
+            + (f" (floor {fj['floor']['value']}, x{fj['shift_over_floor']})" if fj else "")
+            + f", 1-cos {c['value']} [{c['ci_low']}, {c['ci_high']}]"
+            + (f" (floor {fc['floor']['value']}, x{fc['shift_over_floor']})" if fc else "")
         )
     out.print(f"wrote {output / 'circuits.json'}")
 

@@ -372,6 +372,7 @@ class AnalysisSummary:
     relpath: str
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    kind: str = "summary"  # summary | circuits | circuit-shift
 
 
 @dataclass
@@ -590,13 +591,112 @@ def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
         rows = tuple((str(k), s) for k, v in summary.items() if (s := _scalar(v)) is not None)
         if rows:
             out.append(AnalysisSummary(rel, ("quantity", "value"), rows))
+    out += _circuit_tables(obj, rel)
+    return out
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    for k in keys:
+        obj = obj.get(k) if isinstance(obj, Mapping) else None
+    return obj
+
+
+def _ratio(v: Any) -> str:
+    return f"{v:.3g}x" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _circuit_tables(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+    """circuits.json: one row per setting (gap guard, attribution checked against exact) and
+    one per shift (distances beside their split-half noise floor; "not identified" instead of
+    the distances when a setting's gap interval reaches 0)."""
+    out = []
+    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
+    settings = obj.get("settings")
+    if isinstance(settings, Mapping) and settings:
+        rows = []
+        for name, st in settings.items():
+            if not isinstance(st, Mapping):
+                continue
+            g = st.get("gap_check")
+            gap = "–"
+            if isinstance(g, Mapping):
+                gap = _scalar(
+                    {"value": g.get("gap_mean"), "ci_low": g.get("gap_ci_low"),
+                     "ci_high": g.get("gap_ci_high")}
+                ) or "–"  # fmt: skip
+            ident = st.get("identified")
+            status = "–" if ident is None else "identified" if ident else "NOT IDENTIFIED"
+            a = st.get("attribution_check")
+            rho = _scalar(a.get("spearman")) if isinstance(a, Mapping) else None
+            ov = (
+                f"{a.get('top_k_overlap')}/{a.get('top_k')} (of {a.get('n_remeasured')})"
+                if isinstance(a, Mapping)
+                else "–"
+            )
+            scale = (
+                _scalar(a.get("exact_over_attribution_top_k")) if isinstance(a, Mapping) else None
+            )
+            rows.append(
+                (
+                    str(name),
+                    str(st.get("shots", "–")),
+                    gap,
+                    status,
+                    _scalar(st.get("circuit_faithfulness")) or "–",
+                    rho or "–",
+                    ov,
+                    scale or "–",
+                )
+            )
+        if rows:
+            cols = (
+                "setting",
+                "shots",
+                "clean-corrupt gap [95%]",
+                "circuit",
+                "faithfulness",
+                "attribution vs exact: Spearman [95%]",
+                "top-k overlap",
+                "exact / attribution (top-k)",
+            )
+            out.append(AnalysisSummary(f"{rel}: circuits{task}", cols, tuple(rows), "circuits"))
     shifts = obj.get("shifts")
     if isinstance(shifts, list) and shifts and all(isinstance(s, Mapping) for s in shifts):
-        cols = [k for k, v in shifts[0].items() if _scalar(v) is not None]
-        if cols:
-            rows2 = tuple(tuple(_scalar(s.get(c)) or "–" for c in cols) for s in shifts)
-            task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
-            out.append(AnalysisSummary(f"{rel}: circuit shift{task}", tuple(cols), rows2))
+        rows2 = []
+        for sh in shifts:
+            status = sh.get("status", "identified")
+            cells = [f"{sh.get('from', '?')} → {sh.get('to', '?')}"]
+            if status != "identified":
+                why = ", ".join(str(x) for x in sh.get("not_identified") or [])
+                cells.append(f"not identified ({why})" if why else "not identified")
+                cells += ["–"] * 8
+                rows2.append(tuple(cells))
+                continue
+            cells.append("identified")
+            for stat in ("jaccard_distance", "cosine_distance"):
+                f = _get(sh, "noise_floor", "all", stat)
+                cells += [
+                    _scalar(sh.get(stat)) or "–",
+                    _scalar(_get(f, "floor")) or "–",
+                    _ratio(_get(f, "shift_over_floor")),
+                    _ratio(_get(f, "half_shift_over_floor")),
+                ]
+            rows2.append(tuple(cells))
+        cols2 = (
+            "shift",
+            "status",
+            "Jaccard distance [95%]",
+            "split-half floor",
+            "shift / floor",
+            "half-shift / floor",
+            "1 - cos [95%]",
+            "split-half floor",
+            "shift / floor",
+            "half-shift / floor",
+        )
+        out.append(
+            AnalysisSummary(f"{rel}: circuit shift{task}", cols2, tuple(rows2), "circuit-shift")
+        )
     return out
 
 

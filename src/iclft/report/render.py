@@ -37,6 +37,21 @@ class Section:
     note: str | None = None  # why the section is empty
 
 
+CIRCUITS_NOTE = (
+    "Circuit shift is iclft's own definition (the seed paper released no code for it): the "
+    "Jaccard distance between two settings' circuits (top heads and MLPs by |normalised "
+    "patching effect|) and the cosine distance between their effect vectors, on the same "
+    "clean/corrupt pairs. Each shift stands beside its split-half noise floor: the same "
+    "distance between two disjoint random halves of the pairs under one setting (mean over "
+    "splits and both settings), which pair-sampling noise alone produces; 'half-shift / "
+    "floor' compares like with like (each setting on a different half), so a ratio near 1 "
+    "means the shift is not distinguishable from noise. A setting whose clean-corrupt gap "
+    "interval over pairs reaches 0 has no identified circuit, and no shift from or to it is "
+    "reported. Attribution patching is checked by re-measuring its top components with exact "
+    "patching; residual streams are left out of circuits and heat maps (patched at every "
+    "query position they restore the clean run by definition)."
+)
+
 SECTION_TITLES = {
     "shots": "1. Accuracy vs shots",
     "robustness": "2. Robustness: clean vs misleading",
@@ -294,6 +309,8 @@ def build_sections(
         if key == "analysis":
             for a in data.analysis_summaries:
                 sec.tables.append((a.relpath, a.columns, a.rows))
+            if any(a.kind == "circuit-shift" for a in data.analysis_summaries):
+                sec.paragraphs.append(CIRCUITS_NOTE)
             if sec.tables and not sec.figures:
                 sec.note = None
         out.append(sec)
