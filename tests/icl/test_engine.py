@@ -255,3 +255,83 @@ def test_sliding_window_knows_gpt_neo_local_attention():
     assert sliding_window(SimpleNamespace(config=cfg)) == 32
     cfg = GPTNeoConfig(num_layers=2, attention_types=[[["global"], 2]])
     assert sliding_window(SimpleNamespace(config=cfg)) is None
+
+
+def _teacher_forced(model, tok, prompt: str, cont: str) -> float:
+    """Log-probability of ``cont`` after ``prompt`` from one plain forward of the whole text:
+    the tokens after the prompt's encoding, or after the first token that differs from it
+    where the continuation merges with the prompt's last token."""
+    ctx, whole = tok(prompt)["input_ids"], tok(prompt + cont)["input_ids"]
+    start = len(ctx)
+    if len(whole) <= len(ctx) or whole[: len(ctx)] != ctx:
+        start = next((i for i, (a, b) in enumerate(zip(whole, ctx)) if a != b), len(ctx))
+        start = min(start, len(whole) - 1)
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+    return sum(float(logp[t - 1, whole[t]]) for t in range(start, len(whole)))
+
+
+# candidates of one and several tokens (the several-token ones run as branches)
+_CANDS = [" True", " False", " True and False", " not"]
+_LAYOUTS = [
+    (a, lay) for a in ARCHS for lay in ("packed", "padded") if (a, lay) != ("gemma3", "packed")
+]
+
+
+@pytest.mark.parametrize("arch,layout", _LAYOUTS)
+@pytest.mark.parametrize("mode", ["shared", "per-query"])
+def test_shared_query_loglik_equals_whole_sequence_path(
+    arch, layout, mode, tiny_models, tiny_tokenizer
+):
+    """Every candidate scored on one run of its prompt (trunk, then the candidates as branches
+    or as per-candidate extensions of the prompt's cache) equals the path that runs prompt +
+    candidate whole, and a plain teacher-forced forward; the prompt's tokens run once."""
+    model = tiny_models[arch]
+    prompts = _prompts("boolean", shots=(0, 2, 4), n=3, mode=mode)
+    texts, hints = [p.text for p in prompts], [p.prefix for p in prompts]
+    conts = [_CANDS] * len(prompts)
+    eng = Engine(model, tiny_tokenizer, batch_size=5, pack=layout == "packed")
+    got = eng.loglik(texts, conts, hints)
+    ref_eng = Engine(model, tiny_tokenizer, batch_size=5, share_queries=False)
+    ref = ref_eng.loglik(texts, conts, hints)
+    for a, b in zip(got, ref):
+        assert a == pytest.approx(b, abs=1e-4)
+    for t, row in list(zip(texts, got))[::4]:
+        for c, score in zip(_CANDS, row):
+            assert score == pytest.approx(_teacher_forced(model, tiny_tokenizer, t, c), abs=1e-4)
+    ctx_tokens = sum(len(eng.encode(t)) for t in texts)
+    assert eng.stats.loglik_fallbacks == 0
+    assert (eng.stats.packed_batches > 0) == (layout == "packed")
+    # each prompt's tokens are computed at most once (prefix caches cover the shared part) ...
+    assert eng.stats.prefix_tokens + eng.stats.suffix_tokens <= ctx_tokens
+    # ... and only the candidates' tokens before their last run on top
+    n_branch = sum(len(eng.encode(t + c)) - len(eng.encode(t)) - 1 for t in texts for c in _CANDS)
+    assert n_branch > 0 and eng.stats.branch_tokens == n_branch
+    assert ref_eng.stats.suffix_tokens > 2 * eng.stats.suffix_tokens
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loglik_candidates_merging_with_the_prompt_fall_back(arch, tiny_models, tiny_tokenizer):
+    """A candidate whose first token merges with the prompt's last (" Tr" + "ue" encodes as
+    " True") is scored on its own whole sequence, from the first token that differs; its
+    prompt's other candidates still share the prompt's run."""
+    model = tiny_models[arch]
+    prompts = _prompts("boolean", shots=(0, 2), n=2)
+    texts, hints = [p.text + " Tr" for p in prompts], [p.prefix for p in prompts]
+    cands = ["ue", " or True", "ue and False", " True"]
+    eng = Engine(model, tiny_tokenizer, batch_size=4)
+    got = eng.loglik(texts, [cands] * len(texts), hints)
+    merging = [
+        c
+        for c in cands
+        if eng.encode(texts[0] + c)[: len(eng.encode(texts[0]))] != eng.encode(texts[0])
+    ]
+    assert 0 < len(merging) < len(cands)  # both paths are exercised within each prompt
+    assert eng.stats.loglik_fallbacks == len(merging) * len(texts)
+    assert eng.stats.branch_tokens > 0
+    ref = Engine(model, tiny_tokenizer, batch_size=4, share_queries=False)
+    for a, b in zip(got, ref.loglik(texts, [cands] * len(texts), hints)):
+        assert a == pytest.approx(b, abs=1e-4)
+    for t, row in zip(texts, got):
+        for c, score in zip(cands, row):
+            assert score == pytest.approx(_teacher_forced(model, tiny_tokenizer, t, c), abs=1e-4)

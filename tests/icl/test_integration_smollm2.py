@@ -44,3 +44,26 @@ def test_small_eval_matches_plain_generate(smollm2, tmp_path):
             )
         plain = tok.decode(out[0, n:], skip_special_tokens=True)
         assert row["output"] == plain, row["id"]
+
+
+def test_shared_query_loglik_equals_whole_sequences(smollm2):
+    """On the real model and tokenizer, scoring the candidates on one run of each prompt
+    equals running prompt + candidate whole, for one- and several-token candidates."""
+    from iclft.icl.engine import Engine
+    from iclft.icl.prompts import DemoPool, build_prompt
+    from iclft.tasks import get_task
+
+    task = get_task("parity")
+    pool = DemoPool(task, 3, "shared", 2)
+    qs = task.generate("clean", 2, 3) + task.generate("misleading", 2, 3)
+    prompts = [
+        build_prompt(task, q, pool.demos(q, i, k), k) for k in (0, 2) for i, q in enumerate(qs)
+    ]
+    texts, hints = [p.text for p in prompts], [p.prefix for p in prompts]
+    conts = [[" even", " odd", " even, because", " neither"]] * len(texts)
+    model, tok = smollm2.model, smollm2.tokenizer
+    shared = Engine(model, tok, batch_size=4)
+    got = shared.loglik(texts, conts, hints)
+    assert shared.stats.branch_tokens > 0
+    for a, b in zip(got, Engine(model, tok, share_queries=False).loglik(texts, conts, hints)):
+        assert a == pytest.approx(b, abs=1e-4)

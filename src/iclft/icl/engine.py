@@ -29,7 +29,14 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
      length.
 
    Either way every prompt computes what it would alone;
-4. decodes greedily, one token per step for every live prompt, dropping prompts as they
+4. for log-likelihoods, runs each prompt once with its candidates on top: the prompt's last
+   logits score every candidate's first token, and a candidate's further tokens run as a
+   branch (packed: the candidates of a prompt laid after it, a tree mask letting each see
+   the prompt and itself only; padded: the batch cache repeated per candidate and extended
+   by its tokens). A candidate whose encoding merges with the prompt's last token is run on
+   its own whole sequence instead, so the tokens scored are always those of
+   ``encode(prompt + candidate)``;
+5. decodes greedily, one token per step for every live prompt, dropping prompts as they
    finish: an end-of-sequence token, or (``stop="newline"``, the default) a newline *after the
    answer has started* (leading whitespace and newlines are skipped, so a model that answers on
    the next line is read, not scored empty); ``stop="none"`` runs to ``max_new_tokens`` (the
@@ -78,6 +85,8 @@ class EngineStats:
     cache_hits: int = 0
     cache_misses: int = 0
     packed_batches: int = 0  # forwards groups run in the packed layout
+    branch_tokens: int = 0  # candidates' tokens run on top of their shared query (loglik)
+    loglik_fallbacks: int = 0  # candidates merging with their prompt, scored on their own
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -139,7 +148,8 @@ class Engine:
     model allows it: ``sdpa`` or ``eager`` attention, no sliding window, a family in
     ``PACKABLE_MODEL_TYPES``); ``max_pack_tokens`` caps the suffix tokens laid into one packed
     sequence (a pack's attention runs over all its pairs, masked ones included, so it grows with
-    the pack's square).
+    the pack's square). ``share_queries`` (default) scores all candidates of a prompt on one
+    run of it; ``False`` runs prompt + candidate whole for each candidate (the reference path).
     """
 
     def __init__(
@@ -153,6 +163,7 @@ class Engine:
         max_cached_prefixes: int = 32,
         pack: bool | None = None,
         max_pack_tokens: int = 1024,
+        share_queries: bool = True,
     ):
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
@@ -187,6 +198,7 @@ class Engine:
             )
         self.pack = can_pack if pack is None else bool(pack)
         self.max_pack_tokens = max(1, int(max_pack_tokens))
+        self.share_queries = share_queries
         self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         self._encoded: dict[str, list[int]] = {}
         self.stats = EngineStats()
@@ -298,6 +310,15 @@ class Engine:
             cache.update(kv[0], kv[1], layer_idx)
         return cache
 
+    def _packed_cache(self, base: tuple[int, ...]) -> DynamicCache:
+        """A fresh cache holding the stored tensors of prefix ``base``: a forward grows it by
+        concatenation, leaving the stored cache as it was."""
+        cache = self._new_cache()
+        if base:
+            for i, layer in enumerate(self._prefix_cache(base).layers):
+                cache.update(layer.keys, layer.values, i)
+        return cache
+
     def _pack_inputs(self, prefixes: Sequence[tuple[int, ...]], suffixes: Sequence[Sequence[int]]):
         """The packed layout: the cache of the longest prefix (every other prefix of the group
         is a token prefix of it) followed by all suffixes back to back in one sequence.
@@ -307,12 +328,7 @@ class Engine:
         shared prefix), ``plen`` (each row's prefix length) and ``ends`` (index of each row's
         last token in the pack)."""
         base = max(prefixes, key=len)
-        cache = self._new_cache()
-        if base:
-            # A fresh cache holding the stored prefix tensors: the forward grows it by
-            # concatenation, leaving the stored cache as it was.
-            for i, layer in enumerate(self._prefix_cache(base).layers):
-                cache.update(layer.keys, layer.values, i)
+        cache = self._packed_cache(base)
         lens = torch.tensor([len(x) for x in suffixes])
         plen = torch.tensor([len(p) for p in prefixes])
         rows = torch.repeat_interleave(torch.arange(len(suffixes)), lens)
@@ -324,14 +340,25 @@ class Engine:
         self.stats.packed_batches += 1
         return cache, ids, pos, rows, slot_row, plen, starts + lens - 1
 
-    def _pack_mask(self, rows: torch.Tensor, slot_row: torch.Tensor, plen: torch.Tensor):
+    def _pack_mask(
+        self,
+        rows: torch.Tensor,
+        slot_row: torch.Tensor,
+        plen: torch.Tensor,
+        branch: torch.Tensor | None = None,
+        slot_branch: torch.Tensor | None = None,
+    ):
         """4-D mask for queries of ``rows`` occupying the last ``len(rows)`` cache slots: a
         query sees the first ``plen[row]`` slots (its own prefix) and its own row's earlier
-        slots, nothing of the other rows."""
+        slots, nothing of the other rows. With ``branch`` (the branch of each query, -1 for a
+        row's trunk) and ``slot_branch`` (the same per slot), a row is a tree: a branch token
+        sees its row's trunk and its own branch, not the row's other branches."""
         n_kv = len(slot_row)
         q_slot = torch.arange(n_kv - len(rows), n_kv)
         j = torch.arange(n_kv)
         own = (slot_row[None] == rows[:, None]) & (j[None] <= q_slot[:, None])
+        if branch is not None and slot_branch is not None:
+            own &= (slot_branch[None] == -1) | (slot_branch[None] == branch[:, None])
         allowed = ((j[None] < plen[rows][:, None]) | own)[None, None].to(self.device)
         if self._mask_kind == "bool":  # sdpa: True = attend
             return allowed
@@ -346,17 +373,21 @@ class Engine:
         hints: Sequence[Sequence[int] | None],
         keep: Sequence[int],
         extra: int = 0,
+        more: Sequence[int] | None = None,
     ):
         """Assign each item its reusable prefix; yield ``(packed, prefixes, [item indices])``.
 
         ``keep[i]`` is how many trailing tokens of item i must stay in the suffix (at least 1,
-        the position whose logits are needed); ``extra`` is how many tokens may be generated.
+        the position whose logits are needed); ``extra`` is how many tokens may be generated
+        (or run on top of an item); ``more[i]`` counts tokens item i adds to its batch besides
+        its suffix (its candidates' branches), for the batch size caps.
         Items are ordered by prefix (lexicographically, so a prefix comes right before the
         prefixes that extend it: nested shot counts build on each other's caches). Items whose
         prefixes nest with at least one other item's go to packed groups when the engine packs;
         the rest are cut into padded batches. Models with a sliding window batch only identical
         prefixes and, when the window can be reached, identical suffix lengths (padding counts
         against the window)."""
+        more = more or [0] * len(seqs)
         pref = []
         for i, (s, h) in enumerate(zip(seqs, hints)):
             n = max(min(_lcp(s, h), len(s) - keep[i]), 0) if h else 0
@@ -364,15 +395,15 @@ class Engine:
         if self.window is None:
             order = sorted(range(len(seqs)), key=lambda i: (pref[i], len(seqs[i])))
             if not self.pack:
-                yield from ((False, p, b) for p, b in self._cut(order, pref, seqs))
+                yield from ((False, p, b) for p, b in self._cut(order, pref, seqs, more))
                 return
             loose: list[int] = []
             for chain in self._chains(order, pref):
                 if len(chain) > 1:
-                    yield from ((True, p, b) for p, b in self._cut_packed(chain, pref, seqs))
+                    yield from ((True, p, b) for p, b in self._cut_packed(chain, pref, seqs, more))
                 else:
                     loose += chain
-            yield from ((False, p, b) for p, b in self._cut(loose, pref, seqs))
+            yield from ((False, p, b) for p, b in self._cut(loose, pref, seqs, more))
             return
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i, s in enumerate(seqs):
@@ -380,7 +411,7 @@ class Engine:
             groups.setdefault((pref[i], len(s) - len(pref[i]) if exact else -1), []).append(i)
         for key in sorted(groups, key=lambda k: (len(k[0]), k[1])):
             order = sorted(groups[key], key=lambda i: len(seqs[i]))
-            yield from ((False, p, b) for p, b in self._cut(order, pref, seqs))
+            yield from ((False, p, b) for p, b in self._cut(order, pref, seqs, more))
 
     @staticmethod
     def _chains(order: list[int], pref):
@@ -403,12 +434,12 @@ class Engine:
         if chain:
             yield chain
 
-    def _cut_packed(self, order: list[int], pref, seqs):
+    def _cut_packed(self, order: list[int], pref, seqs, more):
         """Packs of at most ``batch_size`` rows and ``max_pack_tokens`` suffix tokens."""
         batch: list[int] = []
         tokens = 0
         for i in order:
-            slen = len(seqs[i]) - len(pref[i])
+            slen = len(seqs[i]) - len(pref[i]) + more[i]
             if batch and (len(batch) >= self.batch_size or tokens + slen > self.max_pack_tokens):
                 yield [pref[j] for j in batch], batch
                 batch, tokens = [], 0
@@ -417,13 +448,13 @@ class Engine:
         if batch:
             yield [pref[j] for j in batch], batch
 
-    def _cut(self, order: list[int], pref, seqs):
+    def _cut(self, order: list[int], pref, seqs, more):
         """Batches of at most ``batch_size`` rows and ``max_batch_tokens`` rows x suffix
         length (the cache, rows x prefix length, is capped at 4x that)."""
         batch: list[int] = []
         longest = widest = 0
         for i in order:
-            slen, plen = len(seqs[i]) - len(pref[i]), len(pref[i])
+            slen, plen = len(seqs[i]) - len(pref[i]) + more[i], len(pref[i])
             n = len(batch) + 1
             if batch and (
                 n > self.batch_size
@@ -545,38 +576,160 @@ class Engine:
         """Total log-probability of each continuation given its prompt (teacher-forced).
 
         Tokenisation follows lm-evaluation-harness: encode ``prompt + continuation`` whole and
-        score the tokens after ``len(encode(prompt))``."""
-        rows: list[tuple[int, int]] = []  # (prompt index, continuation index)
-        seqs: list[list[int]] = []
-        n_cont: list[int] = []
-        hints: list[list[int] | None] = []
+        score the tokens after ``len(encode(prompt))``. Each prompt runs once, with only its
+        candidates' tokens on top (see :meth:`_loglik_shared`); a candidate whose first token
+        merges with the prompt's last (the whole encoding does not start with the prompt's)
+        is scored on its own whole sequence instead, from the first token that differs."""
+        shared: dict[int, list[tuple[int, list[int]]]] = {}  # prompt -> [(cand, tokens)]
+        alone: list[tuple[int, int, list[int], int]] = []  # (prompt, cand, whole, n scored)
+        ctxs: dict[int, list[int]] = {}
         for i, (p, conts) in enumerate(zip(prompts, continuations)):
-            ctx = self.encode(p)
-            h = self.encode(prefixes[i]) if prefixes and prefixes[i] else None
+            ctx = ctxs[i] = self.encode(p)
             for j, c in enumerate(conts):
                 whole = self.encode(p + c)
-                n = len(whole) - len(ctx)
-                if n <= 0 or whole[: len(ctx)] != ctx:  # a merge across the boundary
-                    n = len(whole) - _lcp(whole, ctx)
-                rows.append((i, j))
-                seqs.append(whole)
-                n_cont.append(max(n, 1))
-                hints.append(h)
+                clean = len(whole) > len(ctx) and whole[: len(ctx)] == ctx
+                if clean and self.share_queries:
+                    shared.setdefault(i, []).append((j, whole[len(ctx) :]))
+                    continue
+                self.stats.loglik_fallbacks += not clean
+                n = len(whole) - _lcp(whole, ctx)
+                alone.append((i, j, whole, max(n, 1)))
+        hint = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
         scores: list[list[float]] = [[0.0] * len(c) for c in continuations]
-        done_prompts: set[int] = set()
-        keep = [n + 1 for n in n_cont]
-        for packed, prefixes_, batch in self._plan(seqs, hints, keep):
-            suffixes = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
-            need = [n_cont[r] for r in batch]
-            score = self._score_packed if packed else self._score
-            for r, lp in zip(batch, score(prefixes_, suffixes, need)):
-                i, j = rows[r]
+        done: set[int] = set()
+        for got in self._loglik_shared(shared, ctxs, hint):
+            for i, j, lp in got:
                 scores[i][j] = lp
-            if progress:
-                new = {rows[r][0] for r in batch} - done_prompts
-                done_prompts |= new
+            new = {i for i, _, _ in got} - done
+            done |= new
+            if progress and new:
+                progress(len(new))
+        seqs = [w for _, _, w, _ in alone]
+        need = [n for _, _, _, n in alone]
+        hints = [hint[i] for i, _, _, _ in alone]
+        for packed, prefixes_, batch in self._plan(seqs, hints, [n + 1 for n in need]):
+            suffixes = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
+            score = self._score_packed if packed else self._score
+            for r, lp in zip(batch, score(prefixes_, suffixes, [need[r] for r in batch])):
+                scores[alone[r][0]][alone[r][1]] = lp
+            new = {alone[r][0] for r in batch} - done
+            done |= new
+            if progress and new:
                 progress(len(new))
         return scores
+
+    def _loglik_shared(self, cands: dict[int, list[tuple[int, list[int]]]], ctxs, hint):
+        """Score candidates on one run of their prompt: yield ``[(prompt, cand, logprob)]``
+        per batch.
+
+        ``cands[i]`` lists prompt i's candidates with their tokens (those after the prompt's
+        own encoding). The prompt is the trunk: its last position's logits score every
+        candidate's first token, and a candidate's later tokens run as a branch on top of the
+        trunk's cache (all but the last token, whose logits are not needed), so single-token
+        candidates cost nothing beyond the prompt."""
+        items = list(cands)
+        seqs = [ctxs[i] for i in items]
+        branches = [[t for _, t in cands[i]] for i in items]
+        more = [sum(len(t) - 1 for t in br) for br in branches]
+        extra = max((len(t) - 1 for br in branches for t in br), default=0)
+        hints = [hint[i] for i in items]
+        for packed, prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), extra, more):
+            queries = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
+            run = self._score_tree_packed if packed else self._score_tree
+            got = run(prefixes_, queries, [branches[r] for r in batch])
+            yield [
+                (items[r], cands[items[r]][k][0], lp)
+                for r, row in zip(batch, got)
+                for k, lp in enumerate(row)
+            ]
+
+    def _score_tree(self, prefixes, queries, branches) -> list[list[float]]:
+        """Shared-query scoring in the padded layout: the queries run batched on their prefix
+        caches; the batch cache is then repeated once per multi-token candidate and extended
+        by that candidate's tokens (right-padded, after every real token of its row)."""
+        ids, mask, pos, cache = self._batch_inputs(prefixes, queries)
+        last = self._forward(ids, mask, pos, cache, logits_to_keep=1)[:, -1]
+        lp0 = torch.log_softmax(last.float(), dim=-1)
+        out = [[float(lp0[r, t[0]]) for t in br] for r, br in enumerate(branches)]
+        multi = [(r, k) for r, br in enumerate(branches) for k, t in enumerate(br) if len(t) > 1]
+        if not multi:
+            return out
+        dev = self.device
+        M, T = len(multi), max(len(branches[r][k]) - 1 for r, k in multi)
+        bids = torch.full((M, T), self.pad_id, dtype=torch.long)
+        bmask = torch.zeros((M, T), dtype=torch.long)
+        for m, (r, k) in enumerate(multi):
+            t = branches[r][k][:-1]
+            bids[m, : len(t)] = torch.tensor(t, dtype=torch.long)
+            bmask[m, : len(t)] = 1
+        sel = torch.tensor([r for r, _ in multi], device=dev)
+        cache.batch_select_indices(sel)  # (M, H, slots, d): row r's cache once per candidate
+        bmask = torch.cat([mask[sel], bmask.to(dev)], dim=1)
+        bpos = pos[sel, -1:] + 1 + torch.arange(T, device=dev)[None]
+        logits = self._forward(bids.to(dev), bmask, bpos, cache, logits_to_keep=T)
+        lp = torch.log_softmax(logits.float(), dim=-1)  # (M, T, V)
+        n_real = sum(len(branches[r][k]) - 1 for r, k in multi)
+        self.stats.branch_tokens += n_real
+        self.stats.padded_tokens += M * T - n_real
+        for m, (r, k) in enumerate(multi):
+            t = torch.tensor(branches[r][k][1:], device=dev)
+            out[r][k] += float(lp[m, : len(t)].gather(-1, t[:, None]).sum())
+        return out
+
+    def _score_tree_packed(self, prefixes, queries, branches) -> list[list[float]]:
+        """Shared-query scoring in the packed layout: each row is a tree, its query (trunk)
+        followed by its candidates as branches that see the trunk and themselves only; logits
+        are kept at the trunk's last token and the branches' tokens."""
+        base = max(prefixes, key=len)
+        cache = self._packed_cache(base)
+        ids: list[int] = []
+        pos: list[int] = []
+        rows: list[int] = []
+        branch: list[int] = []
+        at: list[int] = []  # pack positions whose logits are kept
+        where: list[list[list[int]]] = []  # per row, per candidate: indices into ``at``
+        for r, (p, q, brs) in enumerate(zip(prefixes, queries, branches)):
+            n0 = len(p) + len(q)
+            ids += q
+            pos += range(len(p), n0)
+            rows += [r] * len(q)
+            branch += [-1] * len(q)
+            at.append(len(ids) - 1)
+            trunk_end = len(at) - 1
+            where.append([])
+            for k, t in enumerate(brs):
+                inputs = t[:-1]
+                start = len(ids)
+                ids += inputs
+                pos += range(n0, n0 + len(inputs))
+                rows += [r] * len(inputs)
+                branch += [k] * len(inputs)
+                where[r].append([trunk_end, *range(len(at), len(at) + len(inputs))])
+                at += range(start, start + len(inputs))
+        n_query = sum(len(q) for q in queries)
+        self.stats.suffix_tokens += n_query
+        self.stats.branch_tokens += len(ids) - n_query
+        self.stats.packed_batches += 1
+        dev = self.device
+        rows_t, branch_t = torch.tensor(rows), torch.tensor(branch)
+        lead = torch.full((len(base),), -1, dtype=torch.long)
+        plen = torch.tensor([len(p) for p in prefixes])
+        mask = self._pack_mask(
+            rows_t, torch.cat([lead, rows_t]), plen, branch_t, torch.cat([lead, branch_t])
+        )
+        x = torch.tensor([ids], device=dev)
+        logits = self._forward(
+            x, mask, torch.tensor([pos], device=dev), cache, torch.tensor(at, device=dev)
+        )
+        lp = torch.log_softmax(logits[0].float(), dim=-1)  # (len(at), V)
+        out = []
+        for r, brs in enumerate(branches):
+            row = []
+            for k, t in enumerate(brs):
+                idx = torch.tensor(where[r][k], device=dev)
+                row.append(float(lp[idx].gather(-1, torch.tensor(t, device=dev)[:, None]).sum()))
+            out.append(row)
+        return out
 
     def _score(self, prefixes, suffixes, need: list[int]) -> list[float]:
         """Sum of log-probabilities of the last ``need[b]`` tokens of each suffix (batched)."""
