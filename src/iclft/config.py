@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
 
 METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
@@ -130,6 +131,10 @@ class SimilaritySettings(_Strict):
     shots: int = Field(8, gt=0)
     n: int = Field(8, gt=0)
     lr: float = Field(1e-3, gt=0)
+    keys: Literal[KEY_SETS] = "query"  # type: ignore[valid-type]
+    random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
+    untrained: bool = Field(True, description="also measure a randomly initialised model")
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples of the 95% intervals")
 
 
 class AnalysisSettings(_Strict):
