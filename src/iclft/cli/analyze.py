@@ -132,7 +132,12 @@ def similarity_command(
         1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="Evaluation dtype: float32 (default), bfloat16, float16 or auto. GD always runs in "
+        "fp32; a half-precision model rounds small updates away (update_cast in the output).",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
 ) -> None:
     """Compare ICL with gradient descent on the same k demonstrations (vanilla and layer-causal,
