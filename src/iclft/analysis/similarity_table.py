@@ -58,3 +58,20 @@ def controls_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tupl
             if isinstance(per_setting, Mapping):
                 rows.append((mname, label, *(cell(per_setting.get(s)) for s in COLUMNS)))
     return columns, rows
+
+
+def extra_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(quantity, value) rows beside the controls table: accuracy per setting, the size of Dai
+    et al.'s f2t subset per update, what fp32 -> eval-dtype casting kept of each update, and
+    the protocol lines on positions and keys."""
+    rows = [(f"accuracy {s}", cell(st)) for s, st in (report.get("accuracy") or {}).items()]
+    for u, st in (report.get("f2t") or {}).items():
+        if isinstance(st, Mapping):
+            rows.append((f"f2t queries ({u}: ZSL wrong, ICL and FT right)", str(st.get("n"))))
+    for mname, per_update in (report.get("update_cast") or {}).items():
+        for u, c in per_update.items():
+            rows.append((f"bf16/fp16 cast kept of the {mname} {u} update (cosine, norm ratio)",
+                         f"{c.get('cosine')}, {c.get('norm_ratio')}"))  # fmt: skip
+    protocol = report.get("protocol") or {}
+    rows += [(k, str(protocol[k])) for k in ("position", "keys", "interval") if k in protocol]
+    return rows
