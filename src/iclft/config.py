@@ -130,7 +130,10 @@ class SimilaritySettings(_Strict):
     tasks: list[TaskName] | None = None
     shots: int = Field(8, gt=0)
     n: int = Field(8, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] = Field(
+        1e-3, description="one learning rate, or a grid chosen from by held-out accuracy"
+    )
+    heldout: int = Field(16, gt=0, description="held-out queries that choose from an lr grid")
     keys: Literal[KEY_SETS] = "query"  # type: ignore[valid-type]
     random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
     untrained: bool = Field(True, description="also measure a randomly initialised model")

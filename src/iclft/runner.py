@@ -302,7 +302,8 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
 
         c = cfg.analysis.similarity
         spec = SimilaritySpec(
-            task=stage.task, shots=c.shots, n=c.n, lr=c.lr, seed=stage.seed, keys=c.keys,
+            task=stage.task, shots=c.shots, n=c.n, seed=stage.seed, keys=c.keys,
+            lr=tuple(c.lr) if isinstance(c.lr, list) else c.lr, heldout=c.heldout,
             random_draws=c.random_draws, untrained=c.untrained, n_boot=c.n_boot,
         )  # fmt: skip
         out = run_dir / "analysis" / model_slug(stage.model) / "similarity" / stage.task

@@ -13,7 +13,9 @@ from iclft.analysis.similarity import (
     Recordings,
     SimilaritySpec,
     bootstrap_interval,
+    choose_queries,
     dai_uniform,
+    parse_lr,
     random_stat_of,
     rec2ftp_stat,
     run_similarity,
@@ -21,6 +23,7 @@ from iclft.analysis.similarity import (
     stat_of,
     untrained_model,
 )
+from iclft.errors import UserError
 from iclft.finetune.gd import sgd_on_demonstrations
 from iclft.models import LoadedModel, ResolvedModel
 
@@ -173,3 +176,35 @@ def test_stat_and_rec2ftp_intervals():
 def test_seeds_are_distinct_streams():
     assert seed_of(0, 1) == seed_of(0, 1)
     assert len({seed_of(0, 1), seed_of(0, 2), seed_of(1, 1), seed_of(0, 0, 1, 2)}) == 4
+
+
+# ----- the learning rate ---------------------------------------------------------------------
+
+
+def test_lr_grid_is_chosen_on_heldout_queries_and_recorded(
+    tmp_path, tiny_model_factory, tiny_tokenizer
+):
+    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=3)
+    loaded = LoadedModel(
+        model, tiny_tokenizer, ResolvedModel(spec="tiny", kind="local", path=None),
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    common = dict(task="parity", shots=2, n=2, random_draws=1, untrained=False, n_boot=20)
+    grid = SimilaritySpec(lr=(0.5, 1e-3), heldout=3, **common)
+    data = run_similarity(grid, tmp_path / "grid", loaded=loaded)
+    lr = data["lr"]
+    assert lr["grid"] == [0.5, 1e-3] and lr["n_heldout"] == 3
+    assert not set(lr["heldout_ids"]) & set(data["per_query"]["ids"])  # never a test query
+    for u in ("gd", "lcgd"):
+        accs = lr["heldout_accuracy"][u]
+        assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+        best = max(accs)
+        assert lr["chosen"][u] == min(x for x, a in zip(lr["grid"], accs) if a == best)
+    # the test queries are those a single-lr run uses: the held-out ones come after them
+    single, _ = choose_queries(tiny_tokenizer, "parity", shots=2, n=2, seed=0)
+    assert [q.id for q in single] == data["per_query"]["ids"]
+    with pytest.raises(UserError, match="--lr must be"):
+        SimilaritySpec(lr=(0.1, -1.0), **common).check()
+    with pytest.raises(UserError, match="--lr must be"):
+        parse_lr("1e-3,x")
+    assert parse_lr("1e-3,0.01") == (1e-3, 0.01) and parse_lr("0.5") == 0.5

@@ -477,12 +477,18 @@ class SimilaritySpec:
     task: str
     shots: int
     n: int
-    lr: float
+    lr: float | tuple[float, ...]
     seed: int = 0
     keys: str = "query"
     random_draws: int = 5
     untrained: bool = True
     n_boot: int = 1000
+    heldout: int = 16
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        """The learning-rate grid (one value: no selection)."""
+        return tuple(self.lr) if isinstance(self.lr, (tuple, list)) else (self.lr,)
 
     def check(self) -> SimilaritySpec:
         from iclft.tasks import get_task
@@ -495,8 +501,18 @@ class SimilaritySpec:
             )
         if not isinstance(self.n, int) or self.n < 1:
             raise UserError(f"-n must be a positive integer (test queries), got {self.n}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise UserError(f"--lr must be a positive finite number, got {self.lr}")
+        lrs = self.lrs
+        bad = [x for x in lrs if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0]
+        if not lrs or bad:
+            raise UserError(
+                f"--lr must be a positive finite number or a comma-separated grid of them, "
+                f"got {self.lr}"
+            )
+        if len(lrs) > 1 and (not isinstance(self.heldout, int) or self.heldout < 1):
+            raise UserError(
+                f"--heldout must be a positive integer (queries that choose the learning rate), "
+                f"got {self.heldout}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.keys not in KEY_SETS:
@@ -509,6 +525,17 @@ class SimilaritySpec:
         if not isinstance(self.n_boot, int) or self.n_boot < 0:
             raise UserError(f"--bootstrap must be a non-negative integer, got {self.n_boot}")
         return self
+
+
+def parse_lr(text: str) -> float | tuple[float, ...]:
+    """``"1e-3"`` -> 1e-3; ``"1e-4,1e-3"`` -> a grid (checked by :meth:`SimilaritySpec.check`)."""
+    try:
+        values = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise UserError(
+            f"--lr must be a positive finite number or a comma-separated grid of them, got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
 
 
 def seed_of(*keys: int) -> int:
@@ -575,6 +602,7 @@ def measure(
     with_answers: bool,
     track: Track,
     timings: dict[str, float],
+    lrs: Mapping[str, float],
 ) -> Measured:
     """ZSL, ICL, GD, layer-causal GD and their random controls on ``model``; answers (for
     accuracy and Rec2FTP) only for ZSL, ICL and the two updates, and only ``with_answers``."""
@@ -600,10 +628,10 @@ def measure(
     out.rec["zsl"] = observe("zsl", model)
     out.rec["icl"] = observe("icl", model, icl=True)
     for i, u in enumerate(UPDATES):
-        advance = track(f"{label} {u}: SGD on {spec.shots} demonstrations (lr {spec.lr:g})", 1)
+        advance = track(f"{label} {u}: SGD on {spec.shots} demonstrations (lr {lrs[u]:g})", 1)
         t0 = time.time()
         master = sgd_on_demonstrations(
-            model, tok, spec.task, spec.shots, spec.seed, spec.lr, layer_causal=u == "lcgd",
+            model, tok, spec.task, spec.shots, spec.seed, lrs[u], layer_causal=u == "lcgd",
             master=True,
         )  # fmt: skip
         timings[f"{label}_{u}_train_s"] = round(time.time() - t0, 3)
@@ -670,6 +698,42 @@ def f2t_subset(
     return out
 
 
+def choose_lr(
+    model: nn.Module,
+    tok: Any,
+    spec: SimilaritySpec,
+    heldout: Sequence[Query],
+    track: Track,
+) -> dict[str, Any]:
+    """Deutch et al.'s choice of learning rate: for each update (GD, layer-causal GD) and each
+    lr of the grid, the accuracy on held-out queries (not the test queries) of the model after
+    the update; the best wins, ties going to the smaller lr. Returns ``{grid, n_heldout,
+    heldout_ids, heldout_accuracy: {update: [acc per lr]}, chosen: {update: lr}}``."""
+    from iclft.finetune.gd import sgd_on_demonstrations
+
+    accs: dict[str, list[float]] = {}
+    for u in UPDATES:
+        accs[u] = []
+        for lr in spec.lrs:
+            advance = track(f"lr grid {u} {lr:g}: SGD + {len(heldout)} held-out", len(heldout) + 1)
+            new = sgd_on_demonstrations(
+                model, tok, spec.task, spec.shots, spec.seed, lr, layer_causal=u == "lcgd"
+            )
+            advance(1)
+            preds = answers(new, tok, spec.task, heldout, False, advance)
+            accs[u].append(sum(p == q.target for p, q in zip(preds, heldout)) / len(heldout))
+            del new
+    order = sorted(range(len(spec.lrs)), key=lambda j: spec.lrs[j])
+    chosen = {u: spec.lrs[max(order, key=lambda j: (accs[u][j], -spec.lrs[j]))] for u in UPDATES}
+    return {
+        "grid": list(spec.lrs),
+        "n_heldout": len(heldout),
+        "heldout_ids": [q.id for q in heldout],
+        "heldout_accuracy": {u: _nums(a) for u, a in accs.items()},
+        "chosen": chosen,
+    }
+
+
 def run_similarity(
     spec: SimilaritySpec,
     out_dir: Path,
@@ -701,7 +765,11 @@ def run_similarity(
     an = anatomy(base)
     timings["load_s"] = round(time.time() - t0, 3)
 
-    queries, skipped = choose_queries(tok, spec.task, spec.shots, spec.n, spec.seed, spec.keys)
+    n_heldout = spec.heldout if len(spec.lrs) > 1 else 0
+    queries, skipped = choose_queries(
+        tok, spec.task, spec.shots, spec.n + n_heldout, spec.seed, spec.keys
+    )
+    queries, heldout = queries[: spec.n], queries[spec.n :]
     if not queries:
         raise UserError(
             f"no {spec.task} query has instruction/query tokens that align between the ZSL and "
@@ -715,7 +783,13 @@ def run_similarity(
             f"model's context of {limit}; use fewer --shots"
         )
 
-    common = dict(track=track, timings=timings)
+    if n_heldout:
+        t0 = time.time()
+        lr_choice = choose_lr(base, tok, spec, heldout, track)
+        timings["lr_grid_s"] = round(time.time() - t0, 3)
+    else:
+        lr_choice = {"grid": list(spec.lrs), "chosen": {u: spec.lrs[0] for u in UPDATES}}
+    common = dict(track=track, timings=timings, lrs=lr_choice["chosen"])
     measured = {"trained": measure(base, tok, spec, queries, label="trained", stream=0,
                                    with_answers=True, **common)}  # fmt: skip
     if spec.untrained:
@@ -753,6 +827,7 @@ def run_similarity(
         "protocol": protocol(spec),
         "n_queries": len(queries),
         "skipped": skipped,
+        "lr": lr_choice,
         "summary": summary,
         "metrics": metrics,
         "f2t": f2t,
@@ -776,7 +851,9 @@ def run_similarity(
     label = lm.resolved.alias or lm.resolved.spec
     plot_similarity(
         metrics,
-        f"{spec.task} · {label} · {spec.shots} shots · lr {spec.lr:g} · {len(queries)} queries",
+        f"{spec.task} · {label} · {spec.shots} shots · lr "
+        + " / ".join(f"{u} {lr:g}" for u, lr in lr_choice["chosen"].items())
+        + f" · {len(queries)} queries",
         out_dir / "similarity_per_layer.png",
     )
     write_manifest(
@@ -818,7 +895,12 @@ def protocol(spec: SimilaritySpec) -> dict[str, str]:
         "dai_uniform": "Dai et al.'s baseline: cos(h_ICL - h_ZSL, u), u ~ U[0, 1)^D per query and "
         "layer (on h/||h|| for simaou_norm)",
         "untrained": "the same protocol on a randomly initialised model of the same "
-        "architecture (its config's initialisation, seeded), same queries and learning rate",
+        "architecture (its config's initialisation, seeded), same queries and learning rates",
+        "lr": "one learning rate given"
+        if len(spec.lrs) == 1
+        else "per update, the grid value "
+        f"with the best accuracy on {spec.heldout} held-out clean queries after the update "
+        "(ties: the smaller lr), as Deutch et al.; see lr",
         "position": "h and m read at the last prompt token (the one predicting the answer); "
         "DIFFERS from the reference, which reads at the first candidate label token appended "
         "to the prompt",

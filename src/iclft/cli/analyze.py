@@ -112,7 +112,15 @@ def similarity_command(
         8, "--shots", "-k", help="Demonstrations: the ICL prompt's and GD's training data (>= 1)."
     ),
     n: int = typer.Option(8, "-n", "--n", help="Test queries."),
-    lr: float = typer.Option(1e-3, "--lr", help="SGD learning rate of GD and layer-causal GD."),
+    lr: str = typer.Option(
+        "1e-3",
+        "--lr",
+        help="SGD learning rate of GD and layer-causal GD, or a comma-separated grid: each "
+        "update then takes the grid value with the best held-out accuracy after the update.",
+    ),
+    heldout: int = typer.Option(
+        16, "--heldout", help="With an lr grid: held-out queries that choose the lr."
+    ),
     seed: int = typer.Option(
         0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
     ),
@@ -146,12 +154,12 @@ def similarity_command(
     similarity.json, similarity_per_layer.png and manifest.json."""
     from rich.console import Console
 
-    from iclft.analysis.similarity import SimilaritySpec, controls_rows, run_similarity
+    from iclft.analysis.similarity import SimilaritySpec, controls_rows, parse_lr, run_similarity
     from iclft.store import ensure_writable_dir
 
     spec = SimilaritySpec(
-        task=task, shots=shots, n=n, lr=lr, seed=seed, keys=keys, random_draws=random_draws,
-        untrained=untrained, n_boot=n_boot,
+        task=task, shots=shots, n=n, lr=parse_lr(lr), seed=seed, keys=keys,
+        random_draws=random_draws, untrained=untrained, n_boot=n_boot, heldout=heldout,
     ).check()  # fmt: skip
     ensure_writable_dir(output)
     with _progress() as track:
@@ -165,6 +173,10 @@ def similarity_command(
     for row in rows:
         cells = ", ".join(f"{c} {v}" for c, v in zip(columns[2:], row[2:]) if v != "–")
         out.print(f"{row[0]} {row[1]}: {cells}")
+    chosen = report["lr"]["chosen"]
+    if len(report["lr"]["grid"]) > 1:
+        out.print("learning rate chosen on held-out queries: "
+                  + ", ".join(f"{u} {v:g}" for u, v in chosen.items()))  # fmt: skip
     acc = report["accuracy"]
     out.print("accuracy: " + ", ".join(f"{k} {_fmt(v['value'])}" for k, v in acc.items()))
     out.print(f"wrote {output / 'similarity.json'}")
