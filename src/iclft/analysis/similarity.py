@@ -622,7 +622,7 @@ def measure(
         if answer:
             out.preds[name] = answers(m, tok, spec.task, queries, icl, advance)
         timings[f"{label}_{name}_s"] = round(time.time() - t0, 3)
-        kill_point(f"similarity:{name}")
+        kill_point(f"similarity:{name}" if label == "trained" else f"similarity:{label}-{name}")
         return r
 
     out.rec["zsl"] = observe("zsl", model)
