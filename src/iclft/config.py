@@ -8,6 +8,7 @@ nearest allowed one::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
+from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
 from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
 
@@ -139,7 +141,25 @@ class SimilaritySettings(_Strict):
     tasks: list[TaskName] | None = None
     shots: int = Field(8, gt=0)
     n: int = Field(8, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float | list[float] = Field(
+        1e-3, description="one learning rate, or a grid chosen from by held-out accuracy"
+    )
+    heldout: int = Field(16, gt=0, description="held-out queries that choose from an lr grid")
+    keys: Literal[KEY_SETS] = "query"  # type: ignore[valid-type]
+    random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
+    untrained: bool = Field(True, description="also measure a randomly initialised model")
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples of the 95% intervals")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_grid(cls, v: Any) -> Any:
+        if v == []:
+            raise ValueError("must be a positive finite number or a list of them, got []")
+        for x in v if isinstance(v, list) else [v]:
+            ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+            if not ok or not math.isfinite(x) or x <= 0 or abs(x) > FLOAT32_MAX:
+                raise ValueError(f"must be a positive finite number or a list of them, got {v}")
+        return v
 
 
 class AnalysisSettings(_Strict):

@@ -17,7 +17,8 @@ Points (``<key>`` is a runner stage key such as ``m0-s0-ft-kv-train``):
                            steps are on disk; step ``S``'s own is not)
 ``train-save``             the trainer: the final model saved, its manifest not yet written
 ``circuits:<setting>``     circuits: setting ``<setting>`` (base, icl, ft) patched
-``similarity:<setting>``   similarity: setting ``<setting>`` (zsl, icl, gd, random, lcgd) recorded
+``similarity:<setting>``   similarity: setting ``<setting>`` (zsl, icl, gd, random_gd[r], lcgd,
+                           random_lcgd[r]; ``untrained-<setting>`` on the untrained model) recorded
 ``write:<file name>``      any atomic write: data in the temporary file, not yet renamed into place
 ``fetch:<phase>``          the model cache: ``downloaded`` (wheels), ``converted`` (staging holds
                            the model, no marker), ``staged`` (marker written, before the rename)

@@ -323,7 +323,11 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
         from iclft.analysis.similarity import SimilaritySpec, run_similarity
 
         c = cfg.analysis.similarity
-        spec = SimilaritySpec(task=stage.task, shots=c.shots, n=c.n, lr=c.lr, seed=stage.seed)
+        spec = SimilaritySpec(
+            task=stage.task, shots=c.shots, n=c.n, seed=stage.seed, keys=c.keys,
+            lr=tuple(c.lr) if isinstance(c.lr, list) else c.lr, heldout=c.heldout,
+            random_draws=c.random_draws, untrained=c.untrained, n_boot=c.n_boot,
+        )  # fmt: skip
         out = run_dir / "analysis" / model_slug(stage.model) / "similarity" / stage.task
         models.loaded, models.key = None, None
         result = run_similarity(

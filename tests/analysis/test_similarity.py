@@ -1,5 +1,6 @@
-"""ICL vs gradient descent: the metrics' analytic facts, the random-update baseline, key-position
-alignment, and the pipeline end to end on a tiny model (library and CLI)."""
+"""ICL vs gradient descent: the metrics' analytic facts, the random-update baseline, SimAM's key
+positions, fp32 GD under a bf16 model, the controls and intervals, and the pipeline end to end
+on a tiny model (library and CLI)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from typer.testing import CliRunner
 
 from iclft.analysis.similarity import (
     LAYER_METRICS,
+    RANDOM,
     UPDATES,
     Recordings,
     SimilaritySpec,
     choose_queries,
     compare,
-    icl_key_positions,
+    key_positions,
     per_layer,
+    query_start,
     random_update,
     rec2ftp,
     record,
@@ -169,29 +172,89 @@ def test_random_update_matches_gd_norms_in_a_random_direction(arch, tiny_models,
 # ----- key positions -------------------------------------------------------------------------
 
 
+def _with_bos(tokenizer):
+    """The tiny tokenizer, adding a BOS token as Llama's and Gemma's tokenizers do."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    bos = tok.convert_tokens_to_ids("<bos>")
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", bos)]
+    )
+    tok.bos_token = "<bos>"
+    assert tok("Q: 1")["input_ids"][0] == bos
+    return tok
+
+
+@pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize("task", ["expression", "code", "boolean", "relation", "parity"])
-def test_icl_keys_hold_exactly_the_zsl_tokens(task, tiny_tokenizer):
-    queries, skipped = choose_queries(tiny_tokenizer, task, shots=2, n=3, seed=0)
+def test_keys_are_exactly_the_query_tokens(task, bos, tiny_tokenizer):
+    tok = _with_bos(tiny_tokenizer) if bos else tiny_tokenizer
+    queries, skipped = choose_queries(tok, task, shots=2, n=3, seed=0)
     assert len(queries) == 3
     for q in queries:
-        keys = list(q.icl_keys)
-        assert [q.icl_ids[k] for k in keys] == list(q.zsl_ids)
-        assert keys == sorted(set(keys))
-        assert keys[-1] == len(q.icl_ids) - 1  # the last position is a key in both
-        assert len(q.icl_ids) > len(keys)  # demonstration positions were dropped
-        assert q.icl_text.endswith(q.zsl_text[len(q.zsl_prefix) :])
+        z0 = query_start(tok, q.zsl_text, q.zsl_prefix)
+        i0 = query_start(tok, q.icl_text, q.icl_prefix)
+        assert list(q.zsl_keys) == list(range(z0, len(q.zsl_ids)))
+        assert list(q.icl_keys) == list(range(i0, len(q.icl_ids)))
+        assert 0 not in q.zsl_keys and 0 not in q.icl_keys  # never BOS (nor instruction start)
+        assert [q.icl_ids[k] for k in q.icl_keys] == [q.zsl_ids[k] for k in q.zsl_keys]
+        assert q.icl_keys[-1] == len(q.icl_ids) - 1  # the read position is a key in both
+        query = q.zsl_text[len(q.zsl_prefix) :]
+        assert q.icl_text.endswith(query)
+        text = tok.decode([q.zsl_ids[k] for k in q.zsl_keys])
+        # the query's text, plus at most the part of a token merged across the boundary
+        assert text.endswith(query) and len(text) - len(query) <= 2, (text, query)
 
 
-def test_icl_keys_refuse_prompts_whose_query_differs(tiny_tokenizer):
+def test_the_old_key_set_is_a_named_option(tiny_tokenizer):
+    tok = _with_bos(tiny_tokenizer)
+    (q,), _ = choose_queries(tok, "parity", shots=2, n=1, seed=0, keys="instruction+query")
+    assert list(q.zsl_keys) == list(range(len(q.zsl_ids)))  # BOS, instruction and query
+    assert [q.icl_ids[k] for k in q.icl_keys] == list(q.zsl_ids)
+    assert len(q.icl_ids) > len(q.icl_keys)  # demonstration positions dropped
+    with pytest.raises(UserError, match="allowed: instruction\\+query, query"):
+        choose_queries(tok, "parity", shots=2, n=1, seed=0, keys="all")
+    with pytest.raises(UserError, match="SimAM key set"):
+        SimilaritySpec(task="parity", shots=1, n=1, lr=0.1, keys="all").check()
+
+
+def test_keys_refuse_prompts_whose_query_differs(tiny_tokenizer):
     zsl_prefix, icl_prefix = "Say it.\n\n", "Say it.\n\nQ: 1\nA: 1\n\n"
-    ok = icl_key_positions(
+    ok = key_positions(
         tiny_tokenizer, zsl_prefix + "Q: 2\nA:", zsl_prefix, icl_prefix + "Q: 2\nA:", icl_prefix
     )
     assert ok is not None
-    bad = icl_key_positions(
+    zk, ik = ok
+    assert [tiny_tokenizer.decode(x) for x in (zk, ik)] != []
+    bad = key_positions(
         tiny_tokenizer, zsl_prefix + "Q: 2\nA:", zsl_prefix, icl_prefix + "Q: 3\nA:", icl_prefix
     )
     assert bad is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_recorded_scores_are_to_the_query_tokens_only(arch, tiny_models, tiny_tokenizer):
+    """On every family, m holds one score per query token, each the score from the last position
+    to that token, in ZSL and ICL alike (BOS and instruction left out)."""
+    from iclft.analysis.anatomy import anatomy
+    from iclft.analysis.capture import attention_scores
+
+    tok = _with_bos(tiny_tokenizer)
+    an = anatomy(tiny_models[arch])
+    queries, _ = choose_queries(tok, "boolean", shots=2, n=2, seed=0)
+    for icl in (False, True):
+        rec = record(an, queries, icl, lambda n: None)
+        for i, q in enumerate(queries):
+            ids, keys = (q.icl_ids, q.icl_keys) if icl else (q.zsl_ids, q.zsl_keys)
+            n_query = len(ids) - query_start(tok, *((q.icl_text, q.icl_prefix) if icl else
+                                                     (q.zsl_text, q.zsl_prefix)))  # fmt: skip
+            assert rec.m[i].shape == (an.n_layers, an.n_heads, n_query)
+            every = attention_scores(an, slice(None), input_ids=torch.tensor([ids]))[:, 0]
+            torch.testing.assert_close(rec.m[i], every[..., list(keys)])
+            assert min(keys) > 0 and max(keys) == len(ids) - 1
 
 
 # ----- the pipeline --------------------------------------------------------------------------
@@ -203,7 +266,7 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
     from iclft.tasks import get_task
 
     model = tiny_model_factory("llama", len(tiny_tokenizer), seed=3)
-    spec = SimilaritySpec(task="parity", shots=2, n=3, lr=0.05, seed=0)
+    spec = SimilaritySpec(task="parity", shots=2, n=4, lr=0.05, seed=0, random_draws=3, n_boot=200)
     calls = []
     report = run_similarity(
         spec,
@@ -213,34 +276,69 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
     )
     data = json.loads((tmp_path / "similarity.json").read_text())
     assert data == json.loads(json.dumps(report))
-    assert data["n_queries"] == 3
-    s = data["summary"]
-    for name in LAYER_METRICS:
-        for u in UPDATES:
-            assert -1 <= s[f"{name}_{u}"] <= 1
-            prof = data["metrics"][name][u]
-            assert len(prof["per_layer"]) == 2
-            assert abs(prof["mean"] - sum(prof["per_layer"]) / 2) < 1e-5
-    assert -1 <= s["simam_zsl"] <= 1
-    assert all(v is None or 0 <= v <= 1 for k, v in s.items() if k.startswith(("rec2", "acc")))
-    norms = data["update_norms"]
-    assert norms["gd"]["total"] > 0
-    assert abs(norms["random"]["total"] - norms["gd"]["total"]) < 1e-4 * norms["gd"]["total"]
-    assert norms["lcgd"]["total"] != norms["gd"]["total"]
+    assert data["n_queries"] == 4
+    assert set(data["metrics"]) == {"trained", "untrained"}
+    for mname, per_metric in data["metrics"].items():
+        for name in LAYER_METRICS:
+            settings = {*UPDATES, *RANDOM.values()}
+            settings |= {"dai_uniform"} if name.startswith("simaou") else set()
+            settings |= {"zsl"} if name == "simam" else set()
+            assert set(per_metric[name]) == settings
+            for setting, st in per_metric[name].items():
+                assert -1 <= st["ci_low"] <= st["value"] <= st["ci_high"] <= 1, (name, setting)
+                assert len(st["per_layer"]) == 2
+                assert abs(st["value"] - sum(st["per_layer"]) / 2) < 1e-5
+            for u in UPDATES:
+                rnd = per_metric[name][RANDOM[u]]
+                assert len(rnd["draws"]) == 3 and rnd["sd"] > 0  # spread over draws
+                assert rnd["min"] <= rnd["value"] <= rnd["max"]
+                assert abs(rnd["value"] - sum(rnd["draws"]) / 3) < 1e-5
+        s = data["summary"]
+        pre = "" if mname == "trained" else "untrained_"
+        assert (
+            s[f"{pre}simam_delta_random_lcgd"]["value"]
+            == (per_metric["simam_delta"]["random_lcgd"]["value"])
+        )
+    assert set(data["metrics"]["trained"]["rec2ftp"]) == set(UPDATES)
+    assert "rec2ftp" not in data["metrics"]["untrained"]  # no answers on the untrained model
+    # the untrained model's numbers are its own
+    t, u = (data["metrics"][m]["simaou"]["gd"]["value"] for m in ("trained", "untrained"))
+    assert t != u
+    for mname in ("trained", "untrained"):
+        norms = data["update_norms"][mname]
+        for upd in UPDATES:  # each random control matched to its own update's norms
+            assert norms[upd]["total"] > 0
+            assert (
+                abs(norms[RANDOM[upd]]["total"] - norms[upd]["total"]) < 1e-4 * norms[upd]["total"]
+            )
+        assert norms["lcgd"]["total"] != norms["gd"]["total"]
+    assert data["update_cast"] is None  # fp32 model: nothing cast
     assert set(data["per_query"]["correct"]) == {"zsl", "icl", *UPDATES}
-    assert any(d.startswith("lcgd") for d in calls)
+    assert set(data["f2t"]) == set(UPDATES)
+    for u in UPDATES:
+        c = data["per_query"]["correct"]
+        assert data["f2t"][u]["n"] == sum(
+            not a and b and d for a, b, d in zip(c["zsl"], c["icl"], c[u])
+        )
+    assert "DIFFERS" in data["protocol"]["position"]
+    assert any(d.startswith("untrained lcgd") for d in calls)
+    assert sum(d.startswith("trained random_gd[") for d in calls) == 3
     png = tmp_path / "similarity_per_layer.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["command"] == "analyze similarity"
     assert manifest["spec"]["lr"] == 0.05
 
+    # seeded: the same spec gives the same numbers, intervals included
+    again = run_similarity(spec, tmp_path / "again", loaded=_loaded(model, tiny_tokenizer))
+    assert again["metrics"] == data["metrics"]
+
     # the ZSL and ICL answers are the evaluator's (same queries, same demonstrations)
     engine = Engine(model, tiny_tokenizer)
     ev = evaluate_task(
         engine,
         get_task("parity"),
-        EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, scoring="auto"),
+        EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=4, scoring="auto"),
         model_label="tiny",
     )
     for setting, k in (("zsl", 0), ("icl", 2)):
@@ -257,11 +355,16 @@ def test_cli_writes_the_report(tmp_path, monkeypatch, tiny_model_factory, tiny_t
 
     out = tmp_path / "o"
     args = ["analyze", "similarity", "--task", "expression", "-k", "1", "-n", "2"]
+    args += ["--random-draws", "2", "--no-untrained"]
     result = CliRunner().invoke(app, [*args, "--lr", "0.01", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "simaou_norm" in result.output
+    assert "SimAOU_norm" in result.output and "random (LCGD norms)" in result.output
     data = json.loads((out / "similarity.json").read_text())
-    assert data["spec"] == {"task": "expression", "shots": 1, "n": 2, "lr": 0.01, "seed": 0}
+    assert data["spec"] == {
+        "task": "expression", "shots": 1, "n": 2, "lr": 0.01, "seed": 0, "keys": "query",
+        "random_draws": 2, "untrained": False, "n_boot": 1000, "heldout": 16,
+    }  # fmt: skip
+    assert set(data["metrics"]) == {"trained"}
     assert (out / "similarity_per_layer.png").exists()
 
 
@@ -275,6 +378,9 @@ def test_cli_writes_the_report(tmp_path, monkeypatch, tiny_model_factory, tiny_t
         (["--task", "parity", "--lr", "-0.1"], "--lr must be a positive"),
         (["--task", "parity", "--lr", "nan"], "--lr must be a positive"),
         (["--task", "parity", "--seed", "-1"], "--seed must be a non-negative"),
+        (["--task", "parity", "--random-draws", "0"], "--random-draws must be a positive"),
+        (["--task", "parity", "--bootstrap", "-1"], "--bootstrap must be a non-negative"),
+        (["--task", "parity", "--keys", "all"], "unknown SimAM key set"),
     ],
 )
 def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeypatch):
@@ -305,7 +411,7 @@ def test_record_reads_what_the_capture_functions_read(arch, tiny_models, tiny_to
         rec = record(an, queries, icl, lambda n: None)
         for i, q in enumerate(queries):
             ids = torch.tensor([q.icl_ids if icl else q.zsl_ids])
-            keys = list(q.icl_keys) if icl else slice(None)
+            keys = list(q.icl_keys if icl else q.zsl_keys)
             torch.testing.assert_close(rec.h[i], attention_outputs(an, input_ids=ids)[:, 0])
             torch.testing.assert_close(rec.m[i], attention_scores(an, keys, input_ids=ids)[:, 0])
-            assert rec.m[i].shape == (2, 4, len(q.zsl_ids))
+            assert rec.m[i].shape == (2, 4, len(q.zsl_keys))

@@ -159,6 +159,43 @@ def test_in_memory_gd_equals_trainer_demonstrations_mode(tiny_model_dir, tmp_pat
     assert any(not torch.equal(base[n], p.detach()) for n, p in new.named_parameters())
 
 
+def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(
+    tmp_path, tiny_tokenizer, tiny_model_factory
+):
+    """Neither path clips (the reference uses no clipping): with K/V gradient norms ~10, a
+    clipped path (max_grad_norm=1) would move the weights several times less than the other."""
+    from iclft.finetune.data import TokenizedTexts, demonstration_texts
+    from iclft.finetune.gd import sgd_on_demonstrations
+    from iclft.finetune.methods import kv_parameter_names
+    from iclft.models import load_model
+
+    d = tmp_path / "big-init"
+    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=3, initializer_range=1.0)
+    model.save_pretrained(d, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(d)
+    lm = load_model(str(d))
+    kv = set(kv_parameter_names(lm.model))
+    rows = TokenizedTexts(demonstration_texts("boolean", 4, 0), lm.tokenizer, "full", 10_000).rows
+    for r in rows:  # the precondition: every step's gradient norm is far above 1
+        lm.model.zero_grad()
+        ids, labels = torch.tensor([r["input_ids"]]), torch.tensor([r["labels"]])
+        lm.model(input_ids=ids, labels=labels).loss.backward()
+        norm = sum(float(p.grad.pow(2).sum()) for n, p in lm.model.named_parameters() if n in kv)
+        assert norm**0.5 > 5
+    lm.model.zero_grad()
+
+    cfg = _cfg(d, data="demonstrations", shots=4, method="kv", lr=0.01, eval_every=0,
+               loss_on="full")  # fmt: skip
+    run_finetune(cfg, tmp_path / "t", show_progress=False)
+    new = sgd_on_demonstrations(lm.model, lm.tokenizer, "boolean", 4, 0, 0.01)
+    trained, base = _weights(tmp_path / "t"), _weights(d)
+    moved = 0.0
+    for name, p in new.named_parameters():
+        torch.testing.assert_close(p.detach(), trained[name], rtol=1e-4, atol=1e-5)
+        moved += float((p.detach() - base[name]).pow(2).sum())
+    assert moved**0.5 > 0.1  # 4 unclipped steps of lr 0.01 x gradient norm > 5
+
+
 def test_lora_runs_are_reproducible_whatever_ran_before(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, method="lora", steps=2, eval_every=0, lr=1e-2)
     run_finetune(cfg, tmp_path / "a", show_progress=False)

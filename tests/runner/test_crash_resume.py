@@ -62,7 +62,14 @@ def _config(tiny_dir):
         finetune_overrides={},
         analysis={
             "circuits": {"enabled": True, "tasks": ["boolean"], "shots": 1, "n": 2},
-            "similarity": {"enabled": True, "tasks": ["boolean"], "shots": 2, "n": 3, "lr": 1e-2},
+            "similarity": {
+                "enabled": True,
+                "tasks": ["boolean"],
+                "shots": 2,
+                "n": 3,
+                "lr": 1e-2,
+                "random_draws": 2,
+            },
         },
     )
 

@@ -5,14 +5,15 @@ Three settings on the same clean test queries (DESIGN.md):
 * ``zsl``: the base model, instruction + query;
 * ``icl``: the base model, instruction + the k shared demonstrations of the seed + query;
 * FT: the base model after plain SGD on exactly those k demonstrations (batch 1, one epoch in
-  prompt order, loss on all tokens, K/V projections only:
-  :func:`iclft.finetune.gd.sgd_on_demonstrations`), given instruction + query. Three FT
-  updates: ``gd`` (vanilla), ``lcgd`` (layer-causal, same learning rate) and ``random``.
+  prompt order, loss on all tokens, K/V projections only, no clipping, fp32 master weights:
+  :func:`iclft.finetune.gd.sgd_on_demonstrations`), given instruction + query. Two FT updates,
+  ``gd`` (vanilla) and ``lcgd`` (layer-causal, same learning rate), each with its own random
+  control (below).
 
 At the last prompt position we record, in every layer l, the attention output h (the output
-projection's output, before the residual add) and every head's pre-softmax scores m to the K
-key positions of the instruction and the query. In the ICL prompt the demonstration positions
-are dropped, so the K keys hold the same tokens in every setting. With
+projection's output, before the residual add) and every head's pre-softmax scores m to the key
+positions of the *query's own tokens* (the reference's ``attn_map[:, :, -1, c_len:]``: no BOS,
+no instruction, no demonstrations), the same tokens in every setting. With
 cos(a, b) = a·b / (‖a‖ ‖b‖) (0 when either vector is 0):
 
     SimAOU^l      = mean_q cos(h_ICL − h_ZSL, h_FT − h_ZSL)
@@ -22,15 +23,28 @@ cos(a, b) = a·b / (‖a‖ ‖b‖) (0 when either vector is 0):
     SimAM_Δ^l     = mean_q mean_head cos(m_ICL − m_ZSL, m_FT − m_ZSL)
     Rec2FTP       = |(C_ICL ∩ C_FT) \\ C_ZSL| / |C_FT \\ C_ZSL|
 
-Each per-layer metric's single number is its mean over layers. C_s is the set of queries that
-setting s answers right: the task's parser and exact match on greedy generation, or the choice
-with the highest log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise updates
-of norm √3·‖h_ZSL‖ it is 1/4, not 0 (a test checks this), so report it beside SimAOU.
+Each per-layer metric's single number is its mean over layers (= the mean over queries of each
+query's mean over layers, which the 95% bootstrap interval resamples). C_s is the set of queries
+that setting s answers right: the task's parser and exact match on greedy generation, or the
+choice with the highest log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
+updates of norm √3·‖h_ZSL‖ it is 1/4, not 0 (a test checks this), so report it beside SimAOU.
 
-Random-update baseline (``random``): the base model with every parameter tensor θ that vanilla GD
-moved set to θ + ‖Δθ‖ · ε/‖ε‖, where Δθ is GD's update of that tensor and ε ~ N(0, I) restricted
-to the entries GD moved (seeded by the spec's seed). It moves the same K/V parameters by the same
-per-tensor norms as GD, in a random direction; every metric is computed for it exactly as for GD.
+Controls (DESIGN.md):
+
+* ``random_gd`` / ``random_lcgd``: the base model with every parameter tensor θ that the update
+  moved set to θ + ‖Δθ‖ · ε/‖ε‖, ε ~ N(0, I) restricted to the entries the update moved; drawn
+  ``random_draws`` times (seeded), norm-matched to GD and to layer-causal GD separately. Reported:
+  the mean over draws (interval over queries) and the spread (sd, min, max) over draws.
+* ``dai_uniform``: Dai et al.'s baseline as their code computed it, cos(h_ICL − h_ZSL, u) with u
+  uniform on [0, 1)^D (SimAOU and SimAOU_norm only).
+* ``untrained``: every metric again on a randomly initialised model of the same architecture
+  (seeded), Deutch et al.'s control: ICL-GD similarity that an untrained model reaches too says
+  little about the trained one.
+* ``f2t``: Dai et al.'s subset, the queries ZSL gets wrong and both ICL and the update get right.
+
+Where this differs from the reference: h and m are read at the last prompt token (the position
+that predicts the answer); Dai et al.'s code reads them at the first candidate label token
+appended to the prompt, so its keys end with that label token.
 
 Kendall τ (optional in DESIGN.md) is not computed.
 """
@@ -45,14 +59,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from iclft.errors import UserError
+from iclft.analysis.similarity_table import (  # noqa: F401 (re-exported)
+    KEY_SETS,
+    LAYER_METRICS,
+    MODELS,
+    RANDOM,
+    UPDATES,
+    controls_rows,
+)
+from iclft.errors import UnknownNameError, UserError
 
 EPS = 1e-12
-UPDATES = ("gd", "lcgd", "random")  # the FT settings, each compared with ICL
-LAYER_METRICS = ("simaou", "simaou_norm", "simam", "simam_delta")
 MAX_NEW_TOKENS = 10
 Track = Callable[[str, int], Callable[[int], None]]
 """``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
@@ -121,15 +142,124 @@ class Recordings:
     m: tuple[torch.Tensor, ...]
 
 
-def compare(zsl: Recordings, icl: Recordings, ft: Recordings) -> dict[str, torch.Tensor]:
-    """The per-layer metrics ``[L]`` of one FT setting against ICL (module docstring)."""
+def per_query(zsl: Recordings, icl: Recordings, ft: Recordings) -> dict[str, torch.Tensor]:
+    """Each layer metric per query and layer, ``[N, L]`` (heads averaged), of one FT setting
+    against ICL (module docstring)."""
     z, i, f = zsl, icl, ft
+
+    def heads(x: Sequence[torch.Tensor]) -> torch.Tensor:  # N x [L, H] -> [N, L]
+        return torch.stack([v.mean(-1) for v in x])
+
     return {
-        "simaou": per_layer(simaou(z.h, i.h, f.h)),
-        "simaou_norm": per_layer(simaou_norm(z.h, i.h, f.h)),
-        "simam": per_layer([simam(mi, mf) for mi, mf in zip(i.m, f.m)]),
-        "simam_delta": per_layer([simam_delta(mz, mi, mf) for mz, mi, mf in zip(z.m, i.m, f.m)]),
+        "simaou": simaou(z.h, i.h, f.h),
+        "simaou_norm": simaou_norm(z.h, i.h, f.h),
+        "simam": heads([simam(mi, mf) for mi, mf in zip(i.m, f.m)]),
+        "simam_delta": heads([simam_delta(mz, mi, mf) for mz, mi, mf in zip(z.m, i.m, f.m)]),
     }
+
+
+def compare(zsl: Recordings, icl: Recordings, ft: Recordings) -> dict[str, torch.Tensor]:
+    """The per-layer metrics ``[L]`` of one FT setting against ICL: :func:`per_query` averaged
+    over the queries."""
+    return {k: v.mean(0) for k, v in per_query(zsl, icl, ft).items()}
+
+
+def zsl_simam(zsl: Recordings, icl: Recordings) -> torch.Tensor:
+    """ZSL SimAM per query and layer ``[N, L]``: cos(m_ICL, m_ZSL), heads averaged."""
+    return torch.stack([simam(mi, mz).mean(-1) for mi, mz in zip(icl.m, zsl.m)])
+
+
+def dai_uniform(
+    zsl: Recordings, icl: Recordings, rng: np.random.Generator, normalise: bool
+) -> torch.Tensor:
+    """Dai et al.'s random baseline ``[N, L]``: cos(h_ICL − h_ZSL, u), u ~ U[0, 1)^D drawn per
+    query and layer (``normalise``: every h / ‖h‖ first, as for SimAOU_norm)."""
+    hz, hi = (unit(zsl.h), unit(icl.h)) if normalise else (zsl.h, icl.h)
+    u = torch.from_numpy(rng.random(tuple(hz.shape)))
+    return cos(hi - hz, u)
+
+
+# ----------------------------------------------------------------------------------------------
+# Uncertainty: bootstrap over queries (and over demonstration sets, when several are drawn)
+
+
+def bootstrap_interval(
+    stat: Callable[..., np.ndarray],
+    arrays: Sequence[np.ndarray],
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
+) -> tuple[float | None, float | None]:
+    """Percentile interval of ``stat`` under a two-level bootstrap: each array is ``[S, N]``
+    (S demonstration sets, N queries per set); resample S sets with replacement, then N queries
+    with replacement within each drawn set. ``stat`` maps the resampled arrays, each
+    ``[n_boot, S * N]``, to ``[n_boot]`` (NaN where undefined; those draws are left out). With
+    S = 1 this is the ordinary bootstrap over queries. ``(None, None)`` when nothing is left."""
+    if n_boot == 0:
+        return (None, None)
+    arrays = [np.asarray(a, dtype=float) for a in arrays]
+    S, N = arrays[0].shape
+    sets = rng.integers(0, S, size=(n_boot, S, 1))  # [B, S, 1]
+    items = rng.integers(0, N, size=(n_boot, S, N))  # [B, S, N]
+    values = np.asarray(stat(*(a[sets, items].reshape(n_boot, S * N) for a in arrays)))
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (None, None)
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return (float(lo), float(hi))
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=-1)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    d = den.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, num.sum(axis=-1) / np.where(d > 0, d, 1), np.nan)
+
+
+def stat_of(values: torch.Tensor, *, n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """``{value, ci_low, ci_high, per_layer}`` of a metric given per query and layer ``[N, L]``:
+    value = mean over queries and layers; interval over queries; per-layer means."""
+    v = values.double().numpy()
+    lo, hi = bootstrap_interval(_mean, [v.mean(1)[None]], n_boot=n_boot, rng=rng)
+    return {"value": _num(v.mean()), "ci_low": _num(lo), "ci_high": _num(hi),
+            "per_layer": _nums(v.mean(0).tolist())}  # fmt: skip
+
+
+def random_stat_of(
+    draws: Sequence[torch.Tensor], *, n_boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """The random control over R draws (each ``[N, L]``): :func:`stat_of` of the mean over draws,
+    plus each draw's value and their spread (sd with ddof 1, min, max)."""
+    out = stat_of(torch.stack(list(draws)).mean(0), n_boot=n_boot, rng=rng)
+    per_draw = np.array([float(d.double().mean()) for d in draws])
+    out["draws"] = _nums(per_draw.tolist())
+    out["sd"] = _num(per_draw.std(ddof=1)) if len(per_draw) > 1 else None
+    out["min"], out["max"] = _num(per_draw.min()), _num(per_draw.max())
+    return out
+
+
+def rec2ftp_stat(
+    c_zsl: Sequence[bool], c_icl: Sequence[bool], c_ft: Sequence[bool], *, n_boot: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:  # fmt: skip
+    """Rec2FTP from per-query correctness, with its bootstrap interval over queries."""
+    z, i, f = (np.asarray(c, dtype=bool) for c in (c_zsl, c_icl, c_ft))
+    num, den = (i & f & ~z).astype(float)[None], (f & ~z).astype(float)[None]
+    value = _ratio(num, den)[0]
+    lo, hi = bootstrap_interval(_ratio, [num, den], n_boot=n_boot, rng=rng)
+    return {"value": _num(value), "ci_low": _num(lo), "ci_high": _num(hi),
+            "n_ft_new": int(den.sum())}  # fmt: skip
+
+
+def accuracy_stat(correct: Sequence[bool], *, n_boot: int, rng: np.random.Generator) -> dict:
+    """Accuracy with its bootstrap interval over queries."""
+    c = np.asarray(correct, dtype=float)[None]
+    lo, hi = bootstrap_interval(_mean, [c], n_boot=n_boot, rng=rng)
+    return {"value": _num(c.mean()), "ci_low": _num(lo), "ci_high": _num(hi)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,12 +274,12 @@ def random_update(base: nn.Module, updated: nn.Module, seed: int) -> nn.Module:
     new = copy.deepcopy(base)
     moved = dict(updated.named_parameters())
     for name, p in new.named_parameters():
-        delta = moved[name].detach() - p
+        delta = moved[name].detach().float() - p.float()
         support = delta != 0
         if not support.any():
             continue
-        eps = torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * support
-        p += delta.norm() * eps / eps.norm()
+        eps = torch.randn(p.shape, generator=gen).to(p.device) * support
+        p.copy_(p.float() + delta.float().norm() * eps / eps.norm())
     for p in new.parameters():
         p.requires_grad_(False)
     return new
@@ -191,23 +321,36 @@ def query_start(tokenizer: Any, text: str, prefix: str) -> int:
     return _lcp(_encode(tokenizer, text), _encode(tokenizer, prefix))
 
 
-def icl_key_positions(
-    tokenizer: Any, zsl_text: str, zsl_prefix: str, icl_text: str, icl_prefix: str
-) -> list[int] | None:
-    """Positions in the ICL prompt of the ZSL prompt's tokens (instruction + query), the
-    demonstrations dropped; ``None`` when the tokens there differ from the ZSL prompt's."""
+def key_positions(
+    tokenizer: Any,
+    zsl_text: str,
+    zsl_prefix: str,
+    icl_text: str,
+    icl_prefix: str,
+    keys: str = "query",
+) -> tuple[list[int], list[int]] | None:
+    """SimAM's key positions in the ZSL and the ICL prompt, holding the same tokens in both;
+    ``None`` when those tokens differ between the prompts.
+
+    ``query``: the query's own tokens (the reference's ``c_len:``; no BOS, no instruction, no
+    demonstrations). ``instruction+query``: every ZSL token (BOS and instruction too) and the
+    same tokens in the ICL prompt, demonstrations dropped (iclft's earlier key set: with rotary
+    positions ICL moves the instruction's scores merely by moving the query further away)."""
     z, i = _encode(tokenizer, zsl_text), _encode(tokenizer, icl_text)
     a = query_start(tokenizer, zsl_text, zsl_prefix)  # instruction tokens: z[:a]
     b = query_start(tokenizer, icl_text, icl_prefix)  # query tokens: i[b:]
-    keys = [*range(a), *range(b, len(i))]
-    if b < a or a >= len(z) or [i[p] for p in keys] != z:
+    if b < a or a >= len(z) or z[a:] != i[b:] or z[:a] != i[:a]:
         return None
-    return keys
+    if keys == "query":
+        return list(range(a, len(z))), list(range(b, len(i)))
+    if keys == "instruction+query":
+        return list(range(len(z))), [*range(a), *range(b, len(i))]
+    raise UnknownNameError("SimAM key set", keys, KEY_SETS)
 
 
 @dataclass(frozen=True)
 class Query:
-    """One test query with its two prompts and where the ZSL tokens sit in the ICL prompt."""
+    """One test query with its two prompts and SimAM's key positions in each."""
 
     id: str
     target: str
@@ -217,11 +360,12 @@ class Query:
     icl_prefix: str
     zsl_ids: tuple[int, ...]
     icl_ids: tuple[int, ...]
+    zsl_keys: tuple[int, ...]
     icl_keys: tuple[int, ...]
 
 
 def choose_queries(
-    tokenizer: Any, task_name: str, shots: int, n: int, seed: int
+    tokenizer: Any, task_name: str, shots: int, n: int, seed: int, keys: str = "query"
 ) -> tuple[list[Query], list[dict[str, str]]]:
     """The first ``n`` clean queries of ``seed`` whose instruction and query tokens align in the
     ZSL and ICL prompts, and ``[{id, reason}]`` for the ones skipped on the way."""
@@ -239,8 +383,8 @@ def choose_queries(
             skipped.append({"id": q.id, "reason": "the query is one of the demonstrations"})
             continue
         zsl, icl = build_prompt(task, q, [], 0), build_prompt(task, q, demos, shots)
-        keys = icl_key_positions(tokenizer, zsl.text, zsl.prefix, icl.text, icl.prefix)
-        if keys is None:
+        pos = key_positions(tokenizer, zsl.text, zsl.prefix, icl.text, icl.prefix, keys)
+        if pos is None:
             skipped.append(
                 {"id": q.id, "reason": "instruction/query tokens differ between ZSL and ICL"}
             )
@@ -255,7 +399,8 @@ def choose_queries(
                 icl_prefix=icl.prefix,
                 zsl_ids=tuple(_encode(tokenizer, zsl.text)),
                 icl_ids=tuple(_encode(tokenizer, icl.text)),
-                icl_keys=tuple(keys),
+                zsl_keys=tuple(pos[0]),
+                icl_keys=tuple(pos[1]),
             )
         )
     return chosen, skipped
@@ -269,7 +414,7 @@ def record(
     anatomy: Any, queries: Sequence[Query], icl: bool, advance: Callable[[int], None]
 ) -> Recordings:
     """h ``[L, D]`` and m ``[L, H, K]`` at the last position of each query's prompt (the ICL
-    prompt if ``icl``, keys = instruction + query tokens; else the ZSL prompt, keys = all).
+    prompt if ``icl``, else the ZSL prompt; keys: the query's key positions in that prompt).
 
     One forward per query: :func:`~iclft.analysis.capture.capture_qk` runs it, with hooks on the
     attention outputs (what :func:`~iclft.analysis.capture.attention_outputs` reads) around it;
@@ -287,7 +432,7 @@ def record(
     hs, ms = [], []
     for q in queries:
         ids = torch.tensor([q.icl_ids if icl else q.zsl_ids], device=device)
-        keys = list(q.icl_keys) if icl else slice(None)
+        keys = list(q.icl_keys if icl else q.zsl_keys)
         with anatomy.hooks({Site(layer, "attn"): keep(layer) for layer in layers}):
             qk = capture_qk(anatomy, input_ids=ids, use_cache=False, logits_to_keep=1)
         hs.append(torch.stack([out[layer] for layer in layers]).float().cpu())
@@ -332,8 +477,18 @@ class SimilaritySpec:
     task: str
     shots: int
     n: int
-    lr: float
+    lr: float | tuple[float, ...]
     seed: int = 0
+    keys: str = "query"
+    random_draws: int = 5
+    untrained: bool = True
+    n_boot: int = 1000
+    heldout: int = 16
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        """The learning-rate grid (one value: no selection)."""
+        return tuple(self.lr) if isinstance(self.lr, (tuple, list)) else (self.lr,)
 
     def check(self) -> SimilaritySpec:
         from iclft.tasks import get_task
@@ -346,11 +501,237 @@ class SimilaritySpec:
             )
         if not isinstance(self.n, int) or self.n < 1:
             raise UserError(f"-n must be a positive integer (test queries), got {self.n}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise UserError(f"--lr must be a positive finite number, got {self.lr}")
+        lrs = self.lrs
+        bad = [x for x in lrs if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0]
+        if not lrs or bad:
+            raise UserError(
+                f"--lr must be a positive finite number or a comma-separated grid of them, "
+                f"got {self.lr}"
+            )
+        if len(lrs) > 1 and (not isinstance(self.heldout, int) or self.heldout < 1):
+            raise UserError(
+                f"--heldout must be a positive integer (queries that choose the learning rate), "
+                f"got {self.heldout}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.keys not in KEY_SETS:
+            raise UnknownNameError("SimAM key set (--keys)", self.keys, KEY_SETS)
+        if not isinstance(self.random_draws, int) or self.random_draws < 1:
+            raise UserError(
+                f"--random-draws must be a positive integer (draws of the random update), "
+                f"got {self.random_draws}"
+            )
+        if not isinstance(self.n_boot, int) or self.n_boot < 0:
+            raise UserError(f"--bootstrap must be a non-negative integer, got {self.n_boot}")
         return self
+
+
+def parse_lr(text: str) -> float | tuple[float, ...]:
+    """``"1e-3"`` -> 1e-3; ``"1e-4,1e-3"`` -> a grid (checked by :meth:`SimilaritySpec.check`)."""
+    try:
+        values = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise UserError(
+            f"--lr must be a positive finite number or a comma-separated grid of them, got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def seed_of(*keys: int) -> int:
+    """A 63-bit seed derived from ``keys`` (numpy's SeedSequence), one per random stream."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def untrained_model(model: nn.Module, seed: int) -> nn.Module:
+    """A randomly initialised model of ``model``'s architecture (its config's own
+    initialisation, from ``seed``), on ``model``'s device and in its dtype, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    p = next(model.parameters())
+    cfg = copy.deepcopy(model.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    new = new.to(p.device, p.dtype).eval()
+    for q in new.parameters():
+        q.requires_grad_(False)
+    return new
+
+
+@dataclass
+class Measured:
+    """Everything recorded on one model (trained or untrained): recordings per setting (each
+    random control a list of draws), answers where computed, update norms, cast diagnostics."""
+
+    rec: dict[str, Recordings]
+    draws: dict[str, list[Recordings]]
+    preds: dict[str, list[str | None]]
+    norms: dict[str, Any]
+    cast: dict[str, Any]
+
+
+@torch.no_grad()
+def _cast_check(base: nn.Module, master: nn.Module, cast: nn.Module) -> dict[str, float | None]:
+    """How much of the fp32 update survives the cast to the evaluation dtype: cosine and norm
+    ratio of Δ_cast to Δ_fp32 over every parameter (1 and 1 in fp32)."""
+    dot = nm = nc = 0.0
+    for p, m, c in zip(base.parameters(), master.parameters(), cast.parameters()):
+        dm, dc = (m.double() - p.double()), (c.double() - p.double())
+        dot, nm, nc = (
+            dot + float((dm * dc).sum()),
+            nm + float(dm.pow(2).sum()),
+            nc + float(dc.pow(2).sum()),
+        )
+    if nm == 0:
+        return {"cosine": None, "norm_ratio": None}
+    return {
+        "cosine": _num(dot / math.sqrt(nm * max(nc, EPS))),
+        "norm_ratio": _num(math.sqrt(nc / nm)),
+    }
+
+
+def measure(
+    model: nn.Module,
+    tok: Any,
+    spec: SimilaritySpec,
+    queries: Sequence[Query],
+    *,
+    label: str,
+    stream: int,
+    with_answers: bool,
+    track: Track,
+    timings: dict[str, float],
+    lrs: Mapping[str, float],
+) -> Measured:
+    """ZSL, ICL, GD, layer-causal GD and their random controls on ``model``; answers (for
+    accuracy and Rec2FTP) only for ZSL, ICL and the two updates, and only ``with_answers``."""
+    from iclft.analysis.anatomy import anatomy
+    from iclft.faults import kill_point
+    from iclft.finetune.gd import cast_like, sgd_on_demonstrations
+
+    an = anatomy(model)
+    out = Measured({}, {}, {}, {}, {})
+
+    def observe(name: str, m: nn.Module, icl: bool = False, answer: bool = True) -> Recordings:
+        t0 = time.time()
+        answer = answer and with_answers
+        total = (2 if answer else 1) * len(queries)
+        advance = track(f"{label} {name}: {len(queries)} queries", total)
+        r = record(anatomy(m), queries, icl, advance)
+        if answer:
+            out.preds[name] = answers(m, tok, spec.task, queries, icl, advance)
+        timings[f"{label}_{name}_s"] = round(time.time() - t0, 3)
+        kill_point(f"similarity:{name}" if label == "trained" else f"similarity:{label}-{name}")
+        return r
+
+    out.rec["zsl"] = observe("zsl", model)
+    out.rec["icl"] = observe("icl", model, icl=True)
+    for i, u in enumerate(UPDATES):
+        advance = track(f"{label} {u}: SGD on {spec.shots} demonstrations (lr {lrs[u]:g})", 1)
+        t0 = time.time()
+        master = sgd_on_demonstrations(
+            model, tok, spec.task, spec.shots, spec.seed, lrs[u], layer_causal=u == "lcgd",
+            master=True,
+        )  # fmt: skip
+        timings[f"{label}_{u}_train_s"] = round(time.time() - t0, 3)
+        advance(1)
+        if next(model.parameters()).dtype != torch.float32:
+            cast = cast_like(copy.deepcopy(master), model)
+            out.cast[u] = _cast_check(model, master, cast)
+        else:
+            cast = master
+        del master
+        out.norms[u] = update_norms(an.blocks, anatomy(cast).blocks)
+        out.rec[u] = observe(u, cast)
+        rname, draws, rnorms = RANDOM[u], [], []
+        for r in range(spec.random_draws):
+            rand = random_update(model, cast, seed_of(spec.seed, stream, i, r))
+            rnorms.append(update_norms(an.blocks, anatomy(rand).blocks))
+            draws.append(observe(f"{rname}[{r}]", rand, answer=False))
+            del rand
+        out.draws[rname] = draws
+        out.norms[rname] = rnorms[0]
+        del cast
+    return out
+
+
+def summarise(
+    m: Measured, spec: SimilaritySpec, rng: np.random.Generator
+) -> dict[str, dict[str, Any]]:
+    """``metric -> setting -> stat`` for one model (module docstring; stats from
+    :func:`stat_of` and :func:`random_stat_of`)."""
+    kw = dict(n_boot=spec.n_boot, rng=rng)
+    z, i = m.rec["zsl"], m.rec["icl"]
+    out: dict[str, dict[str, Any]] = {name: {} for name in LAYER_METRICS}
+    for u in UPDATES:
+        for name, v in per_query(z, i, m.rec[u]).items():
+            out[name][u] = stat_of(v, **kw)
+        rname = RANDOM[u]
+        per_draw = [per_query(z, i, d) for d in m.draws[rname]]
+        for name in LAYER_METRICS:
+            out[name][rname] = random_stat_of([d[name] for d in per_draw], **kw)
+    dai = np.random.default_rng(seed_of(spec.seed, 99))
+    out["simaou"]["dai_uniform"] = stat_of(dai_uniform(z, i, dai, normalise=False), **kw)
+    out["simaou_norm"]["dai_uniform"] = stat_of(dai_uniform(z, i, dai, normalise=True), **kw)
+    out["simam"]["zsl"] = stat_of(zsl_simam(z, i), **kw)
+    return out
+
+
+def f2t_subset(
+    m: Measured, correct: Mapping[str, Sequence[bool]], spec: SimilaritySpec,
+    rng: np.random.Generator,
+) -> dict[str, Any]:  # fmt: skip
+    """Dai et al.'s subset per update: the queries ZSL gets wrong and both ICL and the update
+    get right; every layer metric on that subset (``None`` when it is empty)."""
+    out: dict[str, Any] = {}
+    z, i = m.rec["zsl"], m.rec["icl"]
+    for u in UPDATES:
+        keep = [not a and b and c for a, b, c in zip(correct["zsl"], correct["icl"], correct[u])]
+        idx = [k for k, ok in enumerate(keep) if ok]
+        row: dict[str, Any] = {"n": len(idx)}
+        if idx:
+            vals = per_query(z, i, m.rec[u])
+            for name in LAYER_METRICS:
+                row[name] = stat_of(vals[name][idx], n_boot=spec.n_boot, rng=rng)
+        out[u] = row
+    return out
+
+
+def choose_lr(
+    model: nn.Module,
+    tok: Any,
+    spec: SimilaritySpec,
+    heldout: Sequence[Query],
+    track: Track,
+) -> dict[str, Any]:
+    """Deutch et al.'s choice of learning rate: for each update (GD, layer-causal GD) and each
+    lr of the grid, the accuracy on held-out queries (not the test queries) of the model after
+    the update; the best wins, ties going to the smaller lr. Returns ``{grid, n_heldout,
+    heldout_ids, heldout_accuracy: {update: [acc per lr]}, chosen: {update: lr}}``."""
+    from iclft.finetune.gd import sgd_on_demonstrations
+
+    accs: dict[str, list[float]] = {}
+    for u in UPDATES:
+        accs[u] = []
+        for lr in spec.lrs:
+            advance = track(f"lr grid {u} {lr:g}: SGD + {len(heldout)} held-out", len(heldout) + 1)
+            new = sgd_on_demonstrations(
+                model, tok, spec.task, spec.shots, spec.seed, lr, layer_causal=u == "lcgd"
+            )
+            advance(1)
+            preds = answers(new, tok, spec.task, heldout, False, advance)
+            accs[u].append(sum(p == q.target for p, q in zip(preds, heldout)) / len(heldout))
+            del new
+    order = sorted(range(len(spec.lrs)), key=lambda j: spec.lrs[j])
+    chosen = {u: spec.lrs[max(order, key=lambda j: (accs[u][j], -spec.lrs[j]))] for u in UPDATES}
+    return {
+        "grid": list(spec.lrs),
+        "n_heldout": len(heldout),
+        "heldout_ids": [q.id for q in heldout],
+        "heldout_accuracy": {u: _nums(a) for u, a in accs.items()},
+        "chosen": chosen,
+    }
 
 
 def run_similarity(
@@ -363,12 +744,11 @@ def run_similarity(
     track: Track | None = None,
     loaded: Any = None,
 ) -> dict[str, Any]:
-    """Record ZSL, ICL, GD, layer-causal GD and random-update settings, compute the metrics and
-    write ``out_dir/{similarity.json, similarity_per_layer.png, manifest.json}``; returns the
-    similarity.json content. ``loaded`` may be an already loaded ``LoadedModel`` (tests)."""
+    """Record ZSL, ICL, GD, layer-causal GD and the controls (random updates, and the untrained
+    model), compute the metrics with intervals and write ``out_dir/{similarity.json,
+    similarity_per_layer.png, manifest.json}``; returns the similarity.json content. ``loaded``
+    may be an already loaded ``LoadedModel`` (tests)."""
     from iclft.analysis.anatomy import anatomy
-    from iclft.faults import kill_point
-    from iclft.finetune.gd import sgd_on_demonstrations
     from iclft.icl.engine import context_limit
     from iclft.models import load_model
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
@@ -385,7 +765,11 @@ def run_similarity(
     an = anatomy(base)
     timings["load_s"] = round(time.time() - t0, 3)
 
-    queries, skipped = choose_queries(tok, spec.task, spec.shots, spec.n, spec.seed)
+    n_heldout = spec.heldout if len(spec.lrs) > 1 else 0
+    queries, skipped = choose_queries(
+        tok, spec.task, spec.shots, spec.n + n_heldout, spec.seed, spec.keys
+    )
+    queries, heldout = queries[: spec.n], queries[spec.n :]
     if not queries:
         raise UserError(
             f"no {spec.task} query has instruction/query tokens that align between the ZSL and "
@@ -399,91 +783,67 @@ def run_similarity(
             f"model's context of {limit}; use fewer --shots"
         )
 
-    rec: dict[str, Recordings] = {}
-    preds: dict[str, list[str | None]] = {}
-    norms: dict[str, list[float]] = {}
-
-    def observe(name: str, m: nn.Module, icl: bool = False) -> None:
+    if n_heldout:
         t0 = time.time()
-        advance = track(f"{name}: capture and answer {len(queries)} queries", 2 * len(queries))
-        rec[name] = record(anatomy(m), queries, icl, advance)
-        preds[name] = answers(m, tok, spec.task, queries, icl, advance)
-        timings[f"{name}_s"] = round(time.time() - t0, 3)
-        kill_point(f"similarity:{name}")
+        lr_choice = choose_lr(base, tok, spec, heldout, track)
+        timings["lr_grid_s"] = round(time.time() - t0, 3)
+    else:
+        lr_choice = {"grid": list(spec.lrs), "chosen": {u: spec.lrs[0] for u in UPDATES}}
+    common = dict(track=track, timings=timings, lrs=lr_choice["chosen"])
+    measured = {"trained": measure(base, tok, spec, queries, label="trained", stream=0,
+                                   with_answers=True, **common)}  # fmt: skip
+    if spec.untrained:
+        rand_model = untrained_model(base, seed_of(spec.seed, 1))
+        measured["untrained"] = measure(rand_model, tok, spec, queries, label="untrained",
+                                        stream=1, with_answers=False, **common)  # fmt: skip
+        del rand_model
 
-    def descend(layer_causal: bool) -> nn.Module:
-        name = "lcgd" if layer_causal else "gd"
-        advance = track(f"{name}: SGD on {spec.shots} demonstrations (lr {spec.lr:g})", 1)
-        t0 = time.time()
-        new = sgd_on_demonstrations(
-            base, tok, spec.task, spec.shots, spec.seed, spec.lr, layer_causal=layer_causal
-        )
-        timings[f"{name}_train_s"] = round(time.time() - t0, 3)
-        norms[name] = update_norms(an.blocks, anatomy(new).blocks)
-        advance(1)
-        return new
-
-    observe("zsl", base)
-    observe("icl", base, icl=True)
-    gd = descend(layer_causal=False)
-    observe("gd", gd)
-    rand = random_update(base, gd, spec.seed)
-    norms["random"] = update_norms(an.blocks, anatomy(rand).blocks)
-    del gd
-    observe("random", rand)
-    del rand
-    lcgd = descend(layer_causal=True)
-    observe("lcgd", lcgd)
-    del lcgd
-
-    correct = {s: [p == q.target for p, q in zip(ps, queries)] for s, ps in preds.items()}
-    sets = {s: {q.id for q, ok in zip(queries, c) if ok} for s, c in correct.items()}
-    layer = {u: compare(rec["zsl"], rec["icl"], rec[u]) for u in UPDATES}
-    zsl_simam = per_layer([simam(mi, mz) for mi, mz in zip(rec["icl"].m, rec["zsl"].m)])
-
-    metrics: dict[str, Any] = {
-        name: {u: _profile(layer[u][name]) for u in UPDATES} for name in LAYER_METRICS
+    rng = np.random.default_rng(seed_of(spec.seed, 2))  # every bootstrap, in a fixed order
+    tr = measured["trained"]
+    correct = {s: [p == q.target for p, q in zip(ps, queries)] for s, ps in tr.preds.items()}
+    metrics = {name: summarise(m, spec, rng) for name, m in measured.items()}
+    kw = dict(n_boot=spec.n_boot, rng=rng)
+    metrics["trained"]["rec2ftp"] = {
+        u: rec2ftp_stat(correct["zsl"], correct["icl"], correct[u], **kw) for u in UPDATES
     }
-    metrics["simam"]["zsl"] = _profile(zsl_simam)
-    metrics["rec2ftp"] = {u: rec2ftp(sets["zsl"], sets["icl"], sets[u]) for u in UPDATES}
-    accuracy = {s: sum(c) / len(c) for s, c in correct.items()}
+    accuracy = {s: accuracy_stat(c, **kw) for s, c in correct.items()}
+    f2t = f2t_subset(tr, correct, spec, rng)
 
     summary: dict[str, Any] = {"n_queries": len(queries)}
-    for name in LAYER_METRICS:
-        for u in UPDATES:
-            summary[f"{name}_{u}"] = metrics[name][u]["mean"]
-    summary["simam_zsl"] = metrics["simam"]["zsl"]["mean"]
-    for u in UPDATES:
-        summary[f"rec2ftp_{u}"] = _num(metrics["rec2ftp"][u])
-    for s in ("zsl", "icl", *UPDATES):
-        summary[f"acc_{s}"] = _num(accuracy[s])
+    for mname, per_metric in metrics.items():
+        pre = "" if mname == "trained" else f"{mname}_"
+        for name, per_setting in per_metric.items():
+            for setting, st in per_setting.items():
+                summary[f"{pre}{name}_{setting}"] = _interval(st)
+    for s, st in accuracy.items():
+        summary[f"acc_{s}"] = _interval(st)
 
     report: dict[str, Any] = {
         "task": spec.task,
         "spec": asdict(spec),
         "model": lm.resolved.describe(),
         "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
-        "protocol": {
-            "ft": "plain SGD, batch 1, one epoch over the k demonstrations of the shared k-shot "
-            "prompt, loss on all tokens, K/V projections only",
-            "random": "per updated tensor: theta + ||delta_gd|| * eps/||eps||, eps ~ N(0, I) on "
-            "the entries vanilla GD moved",
-            "position": "last prompt token; keys = instruction + query tokens",
-            "correct": "task parser, exact match (loglik for choice tasks)",
-        },
+        "dtype": str(lm.dtype),
+        "protocol": protocol(spec),
         "n_queries": len(queries),
         "skipped": skipped,
+        "lr": lr_choice,
         "summary": summary,
         "metrics": metrics,
-        "accuracy": {s: _num(a) for s, a in accuracy.items()},
+        "f2t": f2t,
+        "accuracy": accuracy,
         "update_norms": {
-            u: {"total": _num(math.sqrt(sum(x * x for x in v))), "per_layer": _nums(v)}
-            for u, v in norms.items()
+            mname: {
+                u: {"total": _num(math.sqrt(sum(x * x for x in v))), "per_layer": _nums(v)}
+                for u, v in m.norms.items()
+            }
+            for mname, m in measured.items()
         },
+        "update_cast": {mname: m.cast for mname, m in measured.items() if m.cast} or None,
         "per_query": {
             "ids": [q.id for q in queries],
             "targets": [q.target for q in queries],
-            "predictions": preds,
+            "predictions": tr.preds,
             "correct": correct,
         },
     }
@@ -491,7 +851,9 @@ def run_similarity(
     label = lm.resolved.alias or lm.resolved.spec
     plot_similarity(
         metrics,
-        f"{spec.task} · {label} · {spec.shots} shots · lr {spec.lr:g} · {len(queries)} queries",
+        f"{spec.task} · {label} · {spec.shots} shots · lr "
+        + " / ".join(f"{u} {lr:g}" for u, lr in lr_choice["chosen"].items())
+        + f" · {len(queries)} queries",
         out_dir / "similarity_per_layer.png",
     )
     write_manifest(
@@ -499,7 +861,13 @@ def run_similarity(
         command="analyze similarity",
         started=started,
         model=lm.resolved.describe(),
-        seeds={"queries": spec.seed, "demonstrations": spec.seed, "random_update": spec.seed},
+        seeds={
+            "queries": spec.seed,
+            "demonstrations": spec.seed,
+            "random_update": f"seed_of({spec.seed}, model, update, draw)",
+            "untrained_init": seed_of(spec.seed, 1),
+            "bootstrap": seed_of(spec.seed, 2),
+        },
         device=str(lm.device),
         dtype=str(lm.dtype),
         torch_threads=torch.get_num_threads(),
@@ -507,6 +875,45 @@ def run_similarity(
         timings=timings,
     )
     return report
+
+
+def protocol(spec: SimilaritySpec) -> dict[str, str]:
+    """How every number in similarity.json was made (written into it)."""
+    keys = {
+        "query": "the query's own tokens (reference: attn_map[:, :, -1, c_len:]); no BOS, "
+        "instruction or demonstration tokens",
+        "instruction+query": "BOS, instruction and query tokens (not the reference's key set)",
+    }[spec.keys]
+    return {
+        "ft": "plain SGD, batch 1, one epoch over the k demonstrations of the shared k-shot "
+        "prompt, loss on all tokens, K/V projections only, no clipping, fp32 master weights "
+        "(cast to the evaluation dtype afterwards: see update_cast)",
+        "random": f"per updated tensor: theta + ||delta|| * eps/||eps||, eps ~ N(0, I) on the "
+        f"entries the update moved; {spec.random_draws} seeded draws, norm-matched to GD "
+        "(random_gd) and layer-causal GD (random_lcgd) separately; value = mean over draws, "
+        "sd/min/max = spread over draws",
+        "dai_uniform": "Dai et al.'s baseline: cos(h_ICL - h_ZSL, u), u ~ U[0, 1)^D per query and "
+        "layer (on h/||h|| for simaou_norm)",
+        "untrained": "the same protocol on a randomly initialised model of the same "
+        "architecture (its config's initialisation, seeded), same queries and learning rates",
+        "lr": "one learning rate given"
+        if len(spec.lrs) == 1
+        else "per update, the grid value "
+        f"with the best accuracy on {spec.heldout} held-out clean queries after the update "
+        "(ties: the smaller lr), as Deutch et al.; see lr",
+        "position": "h and m read at the last prompt token (the one predicting the answer); "
+        "DIFFERS from the reference, which reads at the first candidate label token appended "
+        "to the prompt",
+        "keys": keys,
+        "interval": f"95% percentile bootstrap over queries ({spec.n_boot} resamples, seeded); "
+        "one demonstration set",
+        "f2t": "Dai et al.'s subset: queries ZSL gets wrong and both ICL and the update right",
+        "correct": "task parser, exact match (loglik for choice tasks)",
+    }
+
+
+def _interval(st: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: st.get(k) for k in ("value", "ci_low", "ci_high")}
 
 
 def _num(v: float | None) -> float | None:
@@ -520,14 +927,10 @@ def _nums(values: Sequence[float] | torch.Tensor) -> list[float | None]:
     return [_num(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
 
 
-def _profile(per_layer_values: torch.Tensor) -> dict[str, Any]:
-    """``{"mean": mean over layers, "per_layer": [...]}``."""
-    return {"mean": _num(per_layer_values.mean()), "per_layer": _nums(per_layer_values)}
-
-
 def plot_similarity(metrics: Mapping[str, Any], title: str, path: Path) -> Path:
-    """One panel per layer metric: GD, layer-causal GD and random update by layer (ZSL SimAM
-    dashed on the SimAM panel); written atomically as PNG (matplotlib's Agg canvas)."""
+    """One panel per (model, layer metric): GD, layer-causal GD and their random controls (mean
+    over draws) by layer, Dai et al.'s uniform baseline dotted, ZSL SimAM dashed; one row per
+    model (trained, untrained); written atomically as PNG (matplotlib's Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -542,22 +945,28 @@ def plot_similarity(metrics: Mapping[str, Any], title: str, path: Path) -> Path:
     styles = {
         "gd": dict(color="tab:blue", label="GD"),
         "lcgd": dict(color="tab:orange", label="layer-causal GD"),
-        "random": dict(color="tab:gray", label="random update"),
+        "random_gd": dict(color="tab:blue", alpha=0.45, linestyle=":", label="random (GD norms)"),
+        "random_lcgd": dict(
+            color="tab:orange", alpha=0.45, linestyle=":", label="random (LCGD norms)"
+        ),
+        "dai_uniform": dict(color="tab:gray", linestyle="-.", label="Dai uniform [0,1)"),
         "zsl": dict(color="black", linestyle="--", label="ZSL (no update)"),
     }
-    fig = Figure(figsize=(4.0 * len(names), 3.4))
+    rows = [m for m in MODELS if m in metrics]
+    fig = Figure(figsize=(4.0 * len(names), 3.2 * len(rows)))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(names))
-    for ax, (key, label) in zip(axes, names.items()):
-        for setting, prof in metrics[key].items():
-            ys = [float("nan") if y is None else y for y in prof["per_layer"]]
-            ax.plot(range(len(ys)), ys, marker=".", **styles[setting])
-        ax.axhline(0, color="lightgray", linewidth=0.8)
-        ax.set_title(label)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("cosine")
-    axes[0].legend(fontsize=8)
-    axes[list(names).index("simam")].legend(fontsize=8)  # the only panel with ZSL
+    axes = fig.subplots(len(rows), len(names), squeeze=False)
+    for row, mname in zip(axes, rows):
+        for ax, (key, label) in zip(row, names.items()):
+            for setting, st in metrics[mname][key].items():
+                ys = [float("nan") if y is None else y for y in st["per_layer"]]
+                ax.plot(range(len(ys)), ys, marker=".", **styles[setting])
+            ax.axhline(0, color="lightgray", linewidth=0.8)
+            ax.set_title(f"{label} · {mname} model", fontsize=9)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("cosine")
+        row[0].legend(fontsize=7)
+        row[list(names).index("simam")].legend(fontsize=7)  # the only panel with ZSL
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_writer(Path(path), "wb") as f:

@@ -155,40 +155,73 @@ def similarity_command(
         8, "--shots", "-k", help="Demonstrations: the ICL prompt's and GD's training data (>= 1)."
     ),
     n: int = typer.Option(8, "-n", "--n", help="Test queries."),
-    lr: float = typer.Option(1e-3, "--lr", help="SGD learning rate of GD and layer-causal GD."),
+    lr: str = typer.Option(
+        "1e-3",
+        "--lr",
+        help="SGD learning rate of GD and layer-causal GD, or a comma-separated grid: each "
+        "update then takes the grid value with the best held-out accuracy after the update.",
+    ),
+    heldout: int = typer.Option(
+        16, "--heldout", help="With an lr grid: held-out queries that choose the lr."
+    ),
     seed: int = typer.Option(
         0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
     ),
+    keys: str = typer.Option(
+        "query",
+        "--keys",
+        help="SimAM's keys: query (the query's own tokens, as the reference) or "
+        "instruction+query (BOS and instruction too).",
+    ),
+    random_draws: int = typer.Option(
+        5, "--random-draws", help="Draws of each norm-matched random update (>= 1)."
+    ),
+    untrained: bool = typer.Option(
+        True, "--untrained/--no-untrained", help="Also measure a randomly initialised model."
+    ),
+    n_boot: int = typer.Option(
+        1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="Evaluation dtype: float32 (default), bfloat16, float16 or auto. GD always runs in "
+        "fp32; a half-precision model rounds small updates away (update_cast in the output).",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
 ) -> None:
     """Compare ICL with gradient descent on the same k demonstrations (vanilla and layer-causal,
-    K/V only) and a random update: SimAOU, SimAOU_norm, SimAM, SimAM_Δ, Rec2FTP; write
+    K/V only) with controls (norm-matched random updates, Dai et al.'s uniform baseline, an
+    untrained model): SimAOU, SimAOU_norm, SimAM, SimAM_Δ, Rec2FTP with 95% intervals; write
     similarity.json, similarity_per_layer.png and manifest.json."""
     from rich.console import Console
-    from rich.table import Table
 
-    from iclft.analysis.similarity import UPDATES, SimilaritySpec, run_similarity
+    from iclft.analysis.similarity import SimilaritySpec, controls_rows, parse_lr, run_similarity
     from iclft.store import ensure_writable_dir
 
-    spec = SimilaritySpec(task=task, shots=shots, n=n, lr=lr, seed=seed).check()
+    spec = SimilaritySpec(
+        task=task, shots=shots, n=n, lr=parse_lr(lr), seed=seed, keys=keys,
+        random_draws=random_draws, untrained=untrained, n_boot=n_boot, heldout=heldout,
+    ).check()  # fmt: skip
     ensure_writable_dir(output)
     with _progress() as track:
         report = run_similarity(spec, output, model=model, device=device, dtype=dtype, track=track)
-    s = report["summary"]
-    table = Table(title=f"{task}: ICL vs FT ({report['n_queries']} queries, mean over layers)")
-    table.add_column("metric")
-    for u in UPDATES:
-        table.add_column(u, justify="right")
-    for metric in ("simaou", "simaou_norm", "simam", "simam_delta", "rec2ftp", "acc"):
-        table.add_row(metric, *(_fmt(s.get(f"{metric}_{u}")) for u in UPDATES))
+    columns, rows = controls_rows(report)
     out = Console()
-    out.print(table)
     out.print(
-        f"ZSL SimAM {_fmt(s['simam_zsl'])}; accuracy zsl {_fmt(s['acc_zsl'])}, "
-        f"icl {_fmt(s['acc_icl'])}"
+        f"{task}: ICL vs FT, {report['n_queries']} queries, mean over layers [95% CI over "
+        "queries]; random controls: mean over draws ±sd"
     )
+    for row in rows:
+        cells = ", ".join(f"{c} {v}" for c, v in zip(columns[2:], row[2:]) if v != "–")
+        out.print(f"{row[0]} {row[1]}: {cells}")
+    chosen = report["lr"]["chosen"]
+    if len(report["lr"]["grid"]) > 1:
+        out.print("learning rate chosen on held-out queries: "
+                  + ", ".join(f"{u} {v:g}" for u, v in chosen.items()))  # fmt: skip
+    acc = report["accuracy"]
+    out.print("accuracy: " + ", ".join(f"{k} {_fmt(v['value'])}" for k, v in acc.items()))
     out.print(f"wrote {output / 'similarity.json'}")
 
 

@@ -7,6 +7,11 @@ vanilla/layer-causal) combinations and only the updated weights, so it runs a di
 than the Trainer (which would write a run directory each time). ``iclft finetune --data
 demonstrations`` is the same procedure through the Trainer; a test checks both give the same
 weights.
+
+The update is always computed in fp32 (fp32 master weights), whatever dtype the model is
+evaluated in: SGD applied directly to bf16 weights rounds most small steps away (on a tiny Llama
+at lr 1e-3, 18.5% of K/V entries moved and the update was 55% off in norm). The caller casts the
+fp32 result to its evaluation dtype (see :func:`cast_like`).
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ def sgd_on_demonstrations(
     *,
     layer_causal: bool = False,
     params: str = "kv",
+    master: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` after one epoch of batch-1 SGD over the k demonstrations of the
-    shared k-shot prompt of (task, seed), loss on all tokens; ``model`` is left unchanged."""
+    shared k-shot prompt of (task, seed), loss on all tokens, no gradient clipping; ``model`` is
+    left unchanged. The SGD runs on an fp32 copy; it is returned in fp32 if ``master``, else
+    cast back to ``model``'s dtype."""
     texts = demonstration_texts(task, k, seed)
     rows = TokenizedTexts(texts, tokenizer, loss_on="full", max_length=10_000).rows
-    new = copy.deepcopy(model)
+    new = copy.deepcopy(model).float()  # fp32 master weights whatever the evaluation dtype
     new.eval()  # no dropout: the update is a deterministic function of the demonstrations
     new = select_parameters(new, params, _Selection)
     if layer_causal:
@@ -62,4 +70,10 @@ def sgd_on_demonstrations(
         opt.step()
     for p in new.parameters():
         p.requires_grad_(False)
-    return new
+    return new if master else cast_like(new, model)
+
+
+def cast_like(new: nn.Module, model: nn.Module) -> nn.Module:
+    """``new`` (in place) in ``model``'s floating dtype."""
+    dtype = next(model.parameters()).dtype
+    return new if next(new.parameters()).dtype == dtype else new.to(dtype)

@@ -583,8 +583,30 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
+def _similarity_summaries(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+    """similarity.json: the controls table (trained and untrained model; GD, layer-causal GD,
+    their random controls, Dai's uniform baseline, ZSL), accuracies with Dai's f2t subset
+    sizes, and the protocol lines that say where the numbers differ from the reference."""
+    from iclft.analysis.similarity_table import controls_rows, extra_rows
+
+    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
+    n = obj.get("n_queries")
+    cols, rows = controls_rows(obj)
+    out = []
+    if rows:
+        title = f"{rel}: ICL vs GD with controls{task}, {n} queries, mean [95% CI]"
+        out.append(AnalysisSummary(title, cols, tuple(rows)))
+    extra = extra_rows(obj)
+    if extra:
+        out.append(AnalysisSummary(f"{rel}: accuracy and protocol{task}", ("quantity", "value"),
+                                   tuple(extra)))  # fmt: skip
+    return out
+
+
 def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
     obj = _read_json(path, notes)
+    if path.name == "similarity.json" and isinstance(obj.get("metrics"), Mapping):
+        return _similarity_summaries(obj, rel)
     out = []
     summary = obj.get("summary")
     if isinstance(summary, Mapping):
