@@ -108,6 +108,23 @@ def test_evaluation_over_sets_rows_and_predictions(tiny_models, tiny_tokenizer):
     assert again.results == out.results  # reproducible from the seed, bootstrap included
 
 
+def test_a_cell_all_wrong_over_every_set_keeps_the_items_wilson_interval(
+    tiny_models, tiny_tokenizer
+):
+    """A percentile bootstrap of all-0 answers is the point 0; the row's interval is never
+    narrower than the Wilson interval of its n items."""
+    eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=2)
+    spec = EvalSpec(
+        tasks=("expression",), variants=("clean",), shots=(1,), n=6, demo_sets=2
+    ).check()
+    out = evaluate_task(eng, get_task("expression"), spec, model_label="tiny")
+    (row,) = out.results
+    mean = row["accuracy"]
+    lo, hi = wilson_interval(mean * 6, 6)
+    assert row["ci_low"] <= lo + 1e-12 and row["ci_high"] >= hi - 1e-12
+    assert row["ci_high"] - row["ci_low"] > 0
+
+
 def test_no_heldout_items_without_two_shot_counts_to_choose_from(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, heldout_n=5)

@@ -350,6 +350,11 @@ def _cell_row(
         lo, hi = two_level_interval(
             m, N_BOOT, bootstrap_rng(spec.seed, model_label, task, variant, k, split)
         )
+        # never narrower than the items alone allow: a percentile bootstrap of all-0 or all-1
+        # answers is a point, so the interval also covers the Wilson interval of the mean
+        # accuracy over the n items the sets share
+        wlo, whi = wilson_interval(correct / n_sets, n)
+        lo, hi = min(lo, wlo), max(hi, whi)
         interval = TWO_LEVEL
     # shortcut-following where it matters: items on which the shortcut answer is wrong
     conflict = [r for r in rows if r["shortcut_target"] != r["target"]]

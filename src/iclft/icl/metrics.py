@@ -11,7 +11,10 @@ import numpy as np
 N_BOOT = 2000
 #: how a results row's interval was made (its ``interval`` field)
 WILSON = "wilson over items (one demonstration set)"
-TWO_LEVEL = "two-level bootstrap: demonstration sets, then items (95% percentile)"
+TWO_LEVEL = (
+    "two-level bootstrap: demonstration sets, then items (95% percentile), widened to the "
+    "Wilson interval of the mean over the items"
+)
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
