@@ -173,6 +173,7 @@ def test_set_aware_comparison_widens_with_set_variance_and_keeps_per_set_mcnemar
     )  # fmt: skip
     assert one is not None and one.p_values_per_set is None and one.a_sets == 1
     assert c.ci_high - c.ci_low > 1.2 * (one.ci_high - one.ci_low)
+    assert "bootstrap p=" in c.text() and "McNemar p=" in one.text()
     flipped = c.flipped()
     assert (flipped.a_sets, flipped.b_sets, flipped.diff) == (1, 6, -c.diff)
 

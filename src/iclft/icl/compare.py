@@ -120,10 +120,12 @@ class Comparison:
         return 1 if self.ci_low > 0 else -1 if self.ci_high < 0 else 0
 
     def text(self) -> str:
-        """``paired difference +0.25 [0.10, 0.40], McNemar p=0.003``."""
+        """``paired difference +0.25 [0.10, 0.40], McNemar p=0.003`` (``bootstrap p`` where
+        a side has several demonstration sets)."""
+        test = "McNemar" if max(self.a_sets, self.b_sets) == 1 else "bootstrap"
         return (
             f"paired difference {self.diff:+.2f} [{self.ci_low:+.2f}, {self.ci_high:+.2f}], "
-            f"McNemar p={self.p_value:.2g}"
+            f"{test} p={self.p_value:.2g}"
         )
 
     @classmethod
