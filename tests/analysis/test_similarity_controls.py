@@ -208,3 +208,15 @@ def test_lr_grid_is_chosen_on_heldout_queries_and_recorded(
     with pytest.raises(UserError, match="--lr must be"):
         parse_lr("1e-3,x")
     assert parse_lr("1e-3,0.01") == (1e-3, 0.01) and parse_lr("0.5") == 0.5
+
+
+def test_random_control_interval_includes_the_variance_between_draws():
+    """Draws that differ from each other but not between queries: an interval over queries
+    alone would be a point; the two-level one (draws, then queries) spans the draws."""
+    from iclft.analysis.similarity import random_stat_of
+
+    draws = [torch.full((16, 3), v) for v in (-0.2, 0.0, 0.1, 0.3, 0.5)]
+    out = random_stat_of(draws, n_boot=2000, rng=np.random.default_rng(0))
+    assert out["value"] == pytest.approx(0.14)
+    assert out["ci_low"] < 0.05 and out["ci_high"] > 0.25
+    assert out["sd"] == pytest.approx(float(np.std([-0.2, 0.0, 0.1, 0.3, 0.5], ddof=1)))

@@ -192,16 +192,18 @@ def bootstrap_interval(
     level: float = 0.95,
 ) -> tuple[float | None, float | None]:
     """Percentile interval of ``stat`` under a two-level bootstrap: each array is ``[S, N]``
-    (S demonstration sets, N queries per set); resample S sets with replacement, then N queries
-    with replacement within each drawn set. ``stat`` maps the resampled arrays, each
-    ``[n_boot, S * N]``, to ``[n_boot]`` (NaN where undefined; those draws are left out). With
-    S = 1 this is the ordinary bootstrap over queries. ``(None, None)`` when nothing is left."""
+    (S demonstration sets or random draws, each on the same N queries); resample S sets with
+    replacement, then N queries with replacement, one query resample shared by the drawn sets
+    (the design is crossed, as in :func:`iclft.icl.metrics.two_level_means`). ``stat`` maps
+    the resampled arrays, each ``[n_boot, S * N]``, to ``[n_boot]`` (NaN where undefined;
+    those draws are left out). With S = 1 this is the ordinary bootstrap over queries.
+    ``(None, None)`` when nothing is left."""
     if n_boot == 0:
         return (None, None)
     arrays = [np.asarray(a, dtype=float) for a in arrays]
     S, N = arrays[0].shape
     sets = rng.integers(0, S, size=(n_boot, S, 1))  # [B, S, 1]
-    items = rng.integers(0, N, size=(n_boot, S, N))  # [B, S, N]
+    items = np.broadcast_to(rng.integers(0, N, size=(n_boot, 1, N)), (n_boot, S, N))
     values = np.asarray(stat(*(a[sets, items].reshape(n_boot, S * N) for a in arrays)))
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -233,8 +235,13 @@ def random_stat_of(
     draws: Sequence[torch.Tensor], *, n_boot: int, rng: np.random.Generator
 ) -> dict[str, Any]:
     """The random control over R draws (each ``[N, L]``): :func:`stat_of` of the mean over draws,
-    plus each draw's value and their spread (sd with ddof 1, min, max)."""
+    with its interval from the two-level bootstrap over draws, then queries (so it includes
+    how much the control depends on the directions drawn), plus each draw's value and their
+    spread (sd with ddof 1, min, max)."""
     out = stat_of(torch.stack(list(draws)).mean(0), n_boot=n_boot, rng=rng)
+    per_query = np.stack([d.double().numpy().mean(1) for d in draws])  # [R, N]
+    lo, hi = bootstrap_interval(_mean, [per_query], n_boot=n_boot, rng=rng)
+    out["ci_low"], out["ci_high"] = _num(lo), _num(hi)
     per_draw = np.array([float(d.double().mean()) for d in draws])
     out["draws"] = _nums(per_draw.tolist())
     out["sd"] = _num(per_draw.std(ddof=1)) if len(per_draw) > 1 else None
@@ -906,7 +913,7 @@ def protocol(spec: SimilaritySpec) -> dict[str, str]:
         "to the prompt",
         "keys": keys,
         "interval": f"95% percentile bootstrap over queries ({spec.n_boot} resamples, seeded); "
-        "one demonstration set",
+        "one demonstration set; random controls: draws resampled, then queries",
         "f2t": "Dai et al.'s subset: queries ZSL gets wrong and both ICL and the update right",
         "correct": "task parser, exact match (loglik for choice tasks)",
     }
