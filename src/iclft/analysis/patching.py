@@ -173,8 +173,27 @@ def tokenizes_alike(tokenizer: Any) -> Callable[[PatchPair], bool]:
 # Results
 
 
+class _Effects:
+    """``raw`` and ``gap`` of an effects record with ``clean``, ``corrupt`` and ``patched``
+    (a plain mixin: the dataclasses below declare the fields)."""
+
+    clean: float
+    corrupt: float
+    patched: np.ndarray
+
+    @property
+    def raw(self) -> np.ndarray:
+        """``m_patched - m_corrupt`` per component (and position)."""
+        return self.patched - self.corrupt
+
+    @property
+    def gap(self) -> float:
+        """``m_clean - m_corrupt``."""
+        return self.clean - self.corrupt
+
+
 @dataclass(frozen=True)
-class PairEffects:
+class PairEffects(_Effects):
     """One pair's metric on the clean, corrupt and each patched run."""
 
     pair_id: str
@@ -182,16 +201,6 @@ class PairEffects:
     clean: float
     corrupt: float
     patched: np.ndarray  # [n_components]: m with that component patched (or its estimate)
-
-    @property
-    def raw(self) -> np.ndarray:
-        """``m_patched - m_corrupt`` per component."""
-        return self.patched - self.corrupt
-
-    @property
-    def gap(self) -> float:
-        """``m_clean - m_corrupt``."""
-        return self.clean - self.corrupt
 
     @property
     def normalised(self) -> np.ndarray:
@@ -384,7 +393,7 @@ def exact_patching(
 
 
 @dataclass(frozen=True)
-class PositionEffects:
+class PositionEffects(_Effects):
     """One pair's metric with each component patched at one position at a time."""
 
     pair_id: str
@@ -399,14 +408,6 @@ class PositionEffects:
     def offsets(self) -> tuple[int, ...]:
         """Positions relative to the last prompt token (0; answer tokens are 1, 2, ...)."""
         return tuple(p - (self.prompt_len - 1) for p in self.positions)
-
-    @property
-    def raw(self) -> np.ndarray:
-        return self.patched - self.corrupt
-
-    @property
-    def gap(self) -> float:
-        return self.clean - self.corrupt
 
 
 def exact_patching_per_position(
