@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from iclft.analysis.anatomy import anatomy
 from iclft.analysis.circuits import EffectTable, circuit
 from iclft.analysis.pairs import make_pairs
 from iclft.analysis.patching import (
@@ -37,6 +36,7 @@ from iclft.analysis.patching import (
     tokenizes_alike,
 )
 from iclft.models import load_model
+from iclft.models.anatomy import anatomy
 
 
 def _timed(fn, pairs):

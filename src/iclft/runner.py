@@ -104,6 +104,25 @@ def plan(cfg: ExperimentConfig) -> list[Stage]:
     return stages
 
 
+def describe_loads(cfg: ExperimentConfig, stage: Stage, run_dir: Path | None = None) -> str:
+    """What ``stage`` would load, in words (``iclft run --dry-run``)."""
+    root = run_dir or Path("RUN_DIR")
+    first = cfg.seeds[0]
+    if stage.kind in ("icl", "similarity"):
+        return stage.model
+    if stage.kind == "finetune":
+        out = ft_dir(root, stage.model, stage.method, stage.seed, first)
+        return f"{stage.model} (trained, saved to {out})"
+    if stage.kind == "ft-eval":
+        return str(ft_dir(root, stage.model, stage.method, stage.seed, first))
+    if stage.kind == "circuits":
+        ft = cfg.ft_methods()
+        if not ft:
+            return stage.model
+        return f"{stage.model} and {ft_dir(root, stage.model, ft[0], stage.seed, first)}"
+    raise AssertionError(stage.kind)
+
+
 def _config_json(cfg: ExperimentConfig) -> dict:
     return json.loads(cfg.model_dump_json())
 
@@ -154,7 +173,7 @@ class _Models:
             self.loaded = None
             self.loaded = load_model(spec, device=self.cfg.device, dtype=self.cfg.dtype)
             self.key = spec
-            self.resolved[spec] = self.loaded.resolved.describe()
+            self.resolved[spec] = self.loaded.describe()
         return self.loaded
 
 

@@ -16,13 +16,3 @@ def token_pairs(tiny_tokenizer):
         pairs = make_pairs(task, 2, seed=0, shots=0, same_length=tokenizes_alike(tiny_tokenizer))
         out[task] = [encode_pair(tiny_tokenizer, p) for p in pairs]
     return out
-
-
-def _hooks_left(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-@pytest.fixture(scope="session")
-def hooks_left():
-    """``hooks_left(model)``: forward hooks and pre-hooks still registered anywhere in it."""
-    return _hooks_left

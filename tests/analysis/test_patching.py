@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from iclft.analysis.anatomy import Component, anatomy
 from iclft.analysis.patching import (
     TokenPair,
     attribution_patching,
     exact_patching,
     patched_metric,
 )
+from iclft.models.anatomy import Component, anatomy
 
 ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
 

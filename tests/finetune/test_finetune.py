@@ -166,7 +166,7 @@ def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(
     clipped path (max_grad_norm=1) would move the weights several times less than the other."""
     from iclft.finetune.data import TokenizedTexts, demonstration_texts
     from iclft.finetune.gd import sgd_on_demonstrations
-    from iclft.finetune.methods import kv_parameter_names
+    from iclft.finetune.methods import kv_parameters
     from iclft.models import load_model
 
     d = tmp_path / "big-init"
@@ -174,7 +174,7 @@ def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(
     model.save_pretrained(d, safe_serialization=True)
     tiny_tokenizer.save_pretrained(d)
     lm = load_model(str(d))
-    kv = set(kv_parameter_names(lm.model))
+    kv = {p.name for p in kv_parameters(lm.model)}
     rows = TokenizedTexts(demonstration_texts("boolean", 4, 0), lm.tokenizer, "full", 10_000).rows
     for r in rows:  # the precondition: every step's gradient norm is far above 1
         lm.model.zero_grad()

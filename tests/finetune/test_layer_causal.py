@@ -1,4 +1,5 @@
-"""Layer-causal GD: layer l's parameters get gradient only from layer l's early-exit loss."""
+"""Layer-causal GD: layer l's parameters get gradient only from layer l's early-exit loss, for
+each parameter selection (every family, with full selection: tests/models/test_families.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss, layer_causal_losses
 from iclft.finetune.methods import select_parameters
+from iclft.models.anatomy import anatomy
 from iclft.tasks import get_task
 
 
@@ -23,10 +25,8 @@ def _batch(tok):
     return enc.input_ids, enc.attention_mask, labels
 
 
-def _layer_params(model, arch):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.transformer.h if arch == "gpt2" else base.model.layers
-    return [[p for p in layer.parameters() if p.requires_grad] for layer in layers]
+def _layer_params(model):
+    return [[p for p in block.parameters() if p.requires_grad] for block in anatomy(model).blocks]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
@@ -39,7 +39,7 @@ def test_each_layer_gets_gradient_only_from_its_own_exit(
     model = select_parameters(model, selection, _Cfg)
     freeze_readout(model)
     ids, mask, labels = _batch(tiny_tokenizer)
-    per_layer = _layer_params(model, arch)
+    per_layer = _layer_params(model)
     assert all(per_layer), "every layer has trainable parameters"
 
     losses = layer_causal_losses(model, ids, mask, labels)
@@ -61,26 +61,3 @@ def test_each_layer_gets_gradient_only_from_its_own_exit(
     for layer in range(len(per_layer)):  # the total's gradient is the own term's gradient
         for i in range(offsets[layer], offsets[layer + 1]):
             torch.testing.assert_close(total[i], separate[layer][i], rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_last_exit_is_the_ordinary_loss(arch, tiny_tokenizer, tiny_model_factory):
-    model = tiny_model_factory(arch, len(tiny_tokenizer), seed=2)
-    ids, mask, labels = _batch(tiny_tokenizer)
-    with torch.no_grad():
-        losses = layer_causal_losses(model, ids, mask, labels)
-        ordinary = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    torch.testing.assert_close(losses[-1], ordinary, rtol=1e-5, atol=1e-6)
-
-
-def test_gpt2_kv_leaves_the_query_third_alone(tiny_tokenizer, tiny_model_factory):
-    model = tiny_model_factory("gpt2", len(tiny_tokenizer), seed=5).train()
-    model = select_parameters(model, "kv", _Cfg)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".c_attn." in n for n in trainable)
-    ids, mask, labels = _batch(tiny_tokenizer)
-    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    w = model.transformer.h[0].attn.c_attn.weight
-    n = model.config.n_embd
-    assert torch.count_nonzero(w.grad[:, :n]) == 0
-    assert torch.count_nonzero(w.grad[:, n:]) > 0

@@ -78,7 +78,7 @@ def test_bad_dtype_lists_allowed(bad):
 
 
 def test_attention_choices(tiny_model_dir):
-    with pytest.raises(UnknownNameError, match="allowed: eager, flash_attention_2, sdpa"):
+    with pytest.raises(UnknownNameError, match="allowed: auto, eager, flash_attention_2, sdpa"):
         load_model(str(tiny_model_dir), device="cpu", attn_implementation="flash")
     import importlib.util
 

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iclft.analysis.anatomy import Component, parse_component
 from iclft.analysis.patching import PairEffects, PositionEffects
 from iclft.errors import UserError
+from iclft.models.anatomy import Component, parse_component
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iclft.analysis.anatomy import parse_component
+from iclft.models.anatomy import parse_component
 from iclft.store import atomic_writer
 
 

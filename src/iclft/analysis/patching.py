@@ -47,9 +47,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from iclft.analysis.anatomy import Anatomy, Component, Site
 from iclft.analysis.pairs import PatchPair
 from iclft.errors import UnknownNameError
+from iclft.models.anatomy import Anatomy, Component, Site
 
 Positions = Literal["query", "last", "all"]
 POSITIONS: tuple[str, ...] = ("query", "last", "all")

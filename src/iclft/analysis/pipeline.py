@@ -141,7 +141,6 @@ def run_circuits(
     ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
     import torch
 
-    from iclft.analysis.anatomy import anatomy, parse_component
     from iclft.analysis.circuits import (
         EffectTable,
         PositionTable,
@@ -161,6 +160,7 @@ def run_circuits(
     )
     from iclft.faults import kill_point
     from iclft.models import load_model
+    from iclft.models.anatomy import anatomy, parse_component
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
     spec.check()
@@ -353,8 +353,8 @@ def run_circuits(
     report = {
         "task": spec.task,
         "spec": asdict(spec),
-        "model": models["base"].resolved.describe(),
-        "ft_model": models["ft"].resolved.describe() if "ft" in models else None,
+        "model": models["base"].describe(),
+        "ft_model": models["ft"].describe() if "ft" in models else None,
         "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
         "n_pairs": len(chosen),
         "n_pairs_skipped_unequal_tokens": skipped,
@@ -370,7 +370,7 @@ def run_circuits(
         out_dir,
         command="analyze circuits",
         started=started,
-        model=base_lm.resolved.describe(),
+        model=base_lm.describe(),
         ft_model=report["ft_model"],
         seeds={"pairs": spec.seed, "bootstrap": spec.seed},
         device=str(base_lm.device),

@@ -426,8 +426,8 @@ def record(
     One forward per query: :func:`~iclft.analysis.capture.capture_qk` runs it, with hooks on the
     attention outputs (what :func:`~iclft.analysis.capture.attention_outputs` reads) around it;
     only the last position's logits are computed."""
-    from iclft.analysis.anatomy import Site
     from iclft.analysis.capture import capture_qk
+    from iclft.models.anatomy import Site
 
     layers = range(anatomy.n_layers)
     device = next(anatomy.model.parameters()).device
@@ -613,9 +613,9 @@ def measure(
 ) -> Measured:
     """ZSL, ICL, GD, layer-causal GD and their random controls on ``model``; answers (for
     accuracy and Rec2FTP) only for ZSL, ICL and the two updates, and only ``with_answers``."""
-    from iclft.analysis.anatomy import anatomy
     from iclft.faults import kill_point
     from iclft.finetune.gd import cast_like, sgd_on_demonstrations
+    from iclft.models.anatomy import anatomy
 
     an = anatomy(model)
     out = Measured({}, {}, {}, {}, {})
@@ -755,9 +755,9 @@ def run_similarity(
     model), compute the metrics with intervals and write ``out_dir/{similarity.json,
     similarity_per_layer.png, manifest.json}``; returns the similarity.json content. ``loaded``
     may be an already loaded ``LoadedModel`` (tests)."""
-    from iclft.analysis.anatomy import anatomy
     from iclft.icl.engine import context_limit
     from iclft.models import load_model
+    from iclft.models.anatomy import anatomy
     from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
     spec.check()
@@ -828,7 +828,7 @@ def run_similarity(
     report: dict[str, Any] = {
         "task": spec.task,
         "spec": asdict(spec),
-        "model": lm.resolved.describe(),
+        "model": lm.describe(),
         "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
         "dtype": str(lm.dtype),
         "protocol": protocol(spec),
@@ -867,7 +867,7 @@ def run_similarity(
         out_dir,
         command="analyze similarity",
         started=started,
-        model=lm.resolved.describe(),
+        model=lm.describe(),
         seeds={
             "queries": spec.seed,
             "demonstrations": spec.seed,

@@ -47,7 +47,12 @@ def eval_command(
     max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
-    attn: str = typer.Option("sdpa", "--attn", help="sdpa, eager or flash_attention_2."),
+    attn: str = typer.Option(
+        "auto",
+        "--attn",
+        help="auto (sdpa where the model's family has it, else eager), sdpa, eager or "
+        "flash_attention_2; the one used is in the manifest.",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
 ) -> None:
     """Score a model on tasks with k in-context demonstrations; writes results.jsonl,

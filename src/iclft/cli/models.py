@@ -40,6 +40,31 @@ def list_models() -> None:
     Console().print(table)
 
 
+@app.command("families")
+def families() -> None:
+    """Show the architecture families iclft supports and how each is handled."""
+    from iclft.models.anatomy import CAPABILITIES, FAMILIES
+
+    table = Table(
+        title="architecture families",
+        caption="every family runs: " + ", ".join(CAPABILITIES),
+    )
+    cols = ("family", "model_type", "checkpoints", "engine", "--attn auto", "K/V-only", "notes")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for f in FAMILIES:
+        table.add_row(
+            f.name,
+            ", ".join(f.model_types),
+            f.examples,
+            "packed" if f.packable else "padded",
+            "sdpa" if f.sdpa else "eager",
+            f.kv_kind,
+            f.notes,
+        )
+    Console().print(table)
+
+
 @app.command("path")
 def path(
     spec: str = typer.Argument(

@@ -27,18 +27,59 @@ def _run_and_report(cfg, output: Path, force: bool) -> None:
     console.print(f"report:  {paths.html}  (and {paths.markdown})")
 
 
+def _dry_run(cfg, output: Path | None) -> None:
+    """Print the plan: every stage, what it would load, and each model's family (read from its
+    config.json where that needs no download). Nothing is loaded or written."""
+    from rich.table import Table
+
+    from iclft.models.anatomy import attention_for, family_for
+    from iclft.models.loading import peek_model_type
+    from iclft.runner import describe_loads, plan
+
+    stages = plan(cfg)
+    out = Console()
+    models = Table(title=f"models of {cfg.name}")
+    for col in ("model", "family", "--attn auto"):
+        models.add_column(col)
+    for spec in cfg.models:
+        kind = peek_model_type(spec)
+        if kind is None:
+            models.add_row(spec, "not known here (checked when config.json is fetched)", "")
+        else:
+            models.add_row(spec, family_for(kind).name, attention_for(kind))
+    out.print(models)
+    table = Table(title=f"{len(stages)} stages (dry run: nothing is loaded or written)")
+    for col in ("stage", "kind", "loads"):
+        table.add_column(col, overflow="fold")
+    for stage in stages:
+        table.add_row(stage.key, stage.label, describe_loads(cfg, stage, output))
+    out.print(table)
+
+
 def run_command(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Run directory."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Run directory (required unless --dry-run)."
+    ),
     force: bool = typer.Option(
         False, "--force", help="Start over in a directory that holds a different config."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate the config and print the plan; load and write nothing."
     ),
 ) -> None:
     """Run an experiment grid (baseline, ICL sweep, fine-tuning, analysis) and write the report.
     Running the same command again resumes: completed stages are skipped."""
     from iclft.config import load_experiment
+    from iclft.errors import UserError
 
-    _run_and_report(load_experiment(config), output, force)
+    cfg = load_experiment(config)
+    if dry_run:
+        _dry_run(cfg, output)
+        return
+    if output is None:
+        raise UserError("iclft run needs -o/--output RUN_DIR (or --dry-run to only print the plan)")
+    _run_and_report(cfg, output, force)
 
 
 def demo_command(

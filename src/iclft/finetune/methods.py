@@ -2,10 +2,11 @@
 
 * ``full``: every parameter.
 * ``kv``: only the key and value projections (the protocol of Dai et al. and Deutch et al.).
-  Separate ``k_proj``/``v_proj`` modules (llama, qwen2, gemma3, mistral, gpt-neo ...) are
-  unfrozen; GPT-2's fused ``c_attn`` is unfrozen with a gradient mask that zeroes its query
-  third, so only K and V move (weight decay is then disabled, as it would move Q).
-* ``lora``: peft LoRA adapters on the attention and MLP projections by default.
+  Where a family has separate key and value projections they are unfrozen; where it fuses
+  q|k|v into one projection (GPT-2, Phi-3, Pythia) that projection is unfrozen with a gradient
+  mask that zeroes its query features, so only K and V move (weight decay is then disabled, as
+  it would move Q). The anatomy (:mod:`iclft.models.anatomy`) says which is which.
+* ``lora``: peft LoRA adapters on the family's attention and MLP projections by default.
 
 Layer-causal GD (:mod:`iclft.finetune.layer_causal`) changes the loss, not the selection, and
 combines with any of the three.
@@ -19,20 +20,13 @@ import torch
 from torch import nn
 
 from iclft.errors import UserError
-
-LORA_DEFAULT_TARGETS: dict[str, list[str]] = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
-}
-_LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from iclft.models.anatomy import KVParameter, anatomy, family_for
 
 
 def default_lora_targets(model_type: str, module_names: Iterable[str]) -> list[str]:
-    """The attention and MLP projections of the architecture."""
+    """The family's attention and MLP projections (those the model has)."""
     names = {n.rsplit(".", 1)[-1] for n in module_names}
-    targets = LORA_DEFAULT_TARGETS.get(model_type, _LLAMA_LIKE)
-    found = [t for t in targets if t in names]
+    found = [t for t in family_for(model_type).lora_targets if t in names]
     if not found:
         raise UserError(
             f"no default LoRA target modules for model type {model_type!r}; "
@@ -52,30 +46,29 @@ def check_lora_targets(targets: list[str], module_names: Iterable[str]) -> None:
         )
 
 
-def kv_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that hold key/value projections."""
-    names = [
-        n
-        for n, _ in model.named_parameters()
-        if any(f".{m}." in f".{n}" for m in ("k_proj", "v_proj", "c_attn"))
-    ]
-    if not names:
-        raise UserError(
-            "K/V-only training needs separate k_proj/v_proj modules (llama, qwen2, gemma3, "
-            "mistral, gpt-neo) or GPT-2's fused c_attn; this model has neither"
-        )
-    return names
+def kv_parameters(model: nn.Module) -> list[KVParameter]:
+    """The parameters that make keys and values, with the feature mask of fused ones."""
+    return anatomy(model).kv_parameters()
 
 
-def _mask_query_third(param: nn.Parameter, n_embd: int) -> None:
-    """GPT-2's c_attn produces [q | k | v] along its last dim: zero the gradient of q."""
+def kv_is_masked(model: nn.Module) -> bool:
+    """Whether K/V-only training of ``model`` masks part of a fused projection."""
+    return any(p.keep is not None for p in kv_parameters(model))
+
+
+def _mask_other_features(kv: KVParameter) -> None:
+    """Zero the gradient of every output feature of a fused projection that is not K or V."""
+    drop = torch.ones(kv.param.shape[kv.axis], dtype=torch.bool)
+    drop[kv.keep] = False
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
-        grad[..., :n_embd] = 0
+        index = [slice(None)] * grad.dim()
+        index[kv.axis] = drop.to(grad.device)
+        grad[tuple(index)] = 0
         return grad
 
-    param.register_hook(hook)
+    kv.param.register_hook(hook)
 
 
 def select_parameters(model: nn.Module, selection: str, cfg) -> nn.Module:
@@ -101,13 +94,10 @@ def select_parameters(model: nn.Module, selection: str, cfg) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(selection == "full")
     if selection == "kv":
-        kv = set(kv_parameter_names(model))
-        n_embd = getattr(model.config, "n_embd", None)
-        for n, p in model.named_parameters():
-            if n in kv:
-                p.requires_grad_(True)
-                if n.split(".")[-2] == "c_attn" and n_embd:
-                    _mask_query_third(p, n_embd)
+        for kv in kv_parameters(model):
+            kv.param.requires_grad_(True)
+            if kv.keep is not None:
+                _mask_other_features(kv)
     elif selection != "full":
         raise UserError(f"unknown parameter selection {selection!r}; allowed: full, kv, lora")
     return model

@@ -58,10 +58,11 @@ from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
 from iclft.finetune.methods import (
     check_lora_targets,
     default_lora_targets,
-    kv_parameter_names,
+    kv_is_masked,
     select_parameters,
     trainable_count,
 )
+from iclft.models.anatomy import anatomy, family_for
 from iclft.store import (
     MANIFEST_NAME,
     WriteError,
@@ -154,6 +155,7 @@ def _check_model_modules(cfg: FinetuneConfig) -> None:
     resolved = resolve_model(cfg.model)
     source = resolved.base.path if resolved.is_adapter and resolved.base else resolved.path
     mcfg = AutoConfig.from_pretrained(str(source) if source else cfg.model)
+    family_for(mcfg.model_type)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(mcfg)
     names = [n for n, _ in meta.named_modules()]
@@ -162,12 +164,7 @@ def _check_model_modules(cfg: FinetuneConfig) -> None:
             check_lora_targets(cfg.lora.target_modules, names)
         else:
             default_lora_targets(mcfg.model_type, names)
-    if cfg.selection == "kv":
-        kv_parameter_names(meta)
-    if cfg.layer_causal:
-        from iclft.finetune.layer_causal import decoder_parts
-
-        decoder_parts(meta)
+    anatomy(meta)  # an unsupported family fails here, before any weight is read
 
 
 def _make_trainer_class():
@@ -290,8 +287,8 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     model = select_parameters(model, cfg.selection, cfg)
     if cfg.layer_causal:
         freeze_readout(model)
-    if cfg.selection == "kv" and getattr(model.config, "model_type", "") == "gpt2":
-        weight_decay = 0.0  # decay would move the masked query third of c_attn
+    if cfg.selection == "kv" and kv_is_masked(model):
+        weight_decay = 0.0  # decay would move the masked query features of a fused projection
     trainable, total = trainable_count(model)
     if trainable == 0:
         raise UserError("no parameter is trainable with these settings")
@@ -370,7 +367,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     common = dict(
         command="finetune",
         started=started,
-        model=loaded.resolved.describe(),
+        model=loaded.describe(),
         method=cfg.method,
         parameters=cfg.selection,
         device=str(args.device),

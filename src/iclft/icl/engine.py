@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StoppingCriteria
 
+from iclft.models.anatomy import known_family, packable_families
+
 Progress = Callable[[int], None]
 
 #: how a greedy continuation ends (besides end-of-sequence and the token budget)
@@ -64,15 +66,6 @@ STOPS = ("newline", "none")
 def finished(text: str, stop: str) -> bool:
     """Whether a continuation is complete: a newline once non-whitespace text has begun."""
     return stop == "newline" and "\n" in text.lstrip()
-
-
-# Model families whose forward takes positions from ``position_ids`` and a prepared 4-D mask
-# as given (transformers' ``create_causal_mask`` returns a 4-D mask untouched), so a packed
-# sequence computes what each of its prompts computes alone. Others (ALiBi models build their
-# bias from a 2-D mask, for one) use the padded batched layout.
-PACKABLE_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox", "phi3", "olmo2", "smollm3"}
-)
 
 
 @dataclass
@@ -146,7 +139,7 @@ class Engine:
     ``batch_size`` caps rows per forward; ``max_batch_tokens`` caps rows x suffix length.
     ``pack`` chooses the packed layout for prompts whose prefixes nest (``None``: wherever the
     model allows it: ``sdpa`` or ``eager`` attention, no sliding window, a family in
-    ``PACKABLE_MODEL_TYPES``); ``max_pack_tokens`` caps the suffix tokens laid into one packed
+    ``Family.packable``); ``max_pack_tokens`` caps the suffix tokens laid into one packed
     sequence (a pack's attention runs over all its pairs, masked ones included, so it grows with
     the pack's square). ``share_queries`` (default) scores all candidates of a prompt on one
     run of it; ``False`` runs prompt + candidate whole for each candidate (the reference path).
@@ -187,14 +180,16 @@ class Engine:
         # distances that are not position distances (which a sliding window would misread).
         impl = getattr(model.config, "_attn_implementation", None)
         kind = getattr(model.config, "model_type", None)
+        family = known_family(kind)
         self._mask_kind = "bool" if impl == "sdpa" else "additive"
         can_pack = self.window is None and impl in ("sdpa", "eager")
-        can_pack = can_pack and kind in PACKABLE_MODEL_TYPES
+        can_pack = can_pack and family is not None and family.packable
         if pack and not can_pack:
+            known = ", ".join(packable_families())
             raise ValueError(
                 f"the packed layout needs sdpa or eager attention, no sliding window and a model "
                 f"family known to honour 4-D masks (attention {impl!r}, window {self.window}, "
-                f"model type {kind!r}; known: {', '.join(sorted(PACKABLE_MODEL_TYPES))})"
+                f"model type {kind!r}; known: {known})"
             )
         self.pack = can_pack if pack is None else bool(pack)
         self.max_pack_tokens = max(1, int(max_pack_tokens))

@@ -403,7 +403,7 @@ def run_eval(
     model: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "auto",
     batch_size: int = 16,
     show_progress: bool = True,
 ) -> CellResult:
@@ -467,7 +467,7 @@ def run_eval(
         out_dir,
         command="eval",
         started=started,
-        model=loaded.resolved.describe(),
+        model=loaded.describe(),
         device=str(loaded.device),
         dtype=str(loaded.dtype).replace("torch.", ""),
         attn_implementation=loaded.attn_implementation,

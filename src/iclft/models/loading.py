@@ -32,7 +32,6 @@ from iclft.models.cache import StepCallback, alias_dir, check_cache, ensure_alia
 from iclft.models.registry import ALIASES, DEFAULT_MODEL, alias_names
 
 __all__ = [
-    "ATTN_IMPLEMENTATIONS",
     "DTYPES",
     "AliasStatus",
     "LoadedModel",
@@ -49,7 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ModelKind = Literal["alias", "local", "hub"]
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_SYNONYMS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 _DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -109,7 +107,12 @@ class LoadedModel:
     resolved: ResolvedModel
     device: Any  # torch.device
     dtype: Any  # torch.dtype
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # the one used (``auto`` resolved per family)
+
+    def describe(self) -> dict[str, Any]:
+        """What manifests record about a loaded model: how it was resolved, and the attention
+        implementation it runs with."""
+        return {**self.resolved.describe(), "attn_implementation": self.attn_implementation}
 
 
 @dataclass(frozen=True)
@@ -197,10 +200,10 @@ def resolve_dtype(dtype: Any = "auto", device: Any = "cpu"):
 
 
 def _check_attn(attn_implementation: str) -> str:
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise UnknownNameError(
-            "attention implementation", attn_implementation, ATTN_IMPLEMENTATIONS
-        )
+    from iclft.models.anatomy import ATTN_CHOICES
+
+    if attn_implementation not in ATTN_CHOICES:
+        raise UnknownNameError("attention implementation", attn_implementation, ATTN_CHOICES)
     if attn_implementation == "flash_attention_2":
         import importlib.util
 
@@ -549,7 +552,7 @@ def load_model(
     *,
     device: Any = "auto",
     dtype: Any = "auto",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "auto",
     trust_remote_code: bool = False,
     on_step: StepCallback | None = None,
 ) -> LoadedModel:
@@ -558,7 +561,10 @@ def load_model(
     A tokenizer without a pad token gets ``pad_token = eos_token``; ``padding_side`` is left as
     saved (the engine sets it). A PEFT adapter is loaded on its base and merged
     (``merge_and_unload``), so the result is a plain model with the adapter folded in.
-    Where the default ``sdpa`` attention is unsupported by an architecture, ``eager`` is used.
+    The architecture family is checked (:mod:`iclft.models.anatomy`) from ``config.json``
+    before any weight is read; an unsupported one is refused in one line naming the supported
+    ones. ``attn_implementation="auto"`` picks the family's (sdpa where transformers has it,
+    else eager); ``LoadedModel.attn_implementation`` is the one used.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -605,11 +611,47 @@ def _load_resolved(resolved: ResolvedModel, torch_dtype, attn: str, trust_remote
 
     source = resolved.spec if resolved.kind == "hub" else str(resolved.path)
     local = resolved.offline
-    model, attn = _load_causal_lm(source, torch_dtype, attn, trust_remote_code, local)
+    from iclft.models.anatomy import attention_for
+
+    attn = attention_for(model_type_of(resolved, trust_remote_code), attn)
+    model = _load_causal_lm(source, torch_dtype, attn, trust_remote_code, local)
     tokenizer = _load_tokenizer(source, trust_remote_code, local)
     if resolved.kind == "hub" and resolved.weights_sha256 is None and resolved.path is not None:
         resolved = replace(resolved, weights_sha256=weights_sha256(resolved.path))
     return model, tokenizer, resolved, attn
+
+
+def model_type_of(resolved: ResolvedModel, trust_remote_code: bool = False) -> str | None:
+    """``config.model_type`` of a resolved model (its base's, for an adapter), read from its
+    ``config.json`` without loading any weight."""
+    if resolved.is_adapter and resolved.base is not None:
+        return model_type_of(resolved.base, trust_remote_code)
+    if resolved.path is not None and (resolved.path / "config.json").is_file():
+        try:
+            return json.loads((resolved.path / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {resolved.path / 'config.json'}: {exc}") from exc
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolved.spec, trust_remote_code=trust_remote_code).model_type
+
+
+def peek_model_type(spec: str) -> str | None:
+    """``config.model_type`` of ``spec`` if it can be read without fetching anything (a local
+    directory, a cached alias, a hub id in the local hub cache); ``None`` otherwise."""
+    text = str(spec).strip()
+    try:
+        if text in ALIASES:
+            resolved = _resolve_alias(text, fetch=False, on_step=None)
+        elif Path(text).expanduser().is_dir():
+            resolved = _resolve(text, fetch=False, on_step=None, seen=())
+        else:
+            resolved = _resolve_hub_offline(text, "this command does not go online")
+        if resolved.path is None:
+            return None
+        return model_type_of(resolved)
+    except (UserError, OSError, ValueError):
+        return None
 
 
 def _load_causal_lm(
@@ -624,17 +666,7 @@ def _load_causal_lm(
         "local_files_only": local_only,
     }
     try:
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                source, attn_implementation=attn, **kwargs
-            ), attn
-        except ValueError as exc:
-            if attn != "sdpa" or "sdpa" not in str(exc).lower():
-                raise
-            log.warning("%s does not support sdpa attention; using eager", source)
-            return AutoModelForCausalLM.from_pretrained(
-                source, attn_implementation="eager", **kwargs
-            ), "eager"
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn, **kwargs)
     except UserError:
         raise
     except OSError as exc:
