@@ -58,8 +58,8 @@ def test_kv_projections_make_keys_and_values(arch, tiny_models):
     an = anatomy(tiny_models[arch])
     kv = an.kv_projections(1)
     x = torch.randn(1, 3, 32)
-    k = kv.k(x)[..., kv.k_cols] if kv.k_cols else kv.k(x)
-    v = kv.v(x)[..., kv.v_cols] if kv.v_cols else kv.v(x)
+    k = kv.k(x)[..., kv.k_cols] if kv.k_cols is not None else kv.k(x)
+    v = kv.v(x)[..., kv.v_cols] if kv.v_cols is not None else kv.v(x)
     assert k.shape[-1] == v.shape[-1] == an.n_kv_heads * an.head_dim
 
 

@@ -6,21 +6,6 @@ import torch
 from iclft.analysis.capture import attention_outputs, attention_scores, capture, capture_qk
 from iclft.models.anatomy import Site, anatomy
 
-ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
-
-
-def _values(an, layer, ids):
-    """Values [B, kv_heads, T, d] from the V projection's output."""
-    kv = an.kv_projections(layer)
-    out = {}
-    h = kv.v.register_forward_hook(lambda m, a, o: out.setdefault("v", o))
-    try:
-        an.model(input_ids=ids)
-    finally:
-        h.remove()
-    v = out["v"][..., kv.v_cols] if kv.v_cols else out["v"]
-    return v.view(*v.shape[:2], an.n_kv_heads, an.head_dim).transpose(1, 2)
-
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_last_position_helpers(arch, tiny_models, tiny_tokenizer):
