@@ -31,14 +31,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.config import FT_METHODS, ExperimentConfig, validate_config
+from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
+from iclft.stages import Advance, RunContext, Stage, run_stage
 from iclft.store import (
     dir_entries,
     dir_lock,
@@ -47,34 +47,6 @@ from iclft.store import (
     write_jsonl_atomic,
     write_manifest,
 )
-
-Advance = Callable[[int], None]
-#: ``track(description, total) -> advance``: the runner's progress display, one line per stage
-Track = Callable[[str, int], Advance]
-
-
-@dataclass(frozen=True)
-class Stage:
-    key: str
-    kind: str  # icl | finetune | ft-eval | circuits | similarity
-    model: str
-    seed: int
-    method: str | None = None
-    task: str | None = None
-
-    @property
-    def label(self) -> str:
-        parts = [self.kind, self.model, f"seed {self.seed}", self.method or "", self.task or ""]
-        return " · ".join(p for p in parts if p)
-
-
-def model_slug(spec: str) -> str:
-    return spec.strip("/").replace("/", "__")
-
-
-def ft_dir(run_dir: Path, model: str, method: str, seed: int, first_seed: int) -> Path:
-    name = method if seed == first_seed else f"{method}@seed{seed}"
-    return run_dir / "finetune" / model_slug(model) / name
 
 
 def plan(cfg: ExperimentConfig) -> list[Stage]:
@@ -102,25 +74,6 @@ def plan(cfg: ExperimentConfig) -> list[Stage]:
                     Stage(f"m{mi}-similarity-{t}", "similarity", model, cfg.seeds[0], None, t)
                 )
     return stages
-
-
-def describe_loads(cfg: ExperimentConfig, stage: Stage, run_dir: Path | None = None) -> str:
-    """What ``stage`` would load, in words (``iclft run --dry-run``)."""
-    root = run_dir or Path("RUN_DIR")
-    first = cfg.seeds[0]
-    if stage.kind in ("icl", "similarity"):
-        return stage.model
-    if stage.kind == "finetune":
-        out = ft_dir(root, stage.model, stage.method, stage.seed, first)
-        return f"{stage.model} (trained, saved to {out})"
-    if stage.kind == "ft-eval":
-        return str(ft_dir(root, stage.model, stage.method, stage.seed, first))
-    if stage.kind == "circuits":
-        ft = cfg.ft_methods()
-        if not ft:
-            return stage.model
-        return f"{stage.model} and {ft_dir(root, stage.model, ft[0], stage.seed, first)}"
-    raise AssertionError(stage.kind)
 
 
 def _config_json(cfg: ExperimentConfig) -> dict:
@@ -157,205 +110,6 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
         if tmp.is_file():
             tmp.unlink()
     write_json_atomic(saved, _config_json(cfg))
-
-
-class _Models:
-    """Loads each model once and keeps the current one (a run walks one model at a time)."""
-
-    def __init__(self, cfg: ExperimentConfig):
-        self.cfg, self.key, self.loaded = cfg, None, None
-        self.resolved: dict[str, dict] = {}
-
-    def get(self, spec: str):
-        from iclft.models.loading import load_model
-
-        if self.key != spec:
-            self.loaded = None
-            self.loaded = load_model(spec, device=self.cfg.device, dtype=self.cfg.dtype)
-            self.key = spec
-            self.resolved[spec] = self.loaded.describe()
-        return self.loaded
-
-
-def _eval_spec(cfg, stage, shots, method):
-    """The evaluation of one stage: the config's settings at ``shots``."""
-    from iclft.icl.evaluate import EvalSpec
-
-    return EvalSpec(
-        tasks=tuple(cfg.tasks),
-        variants=tuple(cfg.variants),
-        shots=tuple(shots),
-        n=cfg.n,
-        seed=stage.seed,
-        demos=cfg.demos,
-        scoring=cfg.scoring,
-        max_new_tokens=cfg.max_new_tokens,
-        method=method,
-        protocol=cfg.protocol,
-        demo_sets=cfg.demo_sets,
-        heldout_n=cfg.heldout_n,
-        chat=cfg.chat_template,
-    ).check()
-
-
-def _eval_rows(cfg, stage, loaded, shots, method, advance, extra) -> tuple[list, list]:
-    from iclft.icl.engine import Engine
-    from iclft.icl.evaluate import evaluate_task
-    from iclft.tasks import get_task
-
-    spec = _eval_spec(cfg, stage, shots, method)
-    engine = Engine(
-        loaded.model, loaded.tokenizer, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens
-    )
-    results, preds = [], []
-    for name in cfg.tasks:
-        cell = evaluate_task(
-            engine, get_task(name), spec, model_label=stage.model, progress=advance
-        )
-        engine.clear()
-        for r in cell.results:
-            r.update({"stage": stage.key, **extra(r)})
-        results += cell.results
-        preds += cell.predictions
-        kill_point(f"eval:{stage.key}/{name}")
-    return results, preds
-
-
-def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
-    from iclft.icl.evaluate import prompt_count
-
-    first_seed = cfg.seeds[0]
-    per_item = len(cfg.tasks) * len(cfg.variants) * cfg.n
-    if stage.kind == "icl":
-        shots = sorted({0} if "baseline" in cfg.methods else set())
-        if "icl" in cfg.methods:
-            shots = sorted(set(shots) | set(cfg.shots))
-        advance = track(
-            stage.label, len(cfg.tasks) * prompt_count(_eval_spec(cfg, stage, shots, None))
-        )
-        loaded = models.get(stage.model)
-        results, preds = _eval_rows(
-            cfg, stage, loaded, shots, None, advance, lambda r: {"train_examples": r["shots"]}
-        )
-        return {"results": results, "predictions": preds}
-    if stage.kind == "finetune":
-        from transformers import TrainerCallback
-
-        from iclft.finetune import make_config, run_finetune
-        from iclft.finetune.config import TRAIN_CONFIG_NAME
-
-        s = cfg.finetune_for(stage.method)
-        ft = make_config(
-            model=stage.model,
-            method=FT_METHODS[stage.method],
-            tasks=list(cfg.tasks),
-            seed=stage.seed,
-            device=cfg.device,
-            lora={"rank": s.lora_rank, "alpha": s.lora_alpha},
-            **s.model_dump(exclude={"lora_rank", "lora_alpha"}),
-        )
-        out = ft_dir(run_dir, stage.model, stage.method, stage.seed, first_seed)
-        advance = track(stage.label, s.steps)
-
-        class _Steps(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                advance(1)
-
-        models.loaded, models.key = None, None  # free the evaluation model while training
-        res = run_finetune(
-            ft,
-            out,
-            resume=(out / TRAIN_CONFIG_NAME).exists(),
-            show_progress=False,
-            extra_callbacks=[_Steps()],
-        )
-        return {
-            "finetune": {
-                "dir": str(out.relative_to(run_dir)),
-                "steps": res.steps,
-                "final_loss": res.final_loss,
-                "trainable": res.trainable,
-                "examples_seen": res.steps * res.examples_per_step,
-            }
-        }
-    if stage.kind == "ft-eval":
-        from iclft.finetune.train import saved_models
-
-        s = cfg.finetune_for(stage.method)
-        out = ft_dir(run_dir, stage.model, stage.method, stage.seed, first_seed)
-        saved = saved_models(out, s.eval_checkpoints)  # listed checkpoints, then the final
-        advance = track(stage.label, per_item * len(saved))
-        results, preds = [], []
-        for m in saved:
-            extra = {
-                "model": stage.model,
-                "step": m.step,
-                "train_examples": m.examples_seen,
-                "ft_dir": str(out.relative_to(run_dir)),
-                "checkpoint": None if m.final else str(m.path.relative_to(run_dir)),
-            }
-            rows, items = _eval_rows(
-                cfg, stage, models.get(str(m.path)), [0], stage.method, advance,
-                lambda r, extra=extra: extra,
-            )  # fmt: skip
-            results += rows
-            preds += [
-                {**p, "model": stage.model, "step": m.step, "checkpoint": extra["checkpoint"]}
-                for p in items
-            ]
-        return {"results": results, "predictions": preds}
-    if stage.kind == "circuits":
-        from iclft.analysis.pipeline import CircuitSpec, run_circuits
-
-        c = cfg.analysis.circuits
-        spec = CircuitSpec(
-            task=stage.task,
-            shots=c.shots,
-            n=c.n,
-            method=c.method,
-            seed=stage.seed,
-            top_k=c.top_k,
-            verify=c.verify,
-            n_splits=c.n_splits,
-            per_position=tuple(c.per_position),
-        )
-        ft = [m for m in cfg.ft_methods()]
-        ft_model = ft_dir(run_dir, stage.model, ft[0], stage.seed, first_seed) if ft else None
-        out = run_dir / "analysis" / model_slug(stage.model) / "circuits" / stage.task
-        models.loaded, models.key = None, None
-        summary = run_circuits(
-            spec,
-            out,
-            model=stage.model,
-            ft_model=ft_model,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            track=lambda d, n: track(f"{stage.label} · {d}", n),
-        )
-        return {
-            "analysis": {
-                "dir": str(out.relative_to(run_dir)),
-                "summary": summary.get("summary") if isinstance(summary, dict) else None,
-            }
-        }
-    if stage.kind == "similarity":
-        from iclft.analysis.similarity import SimilaritySpec, run_similarity
-
-        c = cfg.analysis.similarity
-        spec = SimilaritySpec(
-            task=stage.task, shots=c.shots, n=c.n, seed=stage.seed, keys=c.keys,
-            lr=tuple(c.lr) if isinstance(c.lr, list) else c.lr, heldout=c.heldout,
-            random_draws=c.random_draws, untrained=c.untrained, n_boot=c.n_boot,
-        )  # fmt: skip
-        out = run_dir / "analysis" / model_slug(stage.model) / "similarity" / stage.task
-        models.loaded, models.key = None, None
-        result = run_similarity(
-            spec, out, model=stage.model, device=cfg.device, dtype=cfg.dtype,
-            track=lambda d, n: track(f"{stage.label} · {d}", n),
-        )  # fmt: skip
-        summary = result.get("summary") if isinstance(result, dict) else None
-        return {"analysis": {"dir": str(out.relative_to(run_dir)), "summary": summary}}
-    raise AssertionError(stage.kind)
 
 
 def rebuild_results(run_dir: Path, stages: list[Stage]) -> list[dict]:
@@ -429,8 +183,8 @@ def _run_locked(
 
     prepare_run_dir(cfg, run_dir, force)
     stages = plan(cfg)
+    ctx = RunContext(cfg, run_dir, track=lambda description, total: lambda n: None)
     started = time.time()
-    models = _Models(cfg)
     timings: dict[str, float] = {}
     ran = skipped = 0
     console = Console(stderr=True)
@@ -443,7 +197,7 @@ def _run_locked(
             command="run",
             started=started,
             config=cfg.name,
-            models=models.resolved or None,
+            models=ctx.models.resolved or None,
             seeds=cfg.seeds,
             device=cfg.device if cfg.device != "auto" else auto,
             stages=len(stages),
@@ -473,6 +227,8 @@ def _run_locked(
             current.append(bar.add_task(f"  {description}", total=max(total, 1)))
             return lambda n: bar.advance(current[0], n)
 
+        ctx.track = track
+
         for i, stage in enumerate(stages):
             done = run_dir / "stages" / f"{stage.key}.json"
             if done.exists():
@@ -485,7 +241,7 @@ def _run_locked(
             t0 = time.time()
             kill_point(f"stage:{stage.key}")
             try:
-                out = _run_stage(cfg, stage, run_dir, models, track)
+                out = run_stage(ctx, stage)
             except TrainingDiverged as e:
                 write_manifest(
                     run_dir,

@@ -34,7 +34,8 @@ def _dry_run(cfg, output: Path | None) -> None:
 
     from iclft.models.anatomy import attention_for, family_for
     from iclft.models.loading import peek_model_type
-    from iclft.runner import describe_loads, plan
+    from iclft.runner import plan
+    from iclft.stages import stage_loads
 
     stages = plan(cfg)
     out = Console()
@@ -52,7 +53,8 @@ def _dry_run(cfg, output: Path | None) -> None:
     for col in ("stage", "kind", "loads"):
         table.add_column(col, overflow="fold")
     for stage in stages:
-        table.add_row(stage.key, stage.label, describe_loads(cfg, stage, output))
+        loads = stage_loads(cfg, stage, output or Path("RUN_DIR"))
+        table.add_row(stage.key, stage.label, ", ".join(loads))
     out.print(table)
 
 
