@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from capture_reference import attention_outputs, attention_scores
 
-from iclft.analysis.capture import attention_outputs, attention_scores, capture, capture_qk
+from iclft.analysis.capture import capture, capture_qk
 from iclft.models.anatomy import Site, anatomy
 
 

@@ -239,7 +239,8 @@ def test_keys_refuse_prompts_whose_query_differs(tiny_tokenizer):
 def test_recorded_scores_are_to_the_query_tokens_only(arch, tiny_models, tiny_tokenizer):
     """On every family, m holds one score per query token, each the score from the last position
     to that token, in ZSL and ICL alike (BOS and instruction left out)."""
-    from iclft.analysis.capture import attention_scores
+    from capture_reference import attention_scores
+
     from iclft.models.anatomy import anatomy
 
     tok = _with_bos(tiny_tokenizer)
@@ -402,7 +403,8 @@ def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeyp
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_record_reads_what_the_capture_functions_read(arch, tiny_models, tiny_tokenizer):
     """One forward per query gives the same h and m as attention_outputs/attention_scores."""
-    from iclft.analysis.capture import attention_outputs, attention_scores
+    from capture_reference import attention_outputs, attention_scores
+
     from iclft.models.anatomy import anatomy
 
     an = anatomy(tiny_models[arch])

@@ -1,10 +1,9 @@
 """Reading activations out of a forward pass, by site name.
 
-* :func:`capture` returns the activations of any sites (``L3.HEADS``, ``L3.ATTN``, ...).
-* :func:`attention_outputs` returns each layer's attention output (the output projection's
-  output, before any post-norm and the residual add) at one position: the ``h`` of SimAOU.
-* :func:`attention_scores` returns each head's *pre-softmax* attention scores from one
-  position to chosen key positions: the ``m`` of SimAM.
+* :func:`capture` returns the activations of any sites (``L3.HEADS``, ``L3.ATTN``, ...); the
+  ``ATTN`` sites at the last position are the ``h`` of SimAOU.
+* :func:`capture_qk` returns each layer's queries and keys as the attention kernel sees them;
+  :meth:`QK.scores` gives each head's *pre-softmax* scores: the ``m`` of SimAM.
 
 How the scores are obtained: fused attention kernels (sdpa) never materialise the scores, so we
 recompute them from the queries and keys the model itself made. Hooks (the anatomy's
@@ -53,13 +52,6 @@ def capture(
     return store
 
 
-def attention_outputs(anatomy: Anatomy, position: int = -1, **forward_kwargs: Any) -> torch.Tensor:
-    """``[layers, batch, d_model]``: every layer's attention output at ``position``."""
-    sites = [Site(layer, "attn") for layer in range(anatomy.n_layers)]
-    acts = capture(anatomy, sites, **forward_kwargs)
-    return torch.stack([acts[s][:, position] for s in sites])
-
-
 @dataclass(frozen=True)
 class QK:
     """Queries ``[batch, heads, pos, head_dim]`` and keys ``[batch, kv_heads, pos, head_dim]``
@@ -102,17 +94,3 @@ def capture_qk(
         scaling, softcap = anatomy.score_scale(layer)
         out[layer] = QK(q=q, k=k, scaling=scaling, softcap=softcap)
     return out
-
-
-def attention_scores(
-    anatomy: Anatomy,
-    key_positions: Sequence[int] | slice = slice(None),
-    query_position: int = -1,
-    **forward_kwargs: Any,
-) -> torch.Tensor:
-    """``[layers, batch, heads, n_key]``: pre-softmax scores from ``query_position`` (default
-    the last) to ``key_positions`` (e.g. the query's own tokens) in every layer and head."""
-    qk = capture_qk(anatomy, **forward_kwargs)
-    return torch.stack(
-        [qk[layer].scores([query_position], key_positions)[:, :, 0] for layer in sorted(qk)]
-    )

@@ -424,7 +424,7 @@ def record(
     prompt if ``icl``, else the ZSL prompt; keys: the query's key positions in that prompt).
 
     One forward per query: :func:`~iclft.analysis.capture.capture_qk` runs it, with hooks on the
-    attention outputs (what :func:`~iclft.analysis.capture.attention_outputs` reads) around it;
+    attention outputs (the ``ATTN`` sites of :func:`~iclft.analysis.capture.capture`) around it;
     only the last position's logits are computed."""
     from iclft.analysis.capture import capture_qk
     from iclft.models.anatomy import Site
