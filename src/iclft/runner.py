@@ -154,14 +154,16 @@ def run_experiment(
     force: bool = False,
     show_progress: bool = True,
     stop_after: int | None = None,
+    cache: Path | None = None,
 ) -> RunSummary:
-    """Walk the grid, skipping completed stages; ``stop_after`` (tests) ends after N stages.
+    """Walk the grid, skipping completed stages; ``stop_after`` (tests) ends after N stages;
+    ``cache``: the response cache's SQLite file (:mod:`iclft.icl.cache`), opt-in.
 
     Holds the run directory's lock throughout (:func:`iclft.store.dir_lock`)."""
     cfg = validate_config(cfg.model_dump())  # a model_copy/model_construct skips validation
     run_dir = Path(run_dir)
     with dir_lock(run_dir):
-        return _run_locked(cfg, run_dir, force, show_progress, stop_after)
+        return _run_locked(cfg, run_dir, force, show_progress, stop_after, cache)
 
 
 def _run_locked(
@@ -170,6 +172,7 @@ def _run_locked(
     force: bool,
     show_progress: bool,
     stop_after: int | None,
+    cache: Path | None = None,
 ) -> RunSummary:
     from rich.console import Console
     from rich.progress import (
@@ -183,7 +186,7 @@ def _run_locked(
 
     prepare_run_dir(cfg, run_dir, force)
     stages = plan(cfg)
-    ctx = RunContext(cfg, run_dir, track=lambda description, total: lambda n: None)
+    ctx = RunContext(cfg, run_dir, track=lambda d, total: lambda n: None, cache_path=cache)
     started = time.time()
     timings: dict[str, float] = {}
     ran = skipped = 0

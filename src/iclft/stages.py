@@ -89,6 +89,7 @@ class RunContext:
     cfg: ExperimentConfig
     run_dir: Path
     track: Track
+    cache_path: Path | None = None  # the response cache (``--cache``), opt-in
     models: ModelPool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,14 @@ class RunContext:
 
     def rel(self, path: Path) -> str:
         return str(Path(path).relative_to(self.run_dir))
+
+    def response_cache(self, loaded):
+        """The response cache of ``loaded`` when the run uses one, else ``None``."""
+        if self.cache_path is None:
+            return None
+        from iclft.icl.cache import ResponseCache
+
+        return ResponseCache.for_model(self.cache_path, loaded)
 
 
 StageFn = Callable[[RunContext, Stage], dict[str, Any]]
@@ -184,7 +193,11 @@ def _eval_rows(ctx: RunContext, st: Stage, loaded, shots, method, advance, extra
     cfg = ctx.cfg
     spec = eval_spec(cfg, st, shots, method)
     engine = Engine(
-        loaded.model, loaded.tokenizer, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens
+        loaded.model,
+        loaded.tokenizer,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        cache=ctx.response_cache(loaded),
     )
     results, preds = [], []
     for name in cfg.tasks:

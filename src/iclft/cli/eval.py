@@ -54,6 +54,12 @@ def eval_command(
         "flash_attention_2; the one used is in the manifest.",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    cache: Path = typer.Option(
+        None,
+        "--cache",
+        help="SQLite file of cached responses (opt-in): requests answered before by the same "
+        "weights, tokenizer and settings are not recomputed; hits and misses go in the manifest.",
+    ),
 ) -> None:
     """Score a model on tasks with k in-context demonstrations; writes results.jsonl,
     predictions.jsonl and manifest.json into the output directory."""
@@ -84,6 +90,7 @@ def eval_command(
         dtype=dtype,
         attn_implementation=attn,
         batch_size=batch_size,
+        cache=cache,
     )
     table = Table(title=f"accuracy ({output})")
     cols = ("task", "variant", "shots", "accuracy", "95% CI", "sets", "substring", "shortcut")

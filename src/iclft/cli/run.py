@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 
-def _run_and_report(cfg, output: Path, force: bool) -> None:
+def _run_and_report(cfg, output: Path, force: bool, cache: Path | None = None) -> None:
     from iclft.report import build_report
     from iclft.runner import run_experiment
     from iclft.store import dir_lock
@@ -17,7 +17,7 @@ def _run_and_report(cfg, output: Path, force: bool) -> None:
     console = Console(stderr=True)
     t0 = time.time()
     with dir_lock(output):  # the run and its report: one writer throughout
-        summary = run_experiment(cfg, output, force=force)
+        summary = run_experiment(cfg, output, force=force, cache=cache)
         paths = build_report(output)
     console.print(
         f"[bold green]done[/] in {time.time() - t0:.0f} s: {summary.ran} stages run, "
@@ -69,6 +69,12 @@ def run_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Validate the config and print the plan; load and write nothing."
     ),
+    cache: Path = typer.Option(
+        None,
+        "--cache",
+        help="SQLite file of cached responses (opt-in), shared across runs and processes: "
+        "evaluations answered before by the same weights and settings are not recomputed.",
+    ),
 ) -> None:
     """Run an experiment grid (baseline, ICL sweep, fine-tuning, analysis) and write the report.
     Running the same command again resumes: completed stages are skipped."""
@@ -81,7 +87,7 @@ def run_command(
         return
     if output is None:
         raise UserError("iclft run needs -o/--output RUN_DIR (or --dry-run to only print the plan)")
-    _run_and_report(cfg, output, force)
+    _run_and_report(cfg, output, force, cache)
 
 
 def demo_command(

@@ -143,6 +143,7 @@ class Engine:
     sequence (a pack's attention runs over all its pairs, masked ones included, so it grows with
     the pack's square). ``share_queries`` (default) scores all candidates of a prompt on one
     run of it; ``False`` runs prompt + candidate whole for each candidate (the reference path).
+    ``cache`` (a :class:`~iclft.icl.cache.ResponseCache`) answers requests seen before.
     """
 
     def __init__(
@@ -157,6 +158,7 @@ class Engine:
         pack: bool | None = None,
         max_pack_tokens: int = 1024,
         share_queries: bool = True,
+        cache=None,
     ):
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
@@ -194,6 +196,7 @@ class Engine:
         self.pack = can_pack if pack is None else bool(pack)
         self.max_pack_tokens = max(1, int(max_pack_tokens))
         self.share_queries = share_queries
+        self.cache = cache  # an iclft.icl.cache.ResponseCache, or None
         self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         self._encoded: dict[str, list[int]] = {}
         self.stats = EngineStats()
@@ -482,6 +485,19 @@ class Engine:
         if stop not in STOPS:
             raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
         max_new = max_new_tokens or self.max_new_tokens
+        if self.cache is not None:
+            hints = list(prefixes or [None] * len(prompts))
+
+            def compute(idx: list[int]) -> list[str]:
+                return self._generate(
+                    [prompts[i] for i in idx], [hints[i] for i in idx], max_new, stop, progress
+                )
+
+            settings = [{"max_new_tokens": max_new, "stop": stop}] * len(prompts)
+            return self.cache.cached("generate", prompts, settings, compute, progress)
+        return self._generate(prompts, prefixes, max_new, stop, progress)
+
+    def _generate(self, prompts, prefixes, max_new: int, stop: str, progress) -> list[str]:
         seqs = [self.encode(p) for p in prompts]
         hints = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
         outs: list[str] = [""] * len(prompts)
@@ -575,6 +591,22 @@ class Engine:
         candidates' tokens on top (see :meth:`_loglik_shared`); a candidate whose first token
         merges with the prompt's last (the whole encoding does not start with the prompt's)
         is scored on its own whole sequence instead, from the first token that differs."""
+        if self.cache is not None:
+            hints = list(prefixes or [None] * len(prompts))
+
+            def compute(idx: list[int]) -> list[list[float]]:
+                return self._loglik(
+                    [prompts[i] for i in idx],
+                    [continuations[i] for i in idx],
+                    [hints[i] for i in idx],
+                    progress,
+                )
+
+            conts = [list(c) for c in continuations]
+            return self.cache.cached("loglik", prompts, conts, compute, progress)
+        return self._loglik(prompts, continuations, prefixes, progress)
+
+    def _loglik(self, prompts, continuations, prefixes, progress) -> list[list[float]]:
         shared: dict[int, list[tuple[int, list[int]]]] = {}  # prompt -> [(cand, tokens)]
         alone: list[tuple[int, int, list[int], int]] = []  # (prompt, cand, whole, n scored)
         ctxs: dict[int, list[int]] = {}

@@ -406,6 +406,7 @@ def run_eval(
     attn_implementation: str = "auto",
     batch_size: int = 16,
     show_progress: bool = True,
+    cache: Path | str | None = None,
 ) -> CellResult:
     """``iclft eval``: load the model, evaluate every cell, write results, predictions and
     manifest into ``out_dir``. Everything is checked before the model loads."""
@@ -432,8 +433,17 @@ def run_eval(
         model or DEFAULT_MODEL, device=device, dtype=dtype, attn_implementation=attn_implementation
     )
     t_loaded = time.time()
+    responses = None
+    if cache is not None:
+        from iclft.icl.cache import ResponseCache
+
+        responses = ResponseCache.for_model(cache, loaded)
     engine = Engine(
-        loaded.model, loaded.tokenizer, batch_size=batch_size, max_new_tokens=spec.max_new_tokens
+        loaded.model,
+        loaded.tokenizer,
+        batch_size=batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        cache=responses,
     )
     label = loaded.resolved.spec
     for name in spec.tasks:
@@ -474,6 +484,9 @@ def run_eval(
         seeds=[spec.seed],
         spec={**spec.__dict__},
         batch_size=batch_size,
+        response_cache=None
+        if responses is None
+        else {"path": str(responses.path), "hits": responses.hits, "misses": responses.misses},
         timings={
             "load_seconds": round(t_loaded - started, 3),
             "eval_seconds": round(time.time() - t_loaded, 3),
