@@ -49,6 +49,7 @@ def _register_optional() -> None:
     """Sub-apps whose modules pull in torch are imported here so ``--help`` stays one place."""
     from iclft.cli import analyze as analyze_cmd
     from iclft.cli import eval as eval_cmd
+    from iclft.cli import export as export_cmd
     from iclft.cli import finetune as finetune_cmd
     from iclft.cli import models as models_cmd
     from iclft.cli import report as report_cmd
@@ -61,6 +62,7 @@ def _register_optional() -> None:
     app.command("run")(run_cmd.run_command)
     app.command("report")(report_cmd.report_command)
     app.command("demo")(run_cmd.demo_command)
+    app.add_typer(export_cmd.app, name="export")
 
 
 _register_optional()

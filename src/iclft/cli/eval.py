@@ -8,30 +8,43 @@ import typer
 
 from iclft.tasks import parse_task_list, parse_variant_list
 
+#: the options that choose items, demonstrations and scoring, shared by ``iclft eval`` and
+#: ``iclft export lm-eval`` (the same command line selects the same items)
+TASK = typer.Option(..., "--task", "-t", help="Task(s), comma-separated, or 'all'.")
+VARIANT = typer.Option("clean,misleading", "--variant", "-v", help="clean, misleading.")
+SHOTS = typer.Option("0", "--shots", "-k", help="Shot counts, e.g. 0,1,2,4,8,16,32.")
+N = typer.Option(50, "-n", "--n", help="Test items per (task, variant).")
+SEED = typer.Option(0, "--seed", "-s")
+DEMOS = typer.Option("shared", "--demos", help="shared or per-query.")
+SCORING = typer.Option("generate", "--scoring", help="generate, loglik or auto.")
+PROTOCOL = typer.Option(
+    "exact",
+    "--protocol",
+    help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
+    "code: a fixed --max-new-tokens continuation, target as a substring).",
+)
+DEMO_SETS = typer.Option(
+    1,
+    "--demo-sets",
+    help="Independent demonstration sets per k-shot cell; with 2+, intervals come from a "
+    "two-level bootstrap (sets, then items).",
+)
+MAX_NEW_TOKENS = typer.Option(10, "--max-new-tokens")
+
 
 def eval_command(
     model: str = typer.Option(
         None, "--model", "-m", help="Alias (smollm2-135m, gemma3-270m), directory or hub id."
     ),
-    task: str = typer.Option(..., "--task", "-t", help="Task(s), comma-separated, or 'all'."),
-    variant: str = typer.Option("clean,misleading", "--variant", "-v", help="clean, misleading."),
-    shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, e.g. 0,1,2,4,8,16,32."),
-    n: int = typer.Option(50, "-n", "--n", help="Test items per (task, variant)."),
-    seed: int = typer.Option(0, "--seed", "-s"),
-    demos: str = typer.Option("shared", "--demos", help="shared or per-query."),
-    scoring: str = typer.Option("generate", "--scoring", help="generate, loglik or auto."),
-    protocol: str = typer.Option(
-        "exact",
-        "--protocol",
-        help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
-        "code: a fixed --max-new-tokens continuation, target as a substring).",
-    ),
-    demo_sets: int = typer.Option(
-        1,
-        "--demo-sets",
-        help="Independent demonstration sets per k-shot cell; with 2+, intervals come from a "
-        "two-level bootstrap (sets, then items).",
-    ),
+    task: str = TASK,
+    variant: str = VARIANT,
+    shots: str = SHOTS,
+    n: int = N,
+    seed: int = SEED,
+    demos: str = DEMOS,
+    scoring: str = SCORING,
+    protocol: str = PROTOCOL,
+    demo_sets: int = DEMO_SETS,
     heldout_n: int = typer.Option(
         0,
         "--heldout-n",
@@ -44,7 +57,7 @@ def eval_command(
         "single (one user turn) in the tokenizer's chat template, for instruction-tuned models.",
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
-    max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
+    max_new_tokens: int = MAX_NEW_TOKENS,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     attn: str = typer.Option(

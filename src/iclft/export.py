@@ -1,0 +1,162 @@
+"""Export iclft's evaluation cells as an lm-evaluation-harness task package.
+
+``iclft export lm-eval`` writes, for every (task, variant, shots, demonstration set) cell that
+``iclft eval`` with the same options would evaluate, one lm-eval task (``<name>.yaml``) over one
+data file (``<name>.jsonl``), plus ``utils.py`` (the scoring) and ``README.md`` (the command).
+``lm_eval --include_path DIR --tasks iclft`` then runs them with:
+
+* the same prompts: each document carries the exact prompt iclft builds (instruction,
+  demonstrations, query, answer lead), and the lm-eval task has ``num_fewshot: 0`` and no
+  description, so lm-eval's context is that text unchanged (demonstrations are per item, which
+  lm-eval's own few-shot sampler cannot reproduce);
+* the same request types: ``loglik`` cells are ``multiple_choice`` (the total log-probability of
+  ``" " + choice`` after the prompt; ``acc`` is the argmax, as iclft's), ``generate`` cells are
+  ``generate_until`` with greedy decoding, the same token budget, and no stop string;
+* the same scoring: ``utils.process_results`` keeps the continuation up to the first newline
+  after its answer began (iclft's stop rule, applied after generation because lm-eval's
+  ``until`` would also stop on a newline *before* the answer) and compares the task's parse of
+  it with the target (``exact``), or tests ``str(target)`` in the whole continuation (``paper``).
+  The parse is iclft's own (``iclft.tasks``), so iclft must be importable where lm-eval runs.
+
+Unlike ``iclft eval``, no model is known here, so prompts are never shortened to fit a context.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from iclft.errors import UserError
+from iclft.icl.evaluate import PROTOCOLS, EvalSpec, demo_sets_for, scoring_for
+from iclft.icl.prompts import DemoPool, build_prompt
+from iclft.store import (
+    ensure_writable_dir,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from iclft.tasks import get_task
+
+GROUP = "iclft"
+
+_UTILS = '''"""Scoring of iclft tasks in lm-evaluation-harness (from `iclft export lm-eval`)."""
+
+from iclft.icl.engine import finished
+from iclft.tasks import get_task
+
+
+def _until_newline(text):
+    """The continuation up to the newline that ends the answer (iclft's stop rule)."""
+    for i in range(len(text)):
+        if finished(text[: i + 1], "newline"):
+            return text[: i + 1]
+    return text
+
+
+def process_results(doc, results):
+    output = results[0]
+    if doc["protocol"] == "paper":
+        return {"exact_match": float(doc["target"] in output)}
+    prediction = get_task(doc["task"]).parse(_until_newline(output))
+    return {"exact_match": float(prediction == doc["target"])}
+'''
+
+
+def task_name(task: str, variant: str, shots: int, demo_set: int, demo_sets: int) -> str:
+    suffix = f"_set{demo_set}" if demo_sets > 1 else ""
+    return f"{GROUP}_{task}_{variant}_{shots}shot{suffix}"
+
+
+def _yaml(name: str, data: Path, scoring: str, max_new_tokens: int) -> str:
+    """One lm-eval task config (plain YAML; ``!function`` is lm-eval's tag for a function)."""
+    lines = [
+        f"task: {name}",
+        f"tag: [{GROUP}]",
+        "dataset_path: json",
+        "dataset_kwargs:",
+        "  data_files:",
+        f"    test: {json.dumps(str(data.resolve()))}",
+        "test_split: test",
+        "num_fewshot: 0",
+        'doc_to_text: "{{prompt}}"',
+    ]
+    if scoring == "loglik":
+        lines += [
+            "output_type: multiple_choice",
+            "doc_to_choice: choices",
+            "doc_to_target: target_index",
+            'target_delimiter: " "',
+            "metric_list:",
+            "  - metric: acc",
+            "    aggregation: mean",
+            "    higher_is_better: true",
+        ]
+    else:
+        lines += [
+            "output_type: generate_until",
+            'doc_to_target: "{{target}}"',
+            "generation_kwargs:",
+            "  until: []",
+            f"  max_gen_toks: {max_new_tokens}",
+            "  do_sample: false",
+            "process_results: !function utils.process_results",
+            "metric_list:",
+            "  - metric: exact_match",
+            "    aggregation: mean",
+            "    higher_is_better: true",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
+    """Write the task package for ``spec`` into ``out_dir``; return the lm-eval task names."""
+    spec.check()
+    if spec.chat != "none":
+        raise UserError(
+            "export writes plain prompts; lm-eval applies chat templates itself "
+            "(--apply_chat_template), so export with --chat-template none"
+        )
+    out_dir = ensure_writable_dir(Path(out_dir))
+    names: list[str] = []
+    for tname in spec.tasks:
+        task = get_task(tname)
+        scoring = scoring_for(task, spec.scoring, spec.protocol)
+        queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
+        pools = [
+            DemoPool(task, spec.seed, spec.demos, max(spec.shots), s) for s in range(spec.demo_sets)
+        ]
+        for k in spec.shots:
+            for s in demo_sets_for(spec, k):
+                for v in spec.variants:
+                    name = task_name(tname, v, k, s, spec.demo_sets)
+                    docs = []
+                    for i, q in enumerate(queries[v]):
+                        p = build_prompt(task, q, pools[s].demos(q, i, k), k, pools[s].demo_set)
+                        doc = {
+                            "id": q.id, "task": tname, "variant": v, "shots": k,
+                            "demo_set": s, "protocol": spec.protocol, "prompt": p.text,
+                            "target": q.target,
+                        }  # fmt: skip
+                        if scoring == "loglik":
+                            choices = list(task.choices or ())
+                            doc |= {"choices": choices, "target_index": choices.index(q.target)}
+                        docs.append(doc)
+                    data = out_dir / f"{name}.jsonl"
+                    write_jsonl_atomic(data, docs)
+                    config = _yaml(name, data, scoring, spec.max_new_tokens)
+                    write_text_atomic(out_dir / f"{name}.yaml", config)
+                    names.append(name)
+    write_text_atomic(out_dir / "utils.py", _UTILS)
+    write_json_atomic(
+        out_dir / "iclft_export.json",
+        {"spec": {**spec.__dict__}, "protocol_stop": PROTOCOLS[spec.protocol][0], "tasks": names},
+    )
+    write_text_atomic(
+        out_dir / "README.md",
+        "# iclft tasks for lm-evaluation-harness\n\n"
+        f"    lm_eval --model hf --model_args pretrained=MODEL --include_path {out_dir} "
+        f"--tasks {GROUP} --log_samples --output_path OUT\n\n"
+        "Written by `iclft export lm-eval`; see iclft's README, "
+        '"Using iclft with lm-evaluation-harness".\n',
+    )
+    return names

@@ -1,0 +1,114 @@
+"""`iclft export lm-eval`: lm-evaluation-harness reads the package as iclft's own prompts, and
+(integration) its HF backend on smollm2-135m answers the items as `iclft eval` does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from iclft.icl.evaluate import EvalSpec, run_eval
+
+lm_eval = pytest.importorskip("lm_eval")  # the dev extra installs it
+
+SPEC = dict(tasks=("boolean", "expression"), variants=("clean", "misleading"), shots=(0, 2),
+            n=4, seed=3, scoring="auto", max_new_tokens=8)  # fmt: skip
+
+
+def _task_dict(directory):
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager(include_path=str(directory))
+    return get_task_dict(["iclft"], manager)
+
+
+def _flat(d):
+    for name, task in d.items():
+        if isinstance(task, dict):
+            yield from _flat(task)
+        else:
+            yield getattr(name, "group_name", name), task
+
+
+def test_lm_eval_reads_the_exact_prompts_and_requests(tmp_path, iclft_main):
+    from iclft.icl.prompts import DemoPool, build_prompt
+    from iclft.tasks import get_task
+
+    args = ["--task", "boolean,expression", "--shots", "0,2", "-n", "4", "--seed", "3",
+            "--scoring", "auto"]  # fmt: skip
+    code, err = iclft_main("export", "lm-eval", *args, "-o", str(tmp_path))
+    assert code == 0, err
+    tasks = dict(_flat(_task_dict(tmp_path)))
+    assert len(tasks) == 2 * 2 * 2
+    for name, task in tasks.items():
+        docs = list(task.test_docs())
+        assert len(docs) == 4
+        t = get_task(docs[0]["task"])
+        pool = DemoPool(t, 3, "shared", 2)
+        queries = t.generate(docs[0]["variant"], 4, 3)
+        for i, (doc, q) in enumerate(zip(docs, queries)):
+            want = build_prompt(t, q, pool.demos(q, i, doc["shots"]), doc["shots"]).text
+            assert doc["id"] == q.id and doc["prompt"] == want
+            assert task.fewshot_context(doc, 0) == want  # lm-eval's context is iclft's prompt
+            reqs = task.construct_requests(doc, want, metadata=(name, i, 1))
+            if t.is_choice:
+                assert [r.arguments for r in reqs] == [(want, " " + c) for c in t.choices]
+            else:
+                ctx, kwargs = reqs.arguments if not isinstance(reqs, list) else reqs[0].arguments
+                assert ctx == want and kwargs["max_gen_toks"] == 10 and not kwargs["do_sample"]
+    code, err = iclft_main("export", "lm-eval", "--task", "boolean", "--chat-template", "turns",
+                           "-o", str(tmp_path / "x"))  # fmt: skip
+    assert code == 2
+
+
+@pytest.mark.integration
+def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from iclft.export import export_lm_eval
+    from iclft.models.loading import resolve_model
+    from iclft.tasks import get_task
+
+    spec = EvalSpec(**SPEC).check()
+    mine = run_eval(spec, tmp_path / "iclft", model="smollm2-135m", show_progress=False)
+    names = export_lm_eval(spec, tmp_path / "pkg")
+    path = resolve_model("smollm2-135m").path
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={path},dtype=float32",
+        tasks=names,
+        task_manager=TaskManager(include_path=str(tmp_path / "pkg")),
+        batch_size=8,
+        device="cpu",
+        log_samples=True,
+    )
+    ours = {(p["id"], p["shots"]): p for p in mine.predictions}
+    from importlib import util
+
+    utils_spec = util.spec_from_file_location("utils", tmp_path / "pkg" / "utils.py")
+    utils = util.module_from_spec(utils_spec)  # the package's own scoring module
+    utils_spec.loader.exec_module(utils)
+    compared = same = 0
+    for name in names:
+        for s in out["samples"][name]:
+            doc = s["doc"]
+            p = ours[(doc["id"], doc["shots"])]
+            assert p["prompt"] == doc["prompt"]
+            t = get_task(doc["task"])
+            if t.is_choice:
+                lls = [r[0] for r in s["filtered_resps"]]
+                theirs = t.choices[max(range(len(lls)), key=lambda j: lls[j])]
+                for c, ll in zip(t.choices, lls):
+                    assert ll == pytest.approx(p["scores"][c], abs=1e-3)
+            else:
+                theirs = t.parse(utils._until_newline(s["filtered_resps"][0]))
+            compared += 1
+            same += theirs == p["prediction"]
+            assert (s.get("acc", s.get("exact_match")) == 1.0) == p["correct"]
+    assert compared == len(mine.predictions) and same == compared
+    for r in mine.results:
+        name = f"iclft_{r['task']}_{r['variant']}_{r['shots']}shot"
+        metric = "acc,none" if get_task(r["task"]).is_choice else "exact_match,none"
+        assert out["results"][name][metric] == pytest.approx(r["accuracy"])
+    (tmp_path / "agreement.json").write_text(json.dumps({"compared": compared, "same": same}))
