@@ -53,6 +53,7 @@ def _register_optional() -> None:
     from iclft.cli import finetune as finetune_cmd
     from iclft.cli import models as models_cmd
     from iclft.cli import report as report_cmd
+    from iclft.cli import rescore as rescore_cmd
     from iclft.cli import run as run_cmd
 
     app.add_typer(models_cmd.app, name="models")
@@ -63,6 +64,7 @@ def _register_optional() -> None:
     app.command("report")(report_cmd.report_command)
     app.command("demo")(run_cmd.demo_command)
     app.add_typer(export_cmd.app, name="export")
+    app.command("rescore")(rescore_cmd.rescore_command)
 
 
 _register_optional()

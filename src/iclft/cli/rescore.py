@@ -1,0 +1,30 @@
+"""``iclft rescore EVAL_DIR --protocol P -o OUT``: judge saved outputs again, no model loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def rescore_command(
+    source: Path = typer.Argument(..., help="An `iclft eval` output directory."),
+    protocol: str = typer.Option(
+        "exact", "--protocol", help="exact (parse, exact match) or paper (target as a substring)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="New directory for the results."),
+) -> None:
+    """Recompute results.jsonl from predictions.jsonl under another protocol, without the
+    model; the source directory is left as it is."""
+    from rich.console import Console
+
+    from iclft.icl.rescore import rescore_dir
+
+    results = rescore_dir(source, protocol, output)
+    console = Console(stderr=True)
+    for r in results:
+        console.print(
+            f"{r['task']:<10} {r['variant']:<10} {r['shots']:>3}-shot  "
+            f"accuracy {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        )
+    console.print(f"results: {output / 'results.jsonl'}")
