@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from iclft.icl.engine import Engine, NewlineStop, finished
 from iclft.icl.evaluate import EvalSpec, evaluate_task
@@ -16,24 +16,18 @@ from iclft.tasks import get_task
 
 
 @pytest.fixture(scope="module")
-def next_line_model(tiny_tokenizer):
+def next_line_model(tiny_tokenizer, tiny_model_factory):
     """A bigram Llama: one-hot embeddings, every block's output zeroed (the residual stream is
     the embedding), and an unembedding that maps token t to the row of f(t)."""
     tok = tiny_tokenizer
     vocab = len(tok)
     nl, five = tok.convert_tokens_to_ids(["Ċ", "5"])  # byte-level "\n" and "5"
     assert tok.decode([nl]) == "\n" and tok.decode([five]) == "5"
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=vocab,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
+    model = tiny_model_factory(
+        "llama", vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
         tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg).float().eval()
+    )  # fmt: skip
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.eye(vocab))
         for layer in model.model.layers:
