@@ -4,4 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_run"]
+
+
+def __getattr__(name: str):
+    """``iclft.load_run`` (imported on first use: it needs pandas)."""
+    if name == "load_run":
+        from iclft.frames import load_run
+
+        return load_run
+    raise AttributeError(f"module 'iclft' has no attribute {name!r}")

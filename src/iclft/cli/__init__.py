@@ -54,6 +54,7 @@ def _register_optional() -> None:
     from iclft.cli import models as models_cmd
     from iclft.cli import report as report_cmd
     from iclft.cli import rescore as rescore_cmd
+    from iclft.cli import results as results_cmd
     from iclft.cli import run as run_cmd
 
     app.add_typer(models_cmd.app, name="models")
@@ -65,6 +66,7 @@ def _register_optional() -> None:
     app.command("demo")(run_cmd.demo_command)
     app.add_typer(export_cmd.app, name="export")
     app.command("rescore")(rescore_cmd.rescore_command)
+    app.command("results")(results_cmd.results_command)
 
 
 _register_optional()

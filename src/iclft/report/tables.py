@@ -7,6 +7,7 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from iclft.icl.compare import Comparison
 from iclft.report.data import Cell, RunData, fmt, is_finetune
@@ -263,21 +264,20 @@ def _num(x: float | int | None) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
+def cell_values(c: Cell) -> list[Any]:
+    """The values of :data:`CELL_COLUMNS` for one cell (typed; ``None`` where unknown)."""
+    return [
+        c.model, c.task, c.variant, c.method, c.shots, c.step,
+        c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n,
+        c.substring_accuracy, c.shortcut_rate, c.shortcut_only_accuracy, c.parse_failures,
+        c.train_examples, c.scoring,
+    ]  # fmt: skip
+
+
 def cell_record(c: Cell) -> list[str]:
     """A CSV row (:data:`CELL_COLUMNS`) for one cell."""
-    vals = (c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n)
-    extra = (
-        c.substring_accuracy,
-        c.shortcut_rate,
-        c.shortcut_only_accuracy,
-        c.parse_failures,
-        c.train_examples,
-    )
-    return (
-        [c.model, c.task, c.variant, c.method, str(c.shots), _num(c.step)]
-        + [_num(v) for v in (*vals, *extra)]
-        + [c.scoring or ""]
-    )
+    v = cell_values(c)
+    return [*v[:4], str(v[4])] + [_num(x) for x in v[5:-1]] + [v[-1] or ""]
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
