@@ -641,10 +641,14 @@ def peek_model_type(spec: str) -> str | None:
     directory, a cached alias, a hub id in the local hub cache); ``None`` otherwise."""
     text = str(spec).strip()
     try:
+        path = Path(text).expanduser()
+        if text not in ALIASES and path.is_dir():  # no hashing of weights here
+            if (path / "config.json").is_file():
+                return json.loads((path / "config.json").read_text()).get("model_type")
+            adapter = path / "adapter_config.json"
+            return peek_model_type(_base_spec_for(_adapter_base(adapter), path))
         if text in ALIASES:
             resolved = _resolve_alias(text, fetch=False, on_step=None)
-        elif Path(text).expanduser().is_dir():
-            resolved = _resolve(text, fetch=False, on_step=None, seen=())
         else:
             resolved = _resolve_hub_offline(text, "this command does not go online")
         if resolved.path is None:
