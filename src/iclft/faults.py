@@ -23,6 +23,10 @@ Points (``<key>`` is a runner stage key such as ``m0-s0-ft-kv-train``):
 ``fetch:<phase>``          the model cache: ``downloaded`` (wheels), ``converted`` (staging holds
                            the model, no marker), ``staged`` (marker written, before the rename)
 =========================  =====================================================================
+
+``ICLFT_OOM_ABOVE=<tokens>`` makes the engine's forward raise ``torch.OutOfMemoryError`` when a
+batch holds more than ``<tokens>`` input tokens: a device memory limit, at a chosen size, for
+testing ``--batch-size auto`` on a machine without one.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import signal
 from collections import Counter
 
 ENV = "ICLFT_KILL_AT"
+OOM_ENV = "ICLFT_OOM_ABOVE"
 _hits: Counter[str] = Counter()
 
 
@@ -55,3 +60,12 @@ def kill_point(name: str) -> None:
         if hasattr(signal, "SIGKILL"):
             os.kill(os.getpid(), signal.SIGKILL)
         os._exit(137)  # pragma: no cover - platforms without SIGKILL
+
+
+def oom_point(tokens: int) -> None:
+    """Raise ``torch.OutOfMemoryError`` if ``ICLFT_OOM_ABOVE`` is set below ``tokens``."""
+    limit = os.environ.get(OOM_ENV)
+    if limit and limit.strip().isdigit() and tokens > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"{OOM_ENV}={limit}: a batch of {tokens} input tokens")

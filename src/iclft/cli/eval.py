@@ -56,7 +56,13 @@ def eval_command(
         help="none (plain prompts), turns (each demonstration a user and an assistant turn) or "
         "single (one user turn) in the tokenizer's chat template, for instruction-tuned models.",
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    batch_size: str = typer.Option(
+        "16",
+        "--batch-size",
+        "-b",
+        help="Rows per forward, or auto: the largest that fits, halving on out-of-memory (the "
+        "size used is in the manifest).",
+    ),
     max_new_tokens: int = MAX_NEW_TOKENS,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),

@@ -51,10 +51,12 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache, StoppingCriteria
 
+from iclft.faults import oom_point
 from iclft.models.anatomy import known_family, packable_families
 
 Progress = Callable[[int], None]
@@ -66,6 +68,10 @@ STOPS = ("newline", "none")
 def finished(text: str, stop: str) -> bool:
     """Whether a continuation is complete: a newline once non-whitespace text has begun."""
     return stop == "newline" and "\n" in text.lstrip()
+
+
+#: the first batch size ``batch_size="auto"`` tries (lm-evaluation-harness's default maximum)
+AUTO_BATCH = 64
 
 
 @dataclass
@@ -151,7 +157,7 @@ class Engine:
         model,
         tokenizer,
         *,
-        batch_size: int = 16,
+        batch_size: int | str = 16,
         max_batch_tokens: int = 8192,
         max_new_tokens: int = 10,
         max_cached_prefixes: int = 32,
@@ -162,7 +168,10 @@ class Engine:
     ):
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
-        self.batch_size = max(1, int(batch_size))
+        # "auto": start at AUTO_BATCH rows and halve on out-of-memory (lm-evaluation-harness's
+        # --batch_size auto); the size that worked is kept for later calls
+        self.auto_batch = batch_size == "auto"
+        self.batch_size = AUTO_BATCH if self.auto_batch else max(1, int(batch_size))
         self.max_batch_tokens = max_batch_tokens
         self.max_new_tokens = max_new_tokens
         self.max_cached_prefixes = max_cached_prefixes
@@ -221,6 +230,7 @@ class Engine:
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, logits_to_keep: int):
         self.stats.forwards += 1
+        oom_point(input_ids.numel())
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -495,7 +505,36 @@ class Engine:
 
             settings = [{"max_new_tokens": max_new, "stop": stop}] * len(prompts)
             return self.cache.cached("generate", prompts, settings, compute, progress)
-        return self._generate(prompts, prefixes, max_new, stop, progress)
+        return self._fitting(
+            lambda prog: self._generate(prompts, prefixes, max_new, stop, prog), progress
+        )
+
+    def _fitting(self, run: Callable[[Progress | None], Any], progress: Progress | None) -> Any:
+        """``run(progress)``; with ``batch_size="auto"``, on out-of-memory halve the batch (and
+        the token caps of batches and packs), drop the prefix caches and run it again (progress
+        already reported by a failed attempt is not reported twice)."""
+        reported = 0
+
+        def once(n: int) -> None:
+            nonlocal reported, seen
+            seen += n
+            if progress and seen > reported:
+                progress(seen - reported)
+                reported = seen
+
+        while True:
+            seen = 0
+            try:
+                return run(once if progress else None)
+            except torch.OutOfMemoryError:
+                if not self.auto_batch or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                self.max_pack_tokens = max(1, self.max_pack_tokens // 2)
+                self.clear()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def _generate(self, prompts, prefixes, max_new: int, stop: str, progress) -> list[str]:
         seqs = [self.encode(p) for p in prompts]
@@ -604,7 +643,9 @@ class Engine:
 
             conts = [list(c) for c in continuations]
             return self.cache.cached("loglik", prompts, conts, compute, progress)
-        return self._loglik(prompts, continuations, prefixes, progress)
+        return self._fitting(
+            lambda prog: self._loglik(prompts, continuations, prefixes, prog), progress
+        )
 
     def _loglik(self, prompts, continuations, prefixes, progress) -> list[list[float]]:
         shared: dict[int, list[tuple[int, list[int]]]] = {}  # prompt -> [(cand, tokens)]

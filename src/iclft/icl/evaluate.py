@@ -396,6 +396,20 @@ def _cell_row(
     }
 
 
+def parse_batch_size(value: int | str) -> int | str:
+    """A batch size: a positive integer, or ``auto`` (the largest that fits, found by halving
+    on out-of-memory)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"batch size must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
 def run_eval(
     spec: EvalSpec,
     out_dir: Path,
@@ -404,7 +418,7 @@ def run_eval(
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     show_progress: bool = True,
     cache: Path | str | None = None,
 ) -> CellResult:
@@ -424,8 +438,7 @@ def run_eval(
     from iclft.store import ensure_writable_dir, write_jsonl_atomic, write_manifest
 
     spec.check()
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = parse_batch_size(batch_size)
     out_dir = ensure_writable_dir(Path(out_dir))
     started = time.time()
     console = Console(stderr=True)
@@ -483,7 +496,7 @@ def run_eval(
         attn_implementation=loaded.attn_implementation,
         seeds=[spec.seed],
         spec={**spec.__dict__},
-        batch_size=batch_size,
+        batch_size=batch_size if batch_size != "auto" else {"auto": engine.batch_size},
         response_cache=None
         if responses is None
         else {"path": str(responses.path), "hits": responses.hits, "misses": responses.misses},
