@@ -251,8 +251,7 @@ def _run_stage(cfg, stage, run_dir, models, track) -> dict[str, Any]:
             tasks=list(cfg.tasks),
             seed=stage.seed,
             device=cfg.device,
-            lora={"rank": s.lora_rank, "alpha": s.lora_alpha},
-            **s.model_dump(exclude={"lora_rank", "lora_alpha"}),
+            **s.model_dump(),
         )
         out = ft_dir(run_dir, stage.model, stage.method, stage.seed, first_seed)
         advance = track(stage.label, s.steps)
