@@ -11,11 +11,14 @@ import inspect
 import types
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from pydantic.fields import FieldInfo
 
 from iclft.finetune.config import LORA_KEYS, FinetuneConfig
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 #: the options that also have a short form
 SHORT = {"model": "-m", "tasks": "-t", "batch_size": "-b", "seed": "-s"}

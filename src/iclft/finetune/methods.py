@@ -228,7 +228,7 @@ PARAM_SET_NAMES = tuple(PARAMETER_SETS)
 METHOD_NAMES = tuple(METHODS)
 
 
-def get_method(name: str, params: str = "kv") -> Method:
+def get_method(name: str, params: str | None = None) -> Method:
     """The strategy of method ``name`` (``params``: the parameters layer-causal GD trains)."""
     if name not in METHODS:
         raise UnknownNameError("method", name, METHOD_NAMES)
