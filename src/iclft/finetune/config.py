@@ -155,9 +155,7 @@ class TrainingSettings(Strict):
             raise ValueError(f"learning rate must be > 0, got {v}")
         return v
 
-    @field_validator(
-        "train_variant", "loss_on", "schedule", "optimizer", "precision", mode="before"
-    )
+    @field_validator(*_NAMED, mode="before")
     @classmethod
     def _one_of(cls, v: Any, info) -> Any:
         allowed = get_args(cls.model_fields[info.field_name].annotation)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from iclft.errors import UnknownNameError, UserError
 
@@ -222,21 +222,20 @@ class LayerCausal(Method):
 
 #: the parameter selections, by name (``--params`` of layer-causal takes any of them)
 PARAMETER_SETS: dict[str, Method] = {m.name: m for m in (Full(), KV(), Lora())}
-#: every ``--method``: the parameter selections, and layer-causal GD on one of them
-METHODS: dict[str, Any] = {**PARAMETER_SETS, LayerCausal.name: LayerCausal}
 PARAM_SET_NAMES = tuple(PARAMETER_SETS)
-METHOD_NAMES = tuple(METHODS)
+#: every ``--method``: the parameter selections, and layer-causal GD on one of them
+METHOD_NAMES = (*PARAM_SET_NAMES, LayerCausal.name)
 
 
 def get_method(name: str, params: str | None = None) -> Method:
     """The strategy of method ``name`` (``params``: the parameters layer-causal GD trains)."""
-    if name not in METHODS:
-        raise UnknownNameError("method", name, METHOD_NAMES)
     if name == LayerCausal.name:
         if params not in PARAMETER_SETS:
             raise UnknownNameError("parameter set", params, PARAM_SET_NAMES)
         return LayerCausal(PARAMETER_SETS[params])
-    return METHODS[name]
+    if name not in PARAMETER_SETS:
+        raise UnknownNameError("method", name, METHOD_NAMES)
+    return PARAMETER_SETS[name]
 
 
 def trainable_count(model: nn.Module) -> tuple[int, int]:
