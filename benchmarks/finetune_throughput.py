@@ -31,8 +31,8 @@ def worker(args) -> dict:
 
     from iclft.finetune.config import make_config
     from iclft.finetune.data import TokenizedTexts, task_texts
-    from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
-    from iclft.finetune.methods import select_parameters, trainable_count
+    from iclft.finetune.layer_causal import layer_causal_loss
+    from iclft.finetune.methods import trainable_count
     from iclft.models.loading import load_model
 
     name, selection, causal = VARIANTS[args.worker]
@@ -42,9 +42,7 @@ def worker(args) -> dict:
     cfg = make_config(
         model=args.model, method=selection if not causal else "layer-causal", params=selection
     )
-    model = select_parameters(model, selection, cfg)
-    if causal:
-        freeze_readout(model)
+    model = cfg.strategy.select(model, cfg, cfg.seed)
     texts = task_texts(["boolean", "expression"], args.batch, seed=0)[: args.batch]
     rows = TokenizedTexts(texts, tok, args.loss_on, max_length=args.length).rows
     pad = tok.pad_token_id

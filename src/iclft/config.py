@@ -13,47 +13,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
+from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
+from iclft.finetune.methods import METHOD_NAMES
 from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
+from iclft.validation import FLOAT32_MAX, Strict
 
-METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
-FT_METHODS = {
-    "ft-full": "full",
-    "ft-lora": "lora",
-    "ft-kv": "kv",
-    "ft-layer-causal": "layer-causal",
-}
+#: an experiment's fine-tuning arms: ``ft-<method>`` for each fine-tuning method
+FT_METHODS = {f"ft-{m}": m for m in METHOD_NAMES}
+METHODS = ("baseline", "icl", *FT_METHODS)
 VARIANT_NAMES = ("clean", "misleading")
-
-
-#: the largest float32: a learning rate, decay or alpha above it overflows in the update
-FLOAT32_MAX = 3.4028234663852886e38
-
-
-def float32_range(v):
-    """Refuse a float no float32 holds (NaN/inf are refused by ``allow_inf_nan=False``)."""
-    if isinstance(v, float) and abs(v) > FLOAT32_MAX:
-        raise ValueError(f"must be at most 3.4e38 in magnitude (float32), got {v:g}")
-    return v
-
-
-def check_eval_checkpoints(steps: list[int], total: int | None) -> list[int]:
-    """The fine-tuning steps whose checkpoints are saved and evaluated, sorted: each a step of
-    the run (1 to ``total``, when the run's length is known) listed once. Empty: only the
-    final model is evaluated."""
-    allowed = f"steps from 1 to {total}" if total is not None else "positive steps"
-    for s in steps:
-        if s < 1 or (total is not None and s > total):
-            where = "not positive" if s < 1 else f"beyond the run's {total} steps"
-            raise ValueError(f"step {s} is {where}; allowed: {allowed}, each listed once")
-    twice = sorted({s for s in steps if steps.count(s) > 1})
-    if twice:
-        raise ValueError(f"step {twice[0]} is listed twice; allowed: {allowed}, each listed once")
-    return sorted(steps)
 
 
 def _known(kind: str, allowed_fn):
@@ -78,49 +51,7 @@ VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
 ChatMode = Annotated[str, _known("chat template mode", lambda: CHAT_MODES)]
 
 
-class _Strict(BaseModel):
-    """Unknown keys, non-finite floats (``.inf``, ``.nan``) and floats beyond float32 are
-    refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    _float32 = field_validator("*")(float32_range)
-
-
-class FinetuneSettings(_Strict):
-    """Fine-tuning settings shared by every ``ft-*`` method (see ``iclft finetune --help``)."""
-
-    train_n: int = Field(200, gt=0)
-    train_variant: Literal["clean", "misleading"] = "clean"
-    loss_on: Literal["target", "full"] = "target"
-    steps: int = Field(30, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = (
-        "constant_with_warmup"
-    )
-    warmup_steps: int = Field(0, ge=0)
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    eval_every: int = Field(0, ge=0)
-    eval_n: int = Field(20, gt=0)
-    save_every: int = Field(0, ge=0)
-    #: steps whose checkpoints are saved and evaluated 0-shot beside the final model (the
-    #: paper's protocol evaluates step 100 of 300)
-    eval_checkpoints: list[int] = Field(default_factory=list)
-    params: Literal["full", "kv", "lora"] = "kv"  # for ft-layer-causal
-    lora_rank: int = Field(8, gt=0)
-    lora_alpha: float = Field(16.0, gt=0)
-
-    @field_validator("eval_checkpoints")
-    @classmethod
-    def _eval_checkpoints(cls, v: list[int], info) -> list[int]:
-        return check_eval_checkpoints(v, info.data.get("steps"))
-
-
-class CircuitsSettings(_Strict):
+class CircuitsSettings(Strict):
     enabled: bool = False
     tasks: list[TaskName] | None = None  # default: every task of the run that has pairs
     shots: int = Field(4, ge=0)
@@ -136,7 +67,7 @@ class CircuitsSettings(_Strict):
     )
 
 
-class SimilaritySettings(_Strict):
+class SimilaritySettings(Strict):
     enabled: bool = False
     tasks: list[TaskName] | None = None
     shots: int = Field(8, gt=0)
@@ -162,12 +93,12 @@ class SimilaritySettings(_Strict):
         return v
 
 
-class AnalysisSettings(_Strict):
+class AnalysisSettings(Strict):
     circuits: CircuitsSettings = CircuitsSettings()
     similarity: SimilaritySettings = SimilaritySettings()
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     """Everything a run needs; saved resolved as ``RUN_DIR/config.json``."""
 
     name: str = "experiment"
@@ -194,17 +125,26 @@ class ExperimentConfig(_Strict):
     max_new_tokens: int = Field(10, gt=0)
     device: str = "auto"
     dtype: str = "auto"
-    finetune: FinetuneSettings = FinetuneSettings()
+    #: settings shared by every ``ft-*`` method (see ``iclft finetune --help``), from
+    #: :data:`~iclft.finetune.config.EXPERIMENT_DEFAULTS`
+    finetune: TrainingSettings = Field(
+        default_factory=lambda: TrainingSettings(**EXPERIMENT_DEFAULTS)
+    )
     #: per-method overrides of ``finetune`` (e.g. ``ft-full: {lr: 1.0e-5}``)
     finetune_overrides: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
     analysis: AnalysisSettings = AnalysisSettings()
 
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _experiment_defaults(cls, v: Any) -> Any:
+        return {**EXPERIMENT_DEFAULTS, **v} if isinstance(v, dict) else v
+
     def ft_methods(self) -> list[str]:
         return [m for m in self.methods if m in FT_METHODS]
 
-    def finetune_for(self, method: str) -> FinetuneSettings:
+    def finetune_for(self, method: str) -> TrainingSettings:
         merged = {**self.finetune.model_dump(), **self.finetune_overrides.get(method, {})}
-        return FinetuneSettings(**merged)
+        return TrainingSettings(**merged)
 
 
 def _loc(loc: tuple) -> str:
@@ -230,6 +170,9 @@ def _message(err: dict) -> str:
     return msg
 
 
+_FIXED_STEPS = "a run fine-tunes for a number of steps (epochs are for `iclft finetune`)"
+
+
 def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
     """Validate a mapping; every problem is reported in one line, each with its location."""
     if not isinstance(data, dict):
@@ -249,12 +192,17 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
     problems = []
     for m in cfg.finetune_overrides:
         try:
-            cfg.finetune_for(m)
+            s = cfg.finetune_for(m)
         except ValidationError as e:
             for err in e.errors():
                 problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
+            s = None
         if m not in FT_METHODS:
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
+        elif s is not None and (s.steps is None or s.epochs is not None):
+            problems.append(f"finetune_overrides.{m}.steps: {_FIXED_STEPS}")
+    if cfg.finetune.steps is None or cfg.finetune.epochs is not None:
+        problems.append(f"finetune.steps: {_FIXED_STEPS}")
     if cfg.scoring == "loglik":
         from iclft.tasks import get_task
 

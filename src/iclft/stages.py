@@ -248,8 +248,7 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
         tasks=list(cfg.tasks),
         seed=st.seed,
         device=cfg.device,
-        lora={"rank": s.lora_rank, "alpha": s.lora_alpha},
-        **s.model_dump(exclude={"lora_rank", "lora_alpha"}),
+        **s.model_dump(),
     )
     out = ctx.ft_dir(st)
     advance = ctx.track(st.label, s.steps)

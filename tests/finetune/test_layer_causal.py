@@ -6,15 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from iclft.finetune.config import TrainingSettings
 from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss, layer_causal_losses
-from iclft.finetune.methods import select_parameters
+from iclft.finetune.methods import get_method
 from iclft.models.anatomy import anatomy
 from iclft.tasks import get_task
 
-
-class _Cfg:
-    class lora:  # noqa: N801 - mimics the pydantic settings object
-        rank, alpha, dropout, target_modules = 4, 8.0, 0.0, None
+_SETTINGS = TrainingSettings(lora_rank=4, lora_alpha=8.0)
 
 
 def _batch(tok):
@@ -36,7 +34,7 @@ def test_each_layer_gets_gradient_only_from_its_own_exit(
 ):
     model = tiny_model_factory(arch, len(tiny_tokenizer), seed=1)
     model.eval()  # no dropout, so the separate forwards below compute the same function
-    model = select_parameters(model, selection, _Cfg)
+    model = get_method(selection).select(model, _SETTINGS)
     freeze_readout(model)
     ids, mask, labels = _batch(tiny_tokenizer)
     per_layer = _layer_params(model)

@@ -29,8 +29,9 @@ from iclft.analysis.patching import (
     patched_metric,
     tokenizes_alike,
 )
+from iclft.finetune.config import TrainingSettings
 from iclft.finetune.layer_causal import freeze_readout, layer_causal_losses
-from iclft.finetune.methods import select_parameters
+from iclft.finetune.methods import get_method
 from iclft.icl.engine import Engine, NewlineStop
 from iclft.icl.prompts import DemoPool, build_prompt
 from iclft.models import LoadedModel, ResolvedModel
@@ -215,11 +216,7 @@ def test_exact_and_attribution_patching(family, family_models, tiny_tokenizer, h
 # ----- fine-tuning ----------------------------------------------------------------------------
 
 
-class _Cfg:
-    seed = 0
-
-    class lora:  # noqa: N801 - mimics the pydantic settings object
-        rank, alpha, dropout, target_modules = 4, 8.0, 0.0, None
+_SETTINGS = TrainingSettings(lora_rank=4, lora_alpha=8.0)
 
 
 def _batch(tok):
@@ -234,7 +231,7 @@ def _batch(tok):
 def test_kv_training_moves_only_keys_and_values(family, tiny_tokenizer, tiny_model_factory):
     model = tiny_model_factory(family, len(tiny_tokenizer), seed=4).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    model = select_parameters(model, "kv", _Cfg)
+    model = get_method("kv").select(model, _SETTINGS)
     an = anatomy(model)
     kv = {p.name: p for p in an.kv_parameters()}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(kv)
@@ -269,7 +266,7 @@ def test_kv_training_moves_only_keys_and_values(family, tiny_tokenizer, tiny_mod
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_layer_causal_gradient_isolation(family, tiny_tokenizer, tiny_model_factory):
     model = tiny_model_factory(family, len(tiny_tokenizer), seed=1)
-    model = select_parameters(model, "full", _Cfg)
+    model = get_method("full").select(model, _SETTINGS)
     freeze_readout(model)
     an = anatomy(model)
     per_layer = [[p for p in b.parameters() if p.requires_grad] for b in an.blocks]

@@ -1,52 +1,97 @@
-"""``iclft finetune``: full, LoRA, K/V-only or layer-causal fine-tuning on the tasks."""
+"""``iclft finetune``: full, LoRA, K/V-only or layer-causal fine-tuning on the tasks.
+
+Its options are derived from :class:`~iclft.finetune.config.FinetuneConfig`'s fields (one
+``--field-name`` per field, its help and default from the field); a list is given
+comma-separated. Given options override the ``--config`` YAML file, which overrides the defaults.
+"""
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from iclft.finetune.config import LORA_KEYS, FinetuneConfig
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+#: the options that also have a short form
+SHORT = {"model": "-m", "tasks": "-t", "batch_size": "-b", "seed": "-s"}
+
+
+def _base(annotation) -> tuple[type, bool]:
+    """The option's click type for a field's annotation, and whether the field is a list."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _base(args[0])
+    if typing.get_origin(annotation) is list:
+        return str, True
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, False
+    return annotation, False
+
+
+def _help(name: str, field: FieldInfo, is_list: bool) -> str:
+    default = field.get_default(call_default_factory=True)
+    shown = (",".join(map(str, default)) or "''") if is_list and default is not None else default
+    choices = typing.get_args(field.annotation)
+    named = choices and all(isinstance(c, str) for c in choices)
+    allowed = f" One of: {', '.join(choices)}." if named else ""
+    lists = " Comma-separated." if is_list else ""
+    if name == "eval_checkpoints":
+        lists = " Comma-separated; '' for none."
+    return f"{field.description or ''}{allowed}{lists} (default: {shown})"
+
+
+def _field_options() -> list[inspect.Parameter]:
+    params = []
+    for name, field in FinetuneConfig.model_fields.items():
+        kind, is_list = _base(field.annotation)
+        flags = [f"--{name.replace('_', '-')}", *([SHORT[name]] if name in SHORT else [])]
+        option = typer.Option(None, *flags, help=_help(name, field, is_list), show_default=False)
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
+            )
+        )
+    return params
+
+
+def _values(given: dict) -> dict:
+    """The settings the options give: lists split at commas, LoRA fields nested as a run's
+    file nests them."""
+    from iclft.icl.evaluate import parse_int_list
+
+    values: dict = {}
+    for name, v in given.items():
+        if v is None:
+            continue
+        if _base(FinetuneConfig.model_fields[name].annotation)[1]:
+            text = v.strip()
+            flag = f"--{name.replace('_', '-')}"
+            if name == "eval_checkpoints":
+                v = list(parse_int_list(text, flag)) if text else []
+            else:
+                v = [x.strip() for x in text.split(",") if x.strip()]
+                if not v:
+                    continue  # '' gives nothing: the file's or the default list stays
+        if name in LORA_KEYS:
+            values.setdefault("lora", {})[LORA_KEYS[name]] = v
+        else:
+            values[name] = v
+    return values
 
 
 def finetune_command(
     output: Path = typer.Option(..., "-o", "--output", help="Output directory of the run."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file of settings."),
-    model: str = typer.Option(None, "--model", "-m", help="Alias, directory or hub id."),
-    method: str = typer.Option(None, "--method", help="full, lora, kv or layer-causal."),
-    params: str = typer.Option(None, "--params", help="layer-causal: full, kv (default), lora."),
-    tasks: str = typer.Option(None, "--tasks", "-t", help="Training tasks, comma-separated."),
-    data: str = typer.Option(None, "--data", help="tasks (default) or demonstrations."),
-    train_n: int = typer.Option(None, "--train-n", help="Training texts per task."),
-    train_variant: str = typer.Option(None, "--train-variant", help="clean or misleading."),
-    shots: int = typer.Option(None, "--shots", help="demonstrations mode: k."),
-    loss_on: str = typer.Option(None, "--loss-on", help="target (default) or full."),
-    steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
-    epochs: float = typer.Option(None, "--epochs", help="Epochs (instead of --steps)."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate."),
-    schedule: str = typer.Option(None, "--schedule", help="constant[_with_warmup], linear..."),
-    warmup_steps: int = typer.Option(None, "--warmup-steps"),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Per-device batch size."),
-    grad_accum: int = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
-    weight_decay: float = typer.Option(None, "--weight-decay"),
-    optimizer: str = typer.Option(None, "--optimizer", help="adamw or sgd."),
-    precision: str = typer.Option(None, "--precision", help="fp32, bf16 or fp16."),
-    seed: int = typer.Option(None, "--seed", "-s"),
-    eval_every: int = typer.Option(None, "--eval-every", help="Steps between curve points."),
-    eval_n: int = typer.Option(None, "--eval-n", help="Held-out items per task and variant."),
-    eval_tasks: str = typer.Option(None, "--eval-tasks", help="Curve tasks (default: --tasks)."),
-    save_every: int = typer.Option(None, "--save-every", help="Steps between checkpoints."),
-    eval_checkpoints: str = typer.Option(
-        None,
-        "--eval-checkpoints",
-        help="Steps whose checkpoints are always saved for 0-shot evaluation, comma-separated "
-        "(e.g. 100,300; the paper evaluates step 100 of 300); '' for none.",
-    ),
-    max_length: int = typer.Option(None, "--max-length"),
-    lora_rank: int = typer.Option(None, "--lora-rank"),
-    lora_alpha: float = typer.Option(None, "--lora-alpha"),
-    lora_dropout: float = typer.Option(None, "--lora-dropout"),
-    lora_targets: str = typer.Option(None, "--lora-targets", help="Module names, comma-sep."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    **settings,
 ) -> None:
     """Fine-tune a model on task data and write the final model, curves.csv and manifest.json;
     the output directory is a model that `iclft eval --model DIR` accepts, and so is each
@@ -55,60 +100,22 @@ def finetune_command(
 
     from iclft.finetune import make_config, run_finetune
     from iclft.finetune.config import load_config_file
-    from iclft.icl.evaluate import parse_int_list
 
     values = load_config_file(config) if config else {}
-    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    ckpts = None
-    if eval_checkpoints is not None:  # '' clears a list the config file gives
-        text = eval_checkpoints.strip()
-        ckpts = list(parse_int_list(text, "--eval-checkpoints")) if text else []
-    given = {
-        "model": model,
-        "method": method,
-        "params": params,
-        "tasks": split(tasks) if tasks else None,
-        "data": data,
-        "train_n": train_n,
-        "train_variant": train_variant,
-        "shots": shots,
-        "loss_on": loss_on,
-        "steps": steps,
-        "epochs": epochs,
-        "lr": lr,
-        "schedule": schedule,
-        "warmup_steps": warmup_steps,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "weight_decay": weight_decay,
-        "optimizer": optimizer,
-        "precision": precision,
-        "seed": seed,
-        "eval_every": eval_every,
-        "eval_n": eval_n,
-        "eval_tasks": split(eval_tasks) if eval_tasks else None,
-        "save_every": save_every,
-        "eval_checkpoints": ckpts,
-        "max_length": max_length,
-        "device": device,
-    }
-    values.update({k: v for k, v in given.items() if v is not None})
-    lora = dict(values.get("lora") or {})
-    for key, v in (
-        ("rank", lora_rank),
-        ("alpha", lora_alpha),
-        ("dropout", lora_dropout),
-        ("target_modules", split(lora_targets) if lora_targets else None),
-    ):
-        if v is not None:
-            lora[key] = v
+    given = _values(settings)
+    lora = {**(values.get("lora") or {}), **given.pop("lora", {})}
+    values.update(given)
     if lora:
         values["lora"] = lora
-    if epochs is not None and steps is None:
-        values["steps"] = None
+    if settings.get("epochs") is not None and settings.get("steps") is None:
+        values["steps"] = None  # --epochs instead of the default (or the file's) steps
     cfg = make_config(**values)
     res = run_finetune(cfg, output, resume=resume)
     Console(stderr=True).print(
         f"done: {res.steps} steps, final loss {res.final_loss:.4f}, "
         f"{res.trainable:,}/{res.total:,} parameters trained; model in {output}"
     )
+
+
+_own = list(inspect.signature(finetune_command).parameters.values())[:-1]
+finetune_command.__signature__ = inspect.Signature([*_own, *_field_options()])

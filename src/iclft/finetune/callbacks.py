@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from iclft.config import check_eval_checkpoints
 from iclft.errors import UserError
 from iclft.faults import kill_point
+from iclft.finetune.config import check_eval_checkpoints
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task
 from iclft.store import write_text_atomic

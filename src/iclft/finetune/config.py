@@ -1,24 +1,29 @@
-"""The validated fine-tuning configuration (one pydantic model; CLI flags and YAML both fill it)."""
+"""The fine-tuning settings: one pydantic model of the training hyper-parameters
+(:class:`TrainingSettings`, each field with its help text) that the experiment's ``finetune:``
+block, ``iclft finetune``'s options (derived from the fields) and a run's validated config
+(:class:`FinetuneConfig`, saved as ``train_config.json``) all use; and the layout of a
+fine-tuning directory."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from iclft.config import check_eval_checkpoints, float32_range
 from iclft.errors import UnknownNameError, UserError
-
-METHODS = ("full", "lora", "kv", "layer-causal")
-PARAM_SETS = ("full", "kv", "lora")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
-LOSS_ON = ("target", "full")
-DATA_MODES = ("tasks", "demonstrations")
+from iclft.finetune.methods import METHOD_NAMES, PARAM_SET_NAMES, Method, get_method
+from iclft.validation import Strict
 
 #: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -49,68 +54,99 @@ def fixed_steps(steps: int | None, epochs: float | None, data: str | None) -> in
     return steps if steps and not epochs and data == "tasks" else None
 
 
-#: fields whose value is one of a fixed set of names: (what to call it in errors, allowed)
-_NAMED = {
-    "method": ("method", METHODS),
-    "params": ("parameter set", PARAM_SETS),
-    "optimizer": ("optimizer", OPTIMIZERS),
-    "schedule": ("schedule", SCHEDULES),
-    "precision": ("precision", PRECISIONS),
-}
+def check_eval_checkpoints(steps: list[int], total: int | None) -> list[int]:
+    """The fine-tuning steps whose checkpoints are saved and evaluated, sorted: each a step of
+    the run (1 to ``total``, when the run's length is known) listed once. Empty: only the
+    final model is evaluated."""
+    allowed = f"steps from 1 to {total}" if total is not None else "positive steps"
+    for s in steps:
+        if s < 1 or (total is not None and s > total):
+            where = "not positive" if s < 1 else f"beyond the run's {total} steps"
+            raise ValueError(f"step {s} is {where}; allowed: {allowed}, each listed once")
+    twice = sorted({s for s in steps if steps.count(s) > 1})
+    if twice:
+        raise ValueError(f"step {twice[0]} is listed twice; allowed: {allowed}, each listed once")
+    return sorted(steps)
 
 
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = None  # None: attention and MLP projections
-
-    _float32 = field_validator("*")(float32_range)
+#: the LoRA fields, by their key in the nested ``lora:`` mapping of a run's file
+LORA_KEYS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+             "lora_targets": "target_modules"}  # fmt: skip
 
 
-class FinetuneConfig(BaseModel):
-    """Everything that determines a fine-tuning run (saved as ``train_config.json``).
+def _lora(field: str) -> AliasChoices:
+    """A LoRA field is read from ``lora: {key: ...}`` (a run's file) or from its own name."""
+    return AliasChoices(AliasPath("lora", LORA_KEYS[field]), field)
+
+
+#: fields whose value is one of their ``Literal``'s names (refused with the nearest allowed one)
+_NAMED = ("train_variant", "loss_on", "schedule", "optimizer", "precision")
+
+
+class TrainingSettings(Strict):
+    """The hyper-parameters of a fine-tuning run: the ``finetune:`` block of an experiment (with
+    :data:`EXPERIMENT_DEFAULTS`), and the options of ``iclft finetune`` (these defaults).
 
     Every float must be finite (``inf``/``nan`` are refused wherever they come from)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    model: str = "smollm2-135m"
-    method: str = "full"
-    #: parameters updated by ``layer-causal`` (the others select their own)
-    params: str = "kv"
-    tasks: list[str] = ["expression"]
-    data: Literal["tasks", "demonstrations"] = "tasks"
-    train_n: int = Field(1000, gt=0, description="training texts per task")
-    train_variant: Literal["clean", "misleading"] = "clean"
-    shots: int = Field(32, gt=0, description="demonstrations mode: k of the k-shot prompt")
-    loss_on: Literal["target", "full"] = "target"
-    steps: int | None = Field(300, gt=0)
-    epochs: float | None = Field(None, gt=0)
-    lr: float = 1e-5
-    schedule: str = "constant_with_warmup"
-    warmup_steps: int = Field(20, ge=0)
-    batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: str = "adamw"
-    precision: str = "fp32"
-    seed: int = 0
-    eval_every: int = Field(0, ge=0, description="0: only before and after training")
-    eval_n: int = Field(50, gt=0)
-    eval_tasks: list[str] | None = None  # default: the training tasks
-    save_every: int = Field(0, ge=0, description="0: no intermediate checkpoints")
+    train_n: int = Field(1000, gt=0, description="Training texts per task.")
+    train_variant: Literal["clean", "misleading"] = Field(
+        "clean", description="Variant of the training texts."
+    )
+    loss_on: Literal["target", "full"] = Field(
+        "target", description="Tokens the loss is on: the answer (target) or the whole text."
+    )
+    steps: int | None = Field(300, gt=0, description="Optimizer steps.")
+    epochs: float | None = Field(None, gt=0, description="Epochs (instead of --steps).")
+    lr: float = Field(1e-5, description="Learning rate.")
+    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="Learning-rate schedule."
+    )
+    warmup_steps: int = Field(20, ge=0, description="Warm-up steps of the schedule.")
+    batch_size: int = Field(16, gt=0, description="Per-device batch size.")
+    grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW/SGD weight decay.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+    eval_every: int = Field(
+        0, ge=0, description="Steps between curve points (0: only before and after training)."
+    )
+    eval_n: int = Field(50, gt=0, description="Held-out items per task and variant.")
+    save_every: int = Field(
+        0, ge=0, description="Steps between checkpoints (0: no intermediate checkpoints)."
+    )
     eval_checkpoints: list[int] = Field(
         default_factory=list,
-        description="steps whose checkpoints are always saved, to be evaluated 0-shot beside "
-        "the final model (`iclft run` does; sorted, each listed once; empty: final model only)",
+        description="Steps whose checkpoints are always saved, to be evaluated 0-shot beside "
+        "the final model (`iclft run` does; sorted, each listed once; empty: final model only; "
+        "the paper evaluates step 100 of 300).",
     )
-    max_length: int = Field(1024, gt=8)
-    lora: LoraSettings = LoraSettings()
-    device: str = "auto"
+    max_length: int = Field(1024, gt=8, description="Longest training text, in tokens.")
+    params: str = Field(
+        "kv", description=f"layer-causal: the parameters it trains ({', '.join(PARAM_SET_NAMES)})."
+    )
+    lora_rank: int = Field(8, gt=0, validation_alias=_lora("lora_rank"), description="LoRA rank.")
+    lora_alpha: float = Field(
+        16.0, gt=0, validation_alias=_lora("lora_alpha"), description="LoRA alpha."
+    )
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, validation_alias=_lora("lora_dropout"), description="LoRA dropout."
+    )
+    lora_targets: list[str] | None = Field(
+        None,
+        validation_alias=_lora("lora_targets"),
+        description="LoRA target modules (default: the family's attention and MLP projections).",
+    )
 
-    _float32 = field_validator("*")(float32_range)
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_keys(cls, data: Any) -> Any:
+        lora = data.get("lora") if isinstance(data, dict) else None
+        unknown = sorted(set(lora) - set(LORA_KEYS.values())) if isinstance(lora, dict) else []
+        if unknown:
+            allowed = ", ".join(LORA_KEYS.values())
+            raise ValueError(f"lora.{unknown[0]}: unknown setting; allowed: {allowed}")
+        return data
 
     @field_validator("lr")
     @classmethod
@@ -119,20 +155,67 @@ class FinetuneConfig(BaseModel):
             raise ValueError(f"learning rate must be > 0, got {v}")
         return v
 
-    @field_validator("method", "params", "optimizer", "schedule", "precision")
+    @field_validator(*_NAMED, mode="before")
     @classmethod
-    def _known_name(cls, v: str, info) -> str:
-        kind, allowed = _NAMED[info.field_name]
+    def _one_of(cls, v: Any, info) -> Any:
+        allowed = get_args(cls.model_fields[info.field_name].annotation)
         if v not in allowed:
-            raise UnknownNameError(kind, v, allowed)
+            raise UnknownNameError(info.field_name.replace("_", " "), v, allowed)
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: str) -> str:
+        if v not in PARAM_SET_NAMES:
+            raise UnknownNameError("parameter set", v, PARAM_SET_NAMES)
         return v
 
     @field_validator("eval_checkpoints")
     @classmethod
     def _eval_checkpoints(cls, v: list[int], info) -> list[int]:
-        d = info.data  # the fields above, where valid
-        total = fixed_steps(d.get("steps"), d.get("epochs"), d.get("data"))
+        d = info.data  # the fields above, where valid (a run's ``data`` comes first)
+        total = fixed_steps(d.get("steps"), d.get("epochs"), d.get("data", "tasks"))
         return check_eval_checkpoints(v, total)
+
+
+#: the experiment's ``finetune:`` block starts from these instead of the defaults above: a short
+#: CPU-sized run (``iclft finetune``'s defaults are the paper's protocol)
+EXPERIMENT_DEFAULTS = {
+    "train_n": 200,
+    "steps": 30,
+    "lr": 1e-4,
+    "warmup_steps": 0,
+    "batch_size": 8,
+    "eval_n": 20,
+}
+
+
+class _Run(Strict):
+    """What is trained on what (declared before the settings, whose checks read ``data``)."""
+
+    model: str = Field("smollm2-135m", description="Alias, directory or hub id.")
+    method: str = Field("full", description=f"Fine-tuning method: {', '.join(METHOD_NAMES)}.")
+    tasks: list[str] = Field(["expression"], description="Training tasks.")
+    data: Literal["tasks", "demonstrations"] = Field(
+        "tasks", description="Train on task texts, or on one k-shot prompt's demonstrations."
+    )
+    shots: int = Field(32, gt=0, description="demonstrations mode: k of the k-shot prompt.")
+    seed: int = Field(0, description="Seed of the data, the LoRA init and the Trainer.")
+
+
+class FinetuneConfig(TrainingSettings, _Run):
+    """Everything that determines a fine-tuning run (saved as ``train_config.json``, with the
+    LoRA settings nested as ``lora: {rank, alpha, dropout, target_modules}``)."""
+
+    eval_tasks: list[str] | None = Field(None, description="Curve tasks (default: --tasks).")
+    device: str = Field("auto", description="auto, cpu, cuda, mps.")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHOD_NAMES:
+            raise UnknownNameError("method", v, METHOD_NAMES)
+        return v
 
     @field_validator("tasks", "eval_tasks")
     @classmethod
@@ -147,14 +230,16 @@ class FinetuneConfig(BaseModel):
             get_task(t)
         return v
 
-    @property
-    def selection(self) -> str:
-        """Which parameters are updated: full, kv or lora."""
-        return self.params if self.method == "layer-causal" else self.method
+    @model_serializer(mode="wrap")
+    def _nest_lora(self, handler) -> dict:
+        data = handler(self)
+        lora = {key: data.pop(f) for f, key in LORA_KEYS.items() if f in data}
+        return {**data, "lora": lora} if lora else data
 
     @property
-    def layer_causal(self) -> bool:
-        return self.method == "layer-causal"
+    def strategy(self) -> Method:
+        """The fine-tuning method's strategy (:mod:`iclft.finetune.methods`)."""
+        return get_method(self.method, self.params)
 
     @property
     def total_steps(self) -> int | None:

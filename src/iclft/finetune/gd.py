@@ -21,16 +21,9 @@ import copy
 import torch
 from torch import nn
 
+from iclft.finetune.config import TrainingSettings
 from iclft.finetune.data import TokenizedTexts, demonstration_texts
-from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
-from iclft.finetune.methods import select_parameters
-
-
-class _Selection:
-    """The minimal settings object :func:`select_parameters` reads (no LoRA here)."""
-
-    class lora:  # noqa: N801
-        rank, alpha, dropout, target_modules = 8, 16.0, 0.0, None
+from iclft.finetune.methods import LayerCausal, get_method
 
 
 def sgd_on_demonstrations(
@@ -53,18 +46,17 @@ def sgd_on_demonstrations(
     rows = TokenizedTexts(texts, tokenizer, loss_on="full", max_length=10_000).rows
     new = copy.deepcopy(model).float()  # fp32 master weights whatever the evaluation dtype
     new.eval()  # no dropout: the update is a deterministic function of the demonstrations
-    new = select_parameters(new, params, _Selection)
-    if layer_causal:
-        freeze_readout(new)
+    method = get_method(LayerCausal.name if layer_causal else params, params)
+    new = method.select(new, TrainingSettings())  # LoRA (if asked): the default settings
     opt = torch.optim.SGD([p for p in new.parameters() if p.requires_grad], lr=lr)
     device = next(new.parameters()).device
     for r in rows:
         ids = torch.tensor([r["input_ids"]], device=device)
         labels = torch.tensor([r["labels"]], device=device)
-        if layer_causal:
-            loss = layer_causal_loss(new, ids, None, labels)
-        else:
-            loss = new(input_ids=ids, labels=labels).loss
+        inputs = {"input_ids": ids, "labels": labels}
+        loss = method.loss(new, inputs)
+        if loss is None:
+            loss = new(**inputs).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

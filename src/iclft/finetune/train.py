@@ -54,14 +54,7 @@ from iclft.finetune.config import (
     make_config,
 )
 from iclft.finetune.data import TokenizedTexts, demonstration_texts, task_texts
-from iclft.finetune.layer_causal import freeze_readout, layer_causal_loss
-from iclft.finetune.methods import (
-    check_lora_targets,
-    default_lora_targets,
-    kv_is_masked,
-    select_parameters,
-    trainable_count,
-)
+from iclft.finetune.methods import Method, trainable_count
 from iclft.models.anatomy import anatomy, family_for
 from iclft.store import (
     MANIFEST_NAME,
@@ -72,6 +65,20 @@ from iclft.store import (
     write_json_atomic,
     write_manifest,
 )
+
+#: Dai et al.'s and Deutch et al.'s SGD on the demonstrations (``data: demonstrations``), as
+#: TrainingArguments over the settings: batch 1, one epoch in prompt order, plain SGD at a
+#: constant lr, no gradient clipping (:mod:`iclft.finetune.gd` runs the same loop in memory)
+DEMONSTRATIONS_PROTOCOL = {
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "max_grad_norm": 0.0,
+    "optim": "sgd",
+    "train_sampling_strategy": "sequential",
+}
 
 
 @dataclass
@@ -158,12 +165,7 @@ def _check_model_modules(cfg: FinetuneConfig) -> None:
     family_for(mcfg.model_type)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(mcfg)
-    names = [n for n, _ in meta.named_modules()]
-    if cfg.selection == "lora":
-        if cfg.lora.target_modules:
-            check_lora_targets(cfg.lora.target_modules, names)
-        else:
-            default_lora_targets(mcfg.model_type, names)
+    cfg.strategy.check(meta, cfg)
     anatomy(meta)  # an unsupported family fails here, before any weight is read
 
 
@@ -171,21 +173,15 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class ICLFTTrainer(Trainer):
-        """Trainer whose loss is layer-causal when asked; otherwise the model's own."""
+        """Trainer whose loss is the method's (:meth:`Method.loss`), else the model's own."""
 
-        layer_causal = False
+        method: Method
         base_spec: str | None = None  # LoRA: the base model's spec, written into checkpoints
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.layer_causal:
+            loss = self.method.loss(model, inputs, num_items_in_batch)
+            if loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = layer_causal_loss(
-                model,
-                inputs["input_ids"],
-                inputs.get("attention_mask"),
-                inputs["labels"],
-                num_items_in_batch,
-            )
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer does for its own loss
             return (loss, None) if return_outputs else loss
@@ -283,30 +279,31 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         texts = demonstration_texts(cfg.tasks[0], cfg.shots, cfg.seed)
     dataset = TokenizedTexts(texts, tok, cfg.loss_on, cfg.max_length)
 
-    weight_decay = cfg.weight_decay
-    model = select_parameters(model, cfg.selection, cfg)
-    if cfg.layer_causal:
-        freeze_readout(model)
-    if cfg.selection == "kv" and kv_is_masked(model):
-        weight_decay = 0.0  # decay would move the masked query features of a fused projection
+    method = cfg.strategy
+    model = method.select(model, cfg, cfg.seed)
     trainable, total = trainable_count(model)
     if trainable == 0:
         raise UserError("no parameter is trainable with these settings")
 
-    is_demo = cfg.data == "demonstrations"
     ckpts = out_dir / CHECKPOINTS_DIR
+    protocol = {
+        "num_train_epochs": cfg.epochs or 1.0,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "lr_scheduler_type": cfg.schedule,
+        "warmup_steps": cfg.warmup_steps,
+        "max_grad_norm": 1.0,
+        "optim": "sgd" if cfg.optimizer == "sgd" else "adamw_torch",
+        "train_sampling_strategy": "random",
+    }
+    if cfg.data == "demonstrations":
+        protocol.update(DEMONSTRATIONS_PROTOCOL)
     args = TrainingArguments(
         output_dir=str(ckpts),
         max_steps=cfg.total_steps or -1,
-        num_train_epochs=(1.0 if is_demo else (cfg.epochs or 1.0)),
-        per_device_train_batch_size=1 if is_demo else cfg.batch_size,
-        gradient_accumulation_steps=1 if is_demo else cfg.grad_accum,
         learning_rate=cfg.lr,
-        lr_scheduler_type="constant" if is_demo else cfg.schedule,
-        warmup_steps=0 if is_demo else cfg.warmup_steps,
-        weight_decay=weight_decay,
-        max_grad_norm=0.0 if is_demo else 1.0,  # plain SGD on demonstrations: no clipping
-        optim="sgd" if (is_demo or cfg.optimizer == "sgd") else "adamw_torch",
+        weight_decay=0.0 if method.decay_off(model) else cfg.weight_decay,
+        **protocol,
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
@@ -319,7 +316,6 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         fp16=cfg.precision == "fp16",
         remove_unused_columns=False,
         disable_tqdm=True,
-        train_sampling_strategy="sequential" if is_demo else "random",
         dataloader_num_workers=0,
     )
     world = max(1, args.world_size)
@@ -336,8 +332,8 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         nan,
     )
     trainer_cls = _make_trainer_class()
-    trainer_cls.layer_causal = cfg.layer_causal
-    trainer_cls.base_spec = cfg.model if cfg.selection == "lora" else None
+    trainer_cls.method = method
+    trainer_cls.base_spec = cfg.model if method.saves_adapter else None
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -369,7 +365,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         started=started,
         model=loaded.describe(),
         method=cfg.method,
-        parameters=cfg.selection,
+        parameters=method.parameters,
         device=str(args.device),
         world_size=world,
         seeds=[cfg.seed],
@@ -428,14 +424,7 @@ def _save_final(model, tok, out_dir: Path, cfg: FinetuneConfig) -> None:
     staging = out_dir / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if cfg.selection == "lora":
-            model.peft_config["default"].base_model_name_or_path = cfg.model
-            # embeddings are never LoRA targets here; "auto" would look the base up on a hub
-            model.save_pretrained(
-                str(staging), safe_serialization=True, save_embedding_layers=False
-            )
-        else:
-            model.save_pretrained(str(staging), safe_serialization=True)
+        cfg.strategy.save(model, staging, cfg.model)
         tok.save_pretrained(str(staging))
         for f in sorted(staging.iterdir()):
             with open(f, "rb") as fh:
