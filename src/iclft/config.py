@@ -19,16 +19,7 @@ from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
 from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
-
-METHODS = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
-FT_METHODS = {
-    "ft-full": "full",
-    "ft-lora": "lora",
-    "ft-kv": "kv",
-    "ft-layer-causal": "layer-causal",
-}
-VARIANT_NAMES = ("clean", "misleading")
-
+from iclft.records import SCORINGS, arms, is_finetune
 
 #: the largest float32: a learning rate, decay or alpha above it overflows in the update
 FLOAT32_MAX = 3.4028234663852886e38
@@ -66,15 +57,21 @@ def _known(kind: str, allowed_fn):
     return AfterValidator(check)
 
 
+def _variants():
+    from iclft.tasks import VARIANTS
+
+    return VARIANTS
+
+
 def _task_names():
     from iclft.tasks import task_names
 
     return task_names()
 
 
-MethodName = Annotated[str, _known("method", lambda: METHODS)]
+MethodName = Annotated[str, _known("method", arms)]
 TaskName = Annotated[str, _known("task", _task_names)]
-VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
+VariantName = Annotated[str, _known("variant", _variants)]
 ChatMode = Annotated[str, _known("chat template mode", lambda: CHAT_MODES)]
 
 
@@ -178,7 +175,7 @@ class ExperimentConfig(_Strict):
     shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
     n: int = Field(50, gt=0, description="test items per cell")
     demos: Literal["shared", "per-query"] = "shared"
-    scoring: Literal["generate", "loglik", "auto"] = "generate"
+    scoring: Literal[SCORINGS] = "generate"  # type: ignore[valid-type]
     #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.evaluate
     protocol: Literal["exact", "paper"] = "exact"
     #: independent demonstration sets per k-shot cell (intervals include their variance)
@@ -200,7 +197,7 @@ class ExperimentConfig(_Strict):
     analysis: AnalysisSettings = AnalysisSettings()
 
     def ft_methods(self) -> list[str]:
-        return [m for m in self.methods if m in FT_METHODS]
+        return [m for m in self.methods if is_finetune(m)]
 
     def finetune_for(self, method: str) -> FinetuneSettings:
         merged = {**self.finetune.model_dump(), **self.finetune_overrides.get(method, {})}
@@ -253,7 +250,7 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
         except ValidationError as e:
             for err in e.errors():
                 problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
-        if m not in FT_METHODS:
+        if not is_finetune(m):
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
     if cfg.scoring == "loglik":
         from iclft.tasks import get_task

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from iclft.icl.compare import Comparison
-from iclft.report.data import Cell, RunData, fmt, is_finetune
+from iclft.records import Comparison, is_finetune
+from iclft.report.data import Cell, RunData, fmt
 from iclft.store import atomic_writer
 
 
