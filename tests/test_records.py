@@ -12,9 +12,11 @@ from iclft.finetune.config import METHODS
 from iclft.records import (
     CURVE_FIELDS,
     CellResult,
+    CircuitsResult,
     Comparison,
     CurvePoint,
     Prediction,
+    SimilarityResult,
     arms,
     ft_arm,
     ft_method,
@@ -114,3 +116,18 @@ def test_the_store_writes_records_as_their_json(tmp_path):
     assert read_jsonl(tmp_path / "p.jsonl") == [p.to_json(), p.to_json()]
     write_json_atomic(tmp_path / "s.json", {"results": [p]})
     assert json.loads((tmp_path / "s.json").read_text()) == {"results": [p.to_json()]}
+
+
+def test_analysis_results_round_trip_and_read_partial_files():
+    c = CircuitsResult(task="boolean", spec={"n": 2}, model={"spec": "m"}, n_pairs=2,
+                       settings={"base": {"shots": 0, "identified": True}},
+                       shifts=[{"from": "base", "to": "icl", "status": "identified"}])  # fmt: skip
+    d = c.to_json()
+    assert list(d)[:3] == ["task", "spec", "model"] and list(d)[-2:] == ["settings", "shifts"]
+    assert CircuitsResult.from_json(json.loads(json.dumps(d))) == c
+    partial = CircuitsResult.from_json({"task": "t", "settings": {"x": 1}, "shifts": [None]})
+    assert (partial.settings, partial.shifts, partial.n_pairs) == ({}, [], None)
+    s = SimilarityResult(task="parity", n_queries=3, metrics={"trained": {}}, lr={"chosen": {}})
+    assert list(s.to_json())[-1] == "per_query"
+    assert SimilarityResult.from_json(json.loads(json.dumps(s.to_json()))) == s
+    assert SimilarityResult.from_json({"metrics": None}).metrics == {}

@@ -360,3 +360,98 @@ class CurvePoint(Record):
 
 #: the columns of ``curves.csv``, in order
 CURVE_FIELDS = [f.name for f in fields(CurvePoint)]
+
+
+def _as_dict(v: Any) -> dict[str, Any]:
+    return dict(v) if isinstance(v, Mapping) else {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitsResult(Record):
+    """``circuits.json`` (:func:`iclft.analysis.pipeline.run_circuits`): the top-level fields;
+    each setting's and each shift's entry stays a JSON dict (README lists their keys).
+    ``from_json`` reads partial files too (missing fields: empty)."""
+
+    task: str | None = None
+    #: the CircuitSpec it ran with
+    spec: dict[str, Any] = field(default_factory=dict)
+    #: ``LoadedModel.describe()`` of the base model and of the fine-tuned one (``None``: none)
+    model: dict[str, Any] = field(default_factory=dict)
+    ft_model: dict[str, Any] | None = None
+    #: ``{arch, n_layers, n_heads}``
+    anatomy: dict[str, Any] = field(default_factory=dict)
+    n_pairs: int | None = None
+    n_pairs_skipped_unequal_tokens: int | None = None
+    #: the patching metric and effect, in words
+    metric: str | None = None
+    effect: str | None = None
+    positions: str | None = None
+    #: setting (base, icl, ft) -> its gap check, identification, effects, circuit, checks
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: one entry per pair of settings compared (circuit shift with its noise floor)
+    shifts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "") -> CircuitsResult:
+        settings = {str(k): dict(v) for k, v in _as_dict(d.get("settings")).items()
+                    if isinstance(v, Mapping)}  # fmt: skip
+        raw = d.get("shifts") if isinstance(d.get("shifts"), list) else []
+        shifts = [dict(s) for s in raw if isinstance(s, Mapping)]
+        return cls(
+            task=d["task"] if isinstance(d.get("task"), str) else None,
+            spec=_as_dict(d.get("spec")),
+            model=_as_dict(d.get("model")),
+            ft_model=_as_dict(d.get("ft_model")) or None,
+            anatomy=_as_dict(d.get("anatomy")),
+            n_pairs=opt_int(d.get("n_pairs")),
+            n_pairs_skipped_unequal_tokens=opt_int(d.get("n_pairs_skipped_unequal_tokens")),
+            metric=_opt_str(d.get("metric")),
+            effect=_opt_str(d.get("effect")),
+            positions=_opt_str(d.get("positions")),
+            settings=settings,
+            shifts=shifts,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimilarityResult(Record):
+    """``similarity.json`` (:func:`iclft.analysis.similarity.run_similarity`): the top-level
+    fields; the metric tables stay JSON dicts (README lists their keys). ``from_json`` reads
+    partial files too (missing fields: empty)."""
+
+    task: str | None = None
+    #: the SimilaritySpec it ran with
+    spec: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    anatomy: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    #: where the numbers differ from the reference, in words (position, keys, interval, ...)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    n_queries: int | None = None
+    #: queries left out, ``[{id, reason}]``
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: the learning-rate grid and the rate chosen per update (on held-out queries)
+    lr: dict[str, Any] = field(default_factory=dict)
+    #: flat ``{name: {value, ci_low, ci_high}}`` of every metric and accuracy
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: model (trained, untrained) -> metric -> setting -> interval
+    metrics: dict[str, Any] = field(default_factory=dict)
+    f2t: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    update_norms: dict[str, Any] = field(default_factory=dict)
+    #: what casting each fp32 update to the evaluation dtype kept (``None``: nothing cast)
+    update_cast: dict[str, Any] | None = None
+    per_query: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "") -> SimilarityResult:
+        dicts = ("spec", "model", "anatomy", "protocol", "lr", "summary", "metrics", "f2t",
+                 "accuracy", "update_norms", "per_query")  # fmt: skip
+        return cls(
+            task=d["task"] if isinstance(d.get("task"), str) else None,
+            dtype=_opt_str(d.get("dtype")),
+            n_queries=opt_int(d.get("n_queries")),
+            skipped=[dict(x) for x in d.get("skipped") or [] if isinstance(x, Mapping)],
+            update_cast=_as_dict(d.get("update_cast")) or None,
+            **{k: _as_dict(d.get(k)) for k in dicts},
+        )

@@ -37,8 +37,10 @@ from iclft.records import (
     BASELINE,
     ICL,
     CellResult,
+    CircuitsResult,
     Comparison,
     CurvePoint,
+    SimilarityResult,
     arms,
     is_finetune,
 )
@@ -442,14 +444,14 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
-def _similarity_summaries(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+def _similarity_summaries(obj: SimilarityResult, rel: str) -> list[AnalysisSummary]:
     """similarity.json: the controls table (trained and untrained model; GD, layer-causal GD,
     their random controls, Dai's uniform baseline, ZSL), accuracies with Dai's f2t subset
     sizes, and the protocol lines that say where the numbers differ from the reference."""
     from iclft.analysis.similarity_table import controls_rows, extra_rows
 
-    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
-    n = obj.get("n_queries")
+    task = f" ({obj.task})" if obj.task else ""
+    n = obj.n_queries
     cols, rows = controls_rows(obj)
     out = []
     if rows:
@@ -465,14 +467,14 @@ def _similarity_summaries(obj: Mapping[str, Any], rel: str) -> list[AnalysisSumm
 def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
     obj = _read_json(path, notes)
     if path.name == "similarity.json" and isinstance(obj.get("metrics"), Mapping):
-        return _similarity_summaries(obj, rel)
+        return _similarity_summaries(SimilarityResult.from_json(obj, rel), rel)
     out = []
     summary = obj.get("summary")
     if isinstance(summary, Mapping):
         rows = tuple((str(k), s) for k, v in summary.items() if (s := _scalar(v)) is not None)
         if rows:
             out.append(AnalysisSummary(rel, ("quantity", "value"), rows))
-    out += _circuit_tables(obj, rel)
+    out += _circuit_tables(CircuitsResult.from_json(obj, rel), rel)
     return out
 
 
@@ -486,18 +488,15 @@ def _ratio(v: Any) -> str:
     return f"{v:.3g}x" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
-def _circuit_tables(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+def _circuit_tables(obj: CircuitsResult, rel: str) -> list[AnalysisSummary]:
     """circuits.json: one row per setting (gap guard, attribution checked against exact) and
     one per shift (distances beside their split-half noise floor; "not identified" instead of
     the distances when a setting's gap interval reaches 0)."""
     out = []
-    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
-    settings = obj.get("settings")
-    if isinstance(settings, Mapping) and settings:
+    task = f" ({obj.task})" if obj.task else ""
+    if obj.settings:
         rows = []
-        for name, st in settings.items():
-            if not isinstance(st, Mapping):
-                continue
+        for name, st in obj.settings.items():
             g = st.get("gap_check")
             gap = "–"
             if isinstance(g, Mapping):
@@ -541,10 +540,9 @@ def _circuit_tables(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
                 "exact / attribution (top-k)",
             )
             out.append(AnalysisSummary(f"{rel}: circuits{task}", cols, tuple(rows), "circuits"))
-    shifts = obj.get("shifts")
-    if isinstance(shifts, list) and shifts and all(isinstance(s, Mapping) for s in shifts):
+    if obj.shifts:
         rows2 = []
-        for sh in shifts:
+        for sh in obj.shifts:
             status = sh.get("status", "identified")
             cells = [f"{sh.get('from', '?')} → {sh.get('to', '?')}"]
             if status != "identified":
