@@ -19,14 +19,9 @@ from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
-from iclft.finetune.methods import METHOD_NAMES
 from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
+from iclft.records import SCORINGS, arms, is_finetune
 from iclft.validation import FLOAT32_MAX, Strict
-
-#: an experiment's fine-tuning arms: ``ft-<method>`` for each fine-tuning method
-FT_METHODS = {f"ft-{m}": m for m in METHOD_NAMES}
-METHODS = ("baseline", "icl", *FT_METHODS)
-VARIANT_NAMES = ("clean", "misleading")
 
 
 def _known(kind: str, allowed_fn):
@@ -39,15 +34,21 @@ def _known(kind: str, allowed_fn):
     return AfterValidator(check)
 
 
+def _variants():
+    from iclft.tasks import VARIANTS
+
+    return VARIANTS
+
+
 def _task_names():
     from iclft.tasks import task_names
 
     return task_names()
 
 
-MethodName = Annotated[str, _known("method", lambda: METHODS)]
+MethodName = Annotated[str, _known("method", arms)]
 TaskName = Annotated[str, _known("task", _task_names)]
-VariantName = Annotated[str, _known("variant", lambda: VARIANT_NAMES)]
+VariantName = Annotated[str, _known("variant", _variants)]
 ChatMode = Annotated[str, _known("chat template mode", lambda: CHAT_MODES)]
 
 
@@ -109,7 +110,7 @@ class ExperimentConfig(Strict):
     shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
     n: int = Field(50, gt=0, description="test items per cell")
     demos: Literal["shared", "per-query"] = "shared"
-    scoring: Literal["generate", "loglik", "auto"] = "generate"
+    scoring: Literal[SCORINGS] = "generate"  # type: ignore[valid-type]
     #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.evaluate
     protocol: Literal["exact", "paper"] = "exact"
     #: independent demonstration sets per k-shot cell (intervals include their variance)
@@ -140,7 +141,7 @@ class ExperimentConfig(Strict):
         return {**EXPERIMENT_DEFAULTS, **v} if isinstance(v, dict) else v
 
     def ft_methods(self) -> list[str]:
-        return [m for m in self.methods if m in FT_METHODS]
+        return [m for m in self.methods if is_finetune(m)]
 
     def finetune_for(self, method: str) -> TrainingSettings:
         merged = {**self.finetune.model_dump(), **self.finetune_overrides.get(method, {})}
@@ -197,7 +198,7 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             for err in e.errors():
                 problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
             s = None
-        if m not in FT_METHODS:
+        if not is_finetune(m):
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
         elif s is not None and (s.steps is None or s.epochs is not None):
             problems.append(f"finetune_overrides.{m}.steps: {_FIXED_STEPS}")

@@ -76,7 +76,7 @@ def load_run(path: Path | str) -> RunTables:
         cells=pd.DataFrame([cell_values(c) for c in cells], columns=list(CELL_COLUMNS)),
         results=pd.DataFrame(read_jsonl(Path(path) / "results.jsonl")),
         predictions=pd.DataFrame(_predictions(Path(path))),
-        comparisons=pd.DataFrame([c.to_dict() for c in data.comparisons]),
+        comparisons=pd.DataFrame([c.to_json() for c in data.comparisons]),
     )
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
+from iclft.records import Prediction
 from iclft.stages import Advance, RunContext, Stage, run_stage
 from iclft.store import (
     dir_entries,
@@ -129,11 +130,12 @@ def rebuild_comparisons(run_dir: Path, stages: list[Stage], seed: int) -> list[d
     from iclft.icl.compare import paired_comparisons
     from iclft.store import read_jsonl
 
-    preds: list[dict] = []
+    preds: list[Prediction] = []
     for st in stages:
         if (run_dir / "stages" / f"{st.key}.json").exists():
-            preds += read_jsonl(run_dir / "predictions" / f"{st.key}.jsonl")
-    rows = [c.to_dict() for c in paired_comparisons(preds, seed=seed)]
+            f = run_dir / "predictions" / f"{st.key}.jsonl"
+            preds += [Prediction.from_json(d, f"{f}:{i}") for i, d in enumerate(read_jsonl(f), 1)]
+    rows = [c.to_json() for c in paired_comparisons(preds, seed=seed)]
     write_jsonl_atomic(run_dir / "comparisons.jsonl", rows)
     return rows
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iclft.config import FT_METHODS, ExperimentConfig
+from iclft.config import ExperimentConfig
 from iclft.faults import kill_point
+from iclft.records import ft_method
 
 Advance = Callable[[int], None]
 #: ``track(description, total) -> advance``: the runner's progress display, one line per stage
@@ -203,9 +204,7 @@ def _eval_rows(ctx: RunContext, st: Stage, loaded, shots, method, advance, extra
     for name in cfg.tasks:
         cell = evaluate_task(engine, get_task(name), spec, model_label=st.model, progress=advance)
         engine.clear()
-        for r in cell.results:
-            r.update({"stage": st.key, **extra(r)})
-        results += cell.results
+        results += [r.replace(stage=st.key, **extra(r)) for r in cell.results]
         preds += cell.predictions
         kill_point(f"eval:{st.key}/{name}")
     return results, preds
@@ -224,7 +223,7 @@ def _icl(ctx: RunContext, st: Stage) -> dict[str, Any]:
     advance = ctx.track(st.label, total)
     results, preds = _eval_rows(
         ctx, st, ctx.models.get(st.model), shots, None, advance,
-        lambda r: {"train_examples": r["shots"]},
+        lambda r: {"train_examples": r.shots},
     )  # fmt: skip
     return {"results": results, "predictions": preds}
 
@@ -244,7 +243,7 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
     s = cfg.finetune_for(st.method)
     ft = make_config(
         model=st.model,
-        method=FT_METHODS[st.method],
+        method=ft_method(st.method),
         tasks=list(cfg.tasks),
         seed=st.seed,
         device=cfg.device,
@@ -304,8 +303,7 @@ def _ft_eval(ctx: RunContext, st: Stage) -> dict[str, Any]:
             ctx.models.release(str(m.path))
         results += rows
         preds += [
-            {**p, "model": st.model, "step": m.step, "checkpoint": extra["checkpoint"]}
-            for p in items
+            p.replace(model=st.model, step=m.step, checkpoint=extra["checkpoint"]) for p in items
         ]
     return {"results": results, "predictions": preds}
 
@@ -371,4 +369,4 @@ def _similarity(ctx: RunContext, st: Stage) -> dict[str, Any]:
         loaded=ctx.models.get(st.model),
         track=lambda d, n: ctx.track(f"{st.label} · {d}", n),
     )
-    return {"analysis": {"dir": ctx.rel(out), "summary": result.get("summary")}}
+    return {"analysis": {"dir": ctx.rel(out), "summary": result.summary}}

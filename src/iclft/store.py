@@ -26,6 +26,7 @@ from typing import Any
 
 from iclft.errors import UserError
 from iclft.faults import kill_point
+from iclft.records import Record
 
 LOCK_NAME = ".iclft.lock"
 MANIFEST_NAME = "manifest.json"
@@ -148,14 +149,22 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _json_default(obj: Any) -> Any:
+    """Records (:mod:`iclft.records`) as their JSON; anything else as its text (paths)."""
+    return obj.to_json() if isinstance(obj, Record) else str(obj)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default)
+    write_text_atomic(path, text + "\n")
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any] | Record]) -> None:
+    """One JSON line per row: a dict, or a record written as its ``to_json()``."""
     with atomic_writer(path) as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            d = r.to_json() if isinstance(r, Record) else r
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

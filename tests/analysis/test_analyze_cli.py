@@ -37,7 +37,7 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
     )
     report = run_circuits(spec, tmp_path, loaded=loaded, ft_model=None)
     data = json.loads((tmp_path / "circuits.json").read_text())
-    assert data == json.loads(json.dumps(report))
+    assert data == json.loads(json.dumps(report.to_json()))
     assert set(data["settings"]) == {"base", "icl", "ft"}
     assert data["n_pairs"] == 3
     for s in data["settings"].values():

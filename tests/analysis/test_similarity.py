@@ -276,7 +276,7 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
         track=lambda d, t: calls.append(d) or (lambda n: None),
     )
     data = json.loads((tmp_path / "similarity.json").read_text())
-    assert data == json.loads(json.dumps(report))
+    assert data == json.loads(json.dumps(report.to_json()))
     assert data["n_queries"] == 4
     assert set(data["metrics"]) == {"trained", "untrained"}
     for mname, per_metric in data["metrics"].items():
@@ -332,7 +332,7 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
 
     # seeded: the same spec gives the same numbers, intervals included
     again = run_similarity(spec, tmp_path / "again", loaded=_loaded(model, tiny_tokenizer))
-    assert again["metrics"] == data["metrics"]
+    assert again.metrics == data["metrics"]
 
     # the ZSL and ICL answers are the evaluator's (same queries, same demonstrations)
     engine = Engine(model, tiny_tokenizer)
@@ -343,7 +343,7 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
         model_label="tiny",
     )
     for setting, k in (("zsl", 0), ("icl", 2)):
-        expected = [r["correct"] for r in ev.predictions if r["shots"] == k]
+        expected = [r.correct for r in ev.predictions if r.shots == k]
         assert data["per_query"]["correct"][setting] == expected
 
 

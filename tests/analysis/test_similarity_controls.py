@@ -72,7 +72,7 @@ def test_bf16_runs_report_how_much_of_the_update_survives_the_cast(
         torch.device("cpu"), torch.bfloat16,
     )  # fmt: skip
     spec = SimilaritySpec(task="parity", shots=2, n=2, lr=1e-3, random_draws=1, untrained=False)
-    data = run_similarity(spec, tmp_path, loaded=loaded)
+    data = run_similarity(spec, tmp_path, loaded=loaded).to_json()
     cast = data["update_cast"]["trained"]
     assert set(cast) == {"gd", "lcgd"}
     for u in ("gd", "lcgd"):
@@ -191,7 +191,7 @@ def test_lr_grid_is_chosen_on_heldout_queries_and_recorded(
     )  # fmt: skip
     common = dict(task="parity", shots=2, n=2, random_draws=1, untrained=False, n_boot=20)
     grid = SimilaritySpec(lr=(0.5, 1e-3), heldout=3, **common)
-    data = run_similarity(grid, tmp_path / "grid", loaded=loaded)
+    data = run_similarity(grid, tmp_path / "grid", loaded=loaded).to_json()
     lr = data["lr"]
     assert lr["grid"] == [0.5, 1e-3] and lr["n_heldout"] == 3
     assert not set(lr["heldout_ids"]) & set(data["per_query"]["ids"])  # never a test query

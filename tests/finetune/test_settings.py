@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from iclft.config import FT_METHODS, METHODS, validate_config
+from iclft.config import validate_config
 from iclft.errors import UnknownNameError, UserError
 from iclft.finetune.config import (
     EXPERIMENT_DEFAULTS,
@@ -16,6 +16,7 @@ from iclft.finetune.config import (
     make_config,
 )
 from iclft.finetune.methods import METHOD_NAMES, PARAM_SET_NAMES, get_method
+from iclft.records import arms, ft_method, is_finetune
 
 
 def test_cli_options_are_the_settings_fields_each_with_help():
@@ -69,8 +70,8 @@ def test_lora_settings_nested_as_in_the_run_file_or_flat():
 
 
 def test_method_names_come_from_the_registry():
-    assert tuple(FT_METHODS.values()) == METHOD_NAMES
-    assert METHODS[2:] == tuple(f"ft-{m}" for m in METHOD_NAMES)
+    assert tuple(ft_method(a) for a in arms() if is_finetune(a)) == METHOD_NAMES
+    assert arms()[2:] == tuple(f"ft-{m}" for m in METHOD_NAMES)
     for name in PARAM_SET_NAMES:
         inner = get_method(name)
         causal = get_method("layer-causal", name)

@@ -90,9 +90,9 @@ def test_eval_with_a_chat_template_writes_the_rendered_prompt(tiny_models, chat_
     fmt = ChatFormat(chat_tok, "turns")
     pools = DemoPool(task, 0, "shared", 2)
     for p in out.predictions:
-        q = next(x for x in task.generate("clean", 3, 0) if x.id == p["id"])
-        assert p["prompt"] == fmt.render(task, q, pools.demos(q, 0, p["shots"]))[1]
-        assert p["chat_template"] == "turns"
+        q = next(x for x in task.generate("clean", 3, 0) if x.id == p.id)
+        assert p.prompt == fmt.render(task, q, pools.demos(q, 0, p.shots))[1]
+        assert p.chat_template == "turns"
     assert eng.stats.prefix_tokens > 0  # the shared turns were cached once
 
 

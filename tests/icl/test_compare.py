@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from iclft.icl.compare import mcnemar_exact, paired_bootstrap, paired_comparisons
+from iclft.records import Prediction
 
 
 @pytest.mark.parametrize(
@@ -52,8 +53,8 @@ def test_pairing_beats_independent_intervals_on_correlated_settings():
 
 
 def pred_row(method, shots, seed, i, correct, variant="clean"):
-    return {"model": "m", "task": "t", "variant": variant, "method": method, "shots": shots,
-            "seed": seed, "id": f"t-{variant}-{seed}-{i}", "correct": correct}  # fmt: skip
+    return Prediction(model="m", task="t", variant=variant, method=method, shots=shots,
+                      seed=seed, id=f"t-{variant}-{seed}-{i}", correct=correct)  # fmt: skip
 
 
 def test_paired_comparisons_pair_items_by_seed_and_id():
@@ -62,8 +63,8 @@ def test_paired_comparisons_pair_items_by_seed_and_id():
     ft = [pred_row("ft-full", 0, s, i, i in (0, 4)) for s in (0, 1) for i in range(5)]
     ft.append(pred_row("ft-full", 0, 2, 0, True))  # an item no other setting answered: unpaired
     # a checkpoint of the same method (eval_checkpoints): compared as the final model only
-    ft += [{**pred_row("ft-full", 0, s, i, True), "checkpoint": "ck-1"} for s in (0, 1)
-           for i in range(5)]  # fmt: skip
+    ft += [pred_row("ft-full", 0, s, i, True).replace(step=1, checkpoint="ck-1")
+           for s in (0, 1) for i in range(5)]  # fmt: skip
     comps = {((c.a_method, c.a_shots), (c.b_method, c.b_shots)): c
              for c in paired_comparisons(base + icl + ft, n_boot=200)}  # fmt: skip
     assert set(comps) == {

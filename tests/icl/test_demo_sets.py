@@ -12,6 +12,7 @@ from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task, heldout_items, prompt_count
 from iclft.icl.metrics import two_level_interval, wilson_interval
 from iclft.icl.prompts import DemoPool
+from iclft.records import Prediction
 from iclft.tasks import get_task
 
 
@@ -85,23 +86,21 @@ def test_evaluation_over_sets_rows_and_predictions(tiny_models, tiny_tokenizer):
         rows = [
             p
             for p in out.predictions
-            if (p["split"], p["variant"], p["shots"]) == (r["split"], r["variant"], r["shots"])
+            if (p.split, p.variant, p.shots) == (r.split, r.variant, r.shots)
         ]
-        sets = 1 if r["shots"] == 0 else 3
-        assert r["demo_sets"] == sets == len(r["set_accuracies"])
-        assert r["n"] == len({p["id"] for p in rows}) and r["n_scored"] == len(rows)
-        for s, acc in enumerate(r["set_accuracies"]):
-            mine = [p["correct"] for p in rows if p["demo_set"] == s]
+        sets = 1 if r.shots == 0 else 3
+        assert r.demo_sets == sets == len(r.set_accuracies)
+        assert r.n == len({p.id for p in rows}) and r.n_scored == len(rows)
+        for s, acc in enumerate(r.set_accuracies):
+            mine = [p.correct for p in rows if p.demo_set == s]
             assert acc == pytest.approx(sum(mine) / len(mine))
-        assert r["accuracy"] == pytest.approx(np.mean(r["set_accuracies"]))
-        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
-        assert ("two-level" in r["interval"]) == (sets > 1)
-    heldout_rows = [r for r in out.results if r["split"] == "heldout"]
-    assert {(r["variant"], r["shots"]) for r in heldout_rows} == {("clean", 1), ("clean", 2)}
+        assert r.accuracy == pytest.approx(np.mean(r.set_accuracies))
+        assert r.ci_low <= r.accuracy <= r.ci_high
+        assert ("two-level" in r.interval) == (sets > 1)
+    heldout_rows = [r for r in out.results if r.split == "heldout"]
+    assert {(r.variant, r.shots) for r in heldout_rows} == {("clean", 1), ("clean", 2)}
     demos = {
-        p["demo_set"]: tuple(p["demo_ids"])
-        for p in out.predictions
-        if p["shots"] == 2 and p["split"] == "test"
+        p.demo_set: tuple(p.demo_ids) for p in out.predictions if p.shots == 2 and p.split == "test"
     }
     assert len(set(demos.values())) == 3  # one shared list per set
     again = evaluate_task(eng, task, spec, model_label="tiny")
@@ -119,17 +118,17 @@ def test_a_cell_all_wrong_over_every_set_keeps_the_items_wilson_interval(
     ).check()
     out = evaluate_task(eng, get_task("expression"), spec, model_label="tiny")
     (row,) = out.results
-    mean = row["accuracy"]
+    mean = row.accuracy
     lo, hi = wilson_interval(mean * 6, 6)
-    assert row["ci_low"] <= lo + 1e-12 and row["ci_high"] >= hi - 1e-12
-    assert row["ci_high"] - row["ci_low"] > 0
+    assert row.ci_low <= lo + 1e-12 and row.ci_high >= hi - 1e-12
+    assert row.ci_high - row.ci_low > 0
 
 
 def test_no_heldout_items_without_two_shot_counts_to_choose_from(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, heldout_n=5)
     out = evaluate_task(eng, get_task("parity"), spec.check(), model_label="tiny")
-    assert {p["split"] for p in out.predictions} == {"test"}
+    assert {p.split for p in out.predictions} == {"test"}
 
 
 @pytest.mark.parametrize(
@@ -195,6 +194,6 @@ def test_paired_comparisons_read_sets_and_skip_heldout_items():
             {"model": "m", "task": "t", "variant": "clean", "method": "baseline", "shots": 0,
              "seed": 0, "id": f"q{i}", "split": "test", "correct": i < 2}
         )  # fmt: skip
-    (c,) = paired_comparisons(preds, n_boot=500)
+    (c,) = paired_comparisons([Prediction.from_json(d) for d in preds], n_boot=500)
     assert (c.n, c.a_sets, c.b_sets) == (10, 3, 1)
     assert c.accuracy_a == pytest.approx(0.6) and c.accuracy_b == pytest.approx(0.2)

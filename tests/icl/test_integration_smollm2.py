@@ -32,7 +32,7 @@ def test_small_eval_matches_plain_generate(smollm2, tmp_path):
 
     model, tok = smollm2.model, smollm2.tokenizer
     for row in res.predictions:
-        enc = tok(row["prompt"], return_tensors="pt")
+        enc = tok(row.prompt, return_tensors="pt")
         n = enc.input_ids.shape[1]
         with torch.inference_mode():
             out = model.generate(
@@ -43,7 +43,7 @@ def test_small_eval_matches_plain_generate(smollm2, tmp_path):
                 pad_token_id=tok.pad_token_id,
             )
         plain = tok.decode(out[0, n:], skip_special_tokens=True)
-        assert row["output"] == plain, row["id"]
+        assert row.output == plain, row.id
 
 
 def test_shared_query_loglik_equals_whole_sequences(smollm2):

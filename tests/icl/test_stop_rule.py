@@ -57,10 +57,10 @@ def test_an_answer_on_the_next_line_is_read_not_scored_empty(
     spec = EvalSpec(tasks=("code",), variants=("clean",), shots=(0, 2), n=20, demos=demos)
     out = evaluate_task(eng, task, spec.check(), model_label="bigram")
     for p in out.predictions:
-        assert p["output"] == "\n5\n"  # stopped at the newline after the answer, not before
-        assert p["prediction"] == "5"
-        assert p["correct"] == (p["target"] == "5")
-    assert any(p["target"] == "5" for p in out.predictions)  # the test can tell the difference
+        assert p.output == "\n5\n"  # stopped at the newline after the answer, not before
+        assert p.prediction == "5"
+        assert p.correct == (p.target == "5")
+    assert any(p.target == "5" for p in out.predictions)  # the test can tell the difference
 
 
 def test_the_engine_stops_where_plain_generate_with_newline_stop_does(
@@ -93,14 +93,14 @@ def test_the_paper_protocol_is_a_fixed_continuation_scored_by_substring(
     ).check()  # fmt: skip
     out = evaluate_task(eng, get_task("expression"), spec, model_label="bigram")
     for p in out.predictions:
-        assert p["output"] == "\n5\n5\n5"  # six tokens, no stop
-        assert p["correct"] == (p["target"] in p["output"])
+        assert p.output == "\n5\n5\n5"  # six tokens, no stop
+        assert p.correct == (p.target in p.output)
     row = out.results[0]
-    assert row["protocol"] == "paper"
-    assert row["accuracy"] == sum(p["target"] in p["output"] for p in out.predictions) / 12
+    assert row.protocol == "paper"
+    assert row.accuracy == sum(p.target in p.output for p in out.predictions) / 12
     boolean = EvalSpec(tasks=("boolean",), shots=(0,), n=2, scoring="auto", protocol="paper")
     res = evaluate_task(eng, get_task("boolean"), boolean.check(), model_label="bigram")
-    assert {r["scoring"] for r in res.results} == {"generate"}  # the paper generated for all
+    assert {r.scoring for r in res.results} == {"generate"}  # the paper generated for all
 
 
 def test_unknown_protocol_and_loglik_with_the_paper_protocol_are_refused(iclft_main, tmp_path):

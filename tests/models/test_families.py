@@ -347,13 +347,13 @@ def test_circuits_and_similarity_end_to_end(family, tmp_path, tiny_tokenizer, ti
         "ft": _loaded(tiny_model_factory(family, n, seed=1), tiny_tokenizer, "ft"),
     }
     spec = CircuitSpec(task="parity", shots=1, n=2, method="attribution", top_k=2, n_boot=10)
-    report = run_circuits(spec, tmp_path / "circuits", loaded=loaded, ft_model=None)
+    report = run_circuits(spec, tmp_path / "circuits", loaded=loaded, ft_model=None).to_json()
     assert set(report["settings"]) == {"base", "icl", "ft"}
     assert report["anatomy"]["arch"] == family
     sim = SimilaritySpec(
         task="parity", shots=1, n=2, lr=0.05, seed=0, random_draws=2, n_boot=20, heldout=2
     )
-    data = run_similarity(sim, tmp_path / "similarity", loaded=loaded["base"])
+    data = run_similarity(sim, tmp_path / "similarity", loaded=loaded["base"]).to_json()
     assert data["anatomy"]["arch"] == family
     for per_metric in data["metrics"].values():
         for name in ("simaou", "simam"):

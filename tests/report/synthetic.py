@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from iclft.icl.metrics import wilson_interval
+from iclft.records import CURVE_FIELDS, CellResult, arms, is_finetune
 from iclft.tasks import get_task
 
-FT_METHODS = ("ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
+FT_METHODS = tuple(m for m in arms() if is_finetune(m))
 FT_STEPS, FT_BATCH = 20, 16
 
 
@@ -34,27 +35,21 @@ def result_row(
     n: int,
     **extra,
 ) -> dict:
-    """One results.jsonl row with the Wilson interval computed from ``correct`` and ``n``."""
+    """One results.jsonl row (:class:`iclft.records.CellResult` as JSON) with the Wilson
+    interval computed from ``correct`` and ``n``; ``extra`` sets further fields."""
     lo, hi = wilson_interval(correct, n)
-    row = {
-        "model": model,
-        "task": task,
-        "variant": variant,
-        "method": method,
-        "shots": shots,
-        "scoring": "generate",
-        "seed": seed,
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n,
-        "ci_low": lo,
-        "ci_high": hi,
-        "substring_accuracy": min(1.0, correct / n + 0.05),
-        "shortcut_rate": 0.5,
-        "parse_failures": 0,
-    }
-    row.update(extra)
-    return row
+    fields = dict(
+        scoring="generate",
+        ci_low=lo,
+        ci_high=hi,
+        substring_accuracy=min(1.0, correct / n + 0.05),
+        shortcut_rate=0.5,
+        parse_failures=0,
+    )
+    return CellResult(
+        model=model, task=task, variant=variant, method=method, shots=shots, seed=seed, n=n,
+        correct=correct, accuracy=correct / n, **{**fields, **extra},
+    ).to_json()  # fmt: skip
 
 
 def shortcut_only_accuracy(task: str, variant: str) -> float | None:
@@ -157,11 +152,7 @@ def write_run(
                 d.mkdir(parents=True)
                 with open(d / "curves.csv", "w", newline="") as f:
                     w = csv.writer(f)
-                    w.writerow(
-                        "step,examples_seen,loss,learning_rate,task,variant,accuracy,correct,n".split(
-                            ","
-                        )
-                    )
+                    w.writerow(CURVE_FIELDS)
                     for step in (0, 5, 10, FT_STEPS):
                         loss = "" if step == 0 else f"{2.5 * math.exp(-step / 10):.4f}"
                         lr = "" if step == 0 else "1e-05"

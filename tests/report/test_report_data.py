@@ -11,14 +11,15 @@ import pytest
 from iclft.errors import UserError
 from iclft.icl.compare import paired_comparisons
 from iclft.icl.metrics import wilson_interval
-from iclft.report.data import ResultRow, aggregate, load_run
+from iclft.records import CellResult, Prediction
+from iclft.report.data import aggregate, load_run
 from iclft.report.tables import best_icl_shots, compare, headline, sentence, sentences
 
 from .synthetic import result_row
 
 
 def _rows(*dicts):
-    return [ResultRow.from_json(d, f"test:{i}") for i, d in enumerate(dicts, 1)]
+    return [CellResult.from_json(d, f"test:{i}") for i, d in enumerate(dicts, 1)]
 
 
 def _write_results(run_dir, rows):
@@ -242,9 +243,9 @@ def test_compare_is_symmetric_and_zero_on_overlap():
 
 
 def pred_row(method, shots, seed, i, correct, variant="clean"):
-    return {"model": "m", "task": "expression", "variant": variant, "method": method,
-            "shots": shots, "seed": seed, "id": f"expression-{variant}-{seed}-{i}",
-            "correct": correct}  # fmt: skip
+    return Prediction(model="m", task="expression", variant=variant, method=method,
+                      shots=shots, seed=seed, id=f"expression-{variant}-{seed}-{i}",
+                      correct=correct)  # fmt: skip
 
 
 def test_sentence_uses_the_paired_test_where_the_run_has_one(tmp_path):
@@ -262,7 +263,7 @@ def test_sentence_uses_the_paired_test_where_the_run_has_one(tmp_path):
     preds += [pred_row("ft-full", 0, 0, i, i < 6) for i in range(20)]
     preds += [pred_row("baseline", 0, 0, i, i < 2) for i in range(20)]
     comps = paired_comparisons(preds, n_boot=2000)
-    (run / "comparisons.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in comps))
+    (run / "comparisons.jsonl").write_text("".join(json.dumps(c.to_json()) + "\n" for c in comps))
     ((_, _, text),) = sentences(load_run(run))
     assert text.startswith(
         "On expression, ICL (k=8) reaches 0.60 clean vs 0.30 for fine-tuning (ft-full) "

@@ -21,7 +21,8 @@ def test_analysis_section_shows_the_similarity_controls(
     loaded = LoadedModel(model, tiny_tokenizer, ResolvedModel(spec="tiny", kind="local", path=None),
                          torch.device("cpu"), torch.float32)  # fmt: skip
     spec = SimilaritySpec(task="parity", shots=2, n=2, lr=0.05, random_draws=2, n_boot=50)
-    data = run_similarity(spec, run / "analysis" / "tiny" / "similarity" / "parity", loaded=loaded)
+    out = run / "analysis" / "tiny" / "similarity" / "parity"
+    data = run_similarity(spec, out, loaded=loaded).to_json()
 
     p = build_report(run)
     assert "analysis" not in p.skipped

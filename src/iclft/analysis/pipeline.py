@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from iclft.errors import UnknownNameError, UserError
+from iclft.records import CircuitsResult
 
 METHOD_NAMES = ("exact", "attribution")
 #: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
@@ -135,10 +136,10 @@ def run_circuits(
     dtype: str = "auto",
     track: Track = _no_track,
     loaded: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CircuitsResult:
     """Run the analysis and write ``out_dir/{circuits.json, heatmap_<setting>.png,
-    manifest.json}``; returns the circuits.json content. ``loaded`` may hold already loaded
-    ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
+    manifest.json}``; returns it as a :class:`~iclft.records.CircuitsResult`. ``loaded`` may
+    hold already loaded ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
     import torch
 
     from iclft.analysis.circuits import (
@@ -350,20 +351,20 @@ def run_circuits(
         if a in tables and b in tables
     ]
     an = anats["base"]
-    report = {
-        "task": spec.task,
-        "spec": asdict(spec),
-        "model": models["base"].describe(),
-        "ft_model": models["ft"].describe() if "ft" in models else None,
-        "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
-        "n_pairs": len(chosen),
-        "n_pairs_skipped_unequal_tokens": skipped,
-        "metric": "logp(clean answer) - logp(corrupt answer), all answer tokens",
-        "effect": "(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
-        "positions": spec.positions,
-        "settings": results,
-        "shifts": shifts,
-    }
+    report = CircuitsResult(
+        task=spec.task,
+        spec=asdict(spec),
+        model=models["base"].describe(),
+        ft_model=models["ft"].describe() if "ft" in models else None,
+        anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
+        n_pairs=len(chosen),
+        n_pairs_skipped_unequal_tokens=skipped,
+        metric="logp(clean answer) - logp(corrupt answer), all answer tokens",
+        effect="(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
+        positions=spec.positions,
+        settings=results,
+        shifts=shifts,
+    )
     write_json_atomic(out_dir / "circuits.json", report)
     base_lm = models["base"]
     write_manifest(
@@ -371,7 +372,7 @@ def run_circuits(
         command="analyze circuits",
         started=started,
         model=base_lm.describe(),
-        ft_model=report["ft_model"],
+        ft_model=report.ft_model,
         seeds={"pairs": spec.seed, "bootstrap": spec.seed},
         device=str(base_lm.device),
         dtype=str(base_lm.dtype),

@@ -72,6 +72,7 @@ from iclft.analysis.similarity_table import (  # noqa: F401 (re-exported)
     controls_rows,
 )
 from iclft.errors import UnknownNameError, UserError
+from iclft.records import SimilarityResult
 
 EPS = 1e-12
 MAX_NEW_TOKENS = 10
@@ -750,11 +751,12 @@ def run_similarity(
     dtype: str = "auto",
     track: Track | None = None,
     loaded: Any = None,
-) -> dict[str, Any]:
+) -> SimilarityResult:
     """Record ZSL, ICL, GD, layer-causal GD and the controls (random updates, and the untrained
     model), compute the metrics with intervals and write ``out_dir/{similarity.json,
-    similarity_per_layer.png, manifest.json}``; returns the similarity.json content. ``loaded``
-    may be an already loaded ``LoadedModel`` (tests)."""
+    similarity_per_layer.png, manifest.json}``; returns it as a
+    :class:`~iclft.records.SimilarityResult`. ``loaded`` may be an already loaded
+    ``LoadedModel`` (tests)."""
     from iclft.icl.engine import context_limit
     from iclft.models import load_model
     from iclft.models.anatomy import anatomy
@@ -825,35 +827,35 @@ def run_similarity(
     for s, st in accuracy.items():
         summary[f"acc_{s}"] = _interval(st)
 
-    report: dict[str, Any] = {
-        "task": spec.task,
-        "spec": asdict(spec),
-        "model": lm.describe(),
-        "anatomy": {"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
-        "dtype": str(lm.dtype),
-        "protocol": protocol(spec),
-        "n_queries": len(queries),
-        "skipped": skipped,
-        "lr": lr_choice,
-        "summary": summary,
-        "metrics": metrics,
-        "f2t": f2t,
-        "accuracy": accuracy,
-        "update_norms": {
+    report = SimilarityResult(
+        task=spec.task,
+        spec=asdict(spec),
+        model=lm.describe(),
+        anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
+        dtype=str(lm.dtype),
+        protocol=protocol(spec),
+        n_queries=len(queries),
+        skipped=skipped,
+        lr=lr_choice,
+        summary=summary,
+        metrics=metrics,
+        f2t=f2t,
+        accuracy=accuracy,
+        update_norms={
             mname: {
                 u: {"total": _num(math.sqrt(sum(x * x for x in v))), "per_layer": _nums(v)}
                 for u, v in m.norms.items()
             }
             for mname, m in measured.items()
         },
-        "update_cast": {mname: m.cast for mname, m in measured.items() if m.cast} or None,
-        "per_query": {
+        update_cast={mname: m.cast for mname, m in measured.items() if m.cast} or None,
+        per_query={
             "ids": [q.id for q in queries],
             "targets": [q.target for q in queries],
             "predictions": tr.preds,
             "correct": correct,
         },
-    }
+    )
     write_json_atomic(out_dir / "similarity.json", report)
     label = lm.resolved.alias or lm.resolved.spec
     plot_similarity(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from iclft.records import SimilarityResult
+
 UPDATES = ("gd", "lcgd")  # the FT updates, each compared with ICL
 RANDOM = {u: f"random_{u}" for u in UPDATES}  # each update's norm-matched random control
 LAYER_METRICS = ("simaou", "simaou_norm", "simam", "simam_delta")
@@ -43,10 +45,10 @@ def cell(st: Mapping[str, Any] | None) -> str:
     return out
 
 
-def controls_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def controls_rows(report: SimilarityResult) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """(columns, rows) of the controls table: one row per (model, metric), one column per
     setting (GD, layer-causal GD, their random controls, Dai's uniform baseline, ZSL)."""
-    metrics = report.get("metrics") or {}
+    metrics = report.metrics
     columns = ("model", "metric", *COLUMNS.values())
     rows = []
     for mname in MODELS:
@@ -60,18 +62,18 @@ def controls_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tupl
     return columns, rows
 
 
-def extra_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+def extra_rows(report: SimilarityResult) -> list[tuple[str, str]]:
     """(quantity, value) rows beside the controls table: accuracy per setting, the size of Dai
     et al.'s f2t subset per update, what fp32 -> eval-dtype casting kept of each update, and
     the protocol lines on positions and keys."""
-    rows = [(f"accuracy {s}", cell(st)) for s, st in (report.get("accuracy") or {}).items()]
-    for u, st in (report.get("f2t") or {}).items():
+    rows = [(f"accuracy {s}", cell(st)) for s, st in report.accuracy.items()]
+    for u, st in report.f2t.items():
         if isinstance(st, Mapping):
             rows.append((f"f2t queries ({u}: ZSL wrong, ICL and FT right)", str(st.get("n"))))
-    for mname, per_update in (report.get("update_cast") or {}).items():
+    for mname, per_update in (report.update_cast or {}).items():
         for u, c in per_update.items():
             rows.append((f"bf16/fp16 cast kept of the {mname} {u} update (cosine, norm ratio)",
                          f"{c.get('cosine')}, {c.get('norm_ratio')}"))  # fmt: skip
-    protocol = report.get("protocol") or {}
+    protocol = report.protocol
     rows += [(k, str(protocol[k])) for k in ("position", "keys", "interval") if k in protocol]
     return rows

@@ -108,7 +108,7 @@ def circuits_command(
             spec, output, model=model, ft_model=ft_model, device=device, dtype=dtype, track=track
         )
     out = Console()
-    for name, s in report["settings"].items():
+    for name, s in report.settings.items():
         g = s["gap_check"]
         mark = "" if s["identified"] else "  NOT IDENTIFIED"
         out.print(
@@ -123,7 +123,7 @@ def circuits_command(
                 f"{a['top_k_overlap']}/{a['top_k']}, exact/attribution "
                 f"{a['exact_over_attribution_top_k']}"
             )
-    for sh in report["shifts"]:
+    for sh in report.shifts:
         if sh["status"] != "identified":
             out.print(
                 f"shift {sh['from']} -> {sh['to']}: not identified "
@@ -210,17 +210,17 @@ def similarity_command(
     columns, rows = controls_rows(report)
     out = Console()
     out.print(
-        f"{task}: ICL vs FT, {report['n_queries']} queries, mean over layers [95% CI over "
+        f"{task}: ICL vs FT, {report.n_queries} queries, mean over layers [95% CI over "
         "queries]; random controls: mean over draws ±sd"
     )
     for row in rows:
         cells = ", ".join(f"{c} {v}" for c, v in zip(columns[2:], row[2:]) if v != "–")
         out.print(f"{row[0]} {row[1]}: {cells}")
-    chosen = report["lr"]["chosen"]
-    if len(report["lr"]["grid"]) > 1:
+    chosen = report.lr["chosen"]
+    if len(report.lr["grid"]) > 1:
         out.print("learning rate chosen on held-out queries: "
                   + ", ".join(f"{u} {v:g}" for u, v in chosen.items()))  # fmt: skip
-    acc = report["accuracy"]
+    acc = report.accuracy
     out.print("accuracy: " + ", ".join(f"{k} {_fmt(v['value'])}" for k, v in acc.items()))
     out.print(f"wrote {output / 'similarity.json'}")
 

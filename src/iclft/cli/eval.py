@@ -116,15 +116,15 @@ def eval_command(
     for col in cols:
         table.add_column(col)
     for r in res.results:
-        sets = r["set_accuracies"]
+        sets = r.set_accuracies or []
         table.add_row(
-            r["task"],
-            r["variant"] + (" (held-out)" if r["split"] == "heldout" else ""),
-            str(r["shots"]),
-            f"{r['accuracy']:.3f}",
-            f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            r.task,
+            r.variant + (" (held-out)" if r.split == "heldout" else ""),
+            str(r.shots),
+            f"{r.accuracy:.3f}",
+            f"[{r.ci_low:.2f}, {r.ci_high:.2f}]",
             f"{len(sets)}: {min(sets):.2f}–{max(sets):.2f}" if len(sets) > 1 else "1",
-            f"{r['substring_accuracy']:.3f}",
-            f"{r['shortcut_rate']:.3f}",
+            f"{r.substring_accuracy:.3f}",
+            f"{r.shortcut_rate:.3f}",
         )
     Console().print(table)

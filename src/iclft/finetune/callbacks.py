@@ -16,20 +16,9 @@ from iclft.faults import kill_point
 from iclft.finetune.config import check_eval_checkpoints
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task
+from iclft.records import CURVE_FIELDS, CurvePoint
 from iclft.store import write_text_atomic
 from iclft.tasks import get_task
-
-CURVE_FIELDS = [
-    "step",
-    "examples_seen",
-    "loss",
-    "learning_rate",
-    "task",
-    "variant",
-    "accuracy",
-    "correct",
-    "n",
-]
 
 
 class CurveCallback(TrainerCallback):
@@ -45,13 +34,16 @@ class CurveCallback(TrainerCallback):
         self.path, self.tok = Path(path), tokenizer
         self.spec = EvalSpec(tasks=tuple(tasks), shots=(0,), n=eval_n, seed=seed).check()
         self.eval_every, self.per_step, self.guard = eval_every, examples_per_step, guard
-        self.rows: list[dict] = []
+        self.rows: list[CurvePoint] = []
         if self.path.exists():  # resumed run: keep what is there, skip steps already written
             with open(self.path, newline="") as f:
-                self.rows = list(csv.DictReader(f))
-        self.done_steps = {int(r["step"]) for r in self.rows}
+                self.rows = [
+                    CurvePoint.from_json(r, f"{self.path}:{ln}")
+                    for ln, r in enumerate(csv.DictReader(f), 2)
+                ]
+        self.done_steps = {p.step for p in self.rows}
 
-    def evaluate(self, model, step: int, loss=None, lr=None) -> list[dict]:
+    def evaluate(self, model, step: int, loss=None, lr=None) -> list[CurvePoint]:
         was_training = model.training
         model.eval()
         engine = Engine(model, self.tok, batch_size=16)
@@ -60,17 +52,17 @@ class CurveCallback(TrainerCallback):
             cell = evaluate_task(engine, get_task(name), self.spec, model_label="training")
             for r in cell.results:
                 rows.append(
-                    {
-                        "step": step,
-                        "examples_seen": step * self.per_step,
-                        "loss": loss,
-                        "learning_rate": lr,
-                        "task": name,
-                        "variant": r["variant"],
-                        "accuracy": r["accuracy"],
-                        "correct": r["correct"],
-                        "n": r["n"],
-                    }
+                    CurvePoint(
+                        step=step,
+                        examples_seen=step * self.per_step,
+                        loss=loss,
+                        learning_rate=lr,
+                        task=name,
+                        variant=r.variant,
+                        accuracy=r.accuracy,
+                        correct=r.correct,
+                        n=r.n,
+                    )
                 )
         if was_training:
             model.train()
@@ -84,7 +76,7 @@ class CurveCallback(TrainerCallback):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, lineterminator="\n")
         w.writeheader()
-        w.writerows(self.rows)
+        w.writerows(p.to_json() for p in self.rows)
         write_text_atomic(self.path, buf.getvalue())
         self.done_steps.add(step)
 

@@ -26,10 +26,10 @@ McNemar p-value of every single set against the other setting is kept in
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import numpy as np
+
+from iclft.records import BASELINE, ICL, Comparison, Prediction
 
 #: how the interval and the p-value are made (written into every comparison row)
 INTERVAL = "paired bootstrap over items, 95% percentile"
@@ -59,79 +59,6 @@ def paired_bootstrap(
     means = d[idx].mean(axis=1)  # (n_boot,)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return (float(lo), float(hi))
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One paired comparison of setting ``a`` with setting ``b`` (one row of
-    ``comparisons.jsonl``)."""
-
-    model: str
-    task: str
-    variant: str
-    a_method: str
-    a_shots: int
-    b_method: str
-    b_shots: int
-    n: int
-    accuracy_a: float
-    accuracy_b: float
-    diff: float
-    ci_low: float
-    ci_high: float
-    a_only: int
-    b_only: int
-    p_value: float
-    seeds: list[int]
-    n_boot: int
-    interval: str = INTERVAL
-    test: str = TEST
-    #: demonstration sets of each side (1 for a 0-shot setting)
-    a_sets: int = 1
-    b_sets: int = 1
-    #: with several sets: the exact McNemar p-value of each set of the side that has them
-    p_values_per_set: list[float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def flipped(self) -> Comparison:
-        """The same test seen from ``b``'s side (``diff`` = acc_b - acc_a)."""
-        return replace(
-            self,
-            a_method=self.b_method,
-            a_shots=self.b_shots,
-            b_method=self.a_method,
-            b_shots=self.a_shots,
-            accuracy_a=self.accuracy_b,
-            accuracy_b=self.accuracy_a,
-            diff=-self.diff,
-            ci_low=-self.ci_high,
-            ci_high=-self.ci_low,
-            a_only=self.b_only,
-            b_only=self.a_only,
-            a_sets=self.b_sets,
-            b_sets=self.a_sets,
-        )
-
-    @property
-    def sign(self) -> int:
-        """1 / -1 when the paired interval lies wholly above / below 0, else 0."""
-        return 1 if self.ci_low > 0 else -1 if self.ci_high < 0 else 0
-
-    def text(self) -> str:
-        """``paired difference +0.25 [0.10, 0.40], McNemar p=0.003`` (``bootstrap p`` where
-        a side has several demonstration sets)."""
-        test = "McNemar" if max(self.a_sets, self.b_sets) == 1 else "bootstrap"
-        return (
-            f"paired difference {self.diff:+.2f} [{self.ci_low:+.2f}, {self.ci_high:+.2f}], "
-            f"{test} p={self.p_value:.2g}"
-        )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 #: a setting's answers: ``{(seed, item id): {demonstration set: correct}}``
@@ -231,31 +158,29 @@ def compare_settings(
 
 
 def paired_comparisons(
-    predictions: Iterable[Mapping[str, Any]], *, n_boot: int = 2000, seed: int = 0
+    predictions: Iterable[Prediction], *, n_boot: int = 2000, seed: int = 0
 ) -> list[Comparison]:
     """Every ICL shot count against the 0-shot baseline and each fine-tuned model, and each
     fine-tuned model against the baseline, per (model, task, variant), on the items both
-    answered. ``predictions`` are rows of ``predictions.jsonl`` (with ``method``); a
+    answered. ``predictions`` are the records of ``predictions.jsonl`` (with ``method``); a
     fine-tuned model is compared as its final model (rows of a ``checkpoint`` are skipped, as
     the headline reports the final model too), and only test items count (held-out items
     choose k, see :func:`iclft.icl.evaluate.heldout_items`)."""
     settings: dict[tuple[str, str, str], dict[tuple[str, int], dict]] = {}
     for p in predictions:
-        if p.get("method") is None or p.get("checkpoint"):  # old rows; checkpoints
+        if p.method is None or p.checkpoint:  # old rows; checkpoints
             continue
-        if p.get("split", "test") != "test":
+        if p.split != "test":
             continue
-        group = settings.setdefault((p["model"], p["task"], p["variant"]), {})
-        item = group.setdefault((p["method"], int(p["shots"])), {})
-        item.setdefault((int(p["seed"]), p["id"]), {})[int(p.get("demo_set", 0))] = bool(
-            p["correct"]
-        )
+        group = settings.setdefault((p.model, p.task, p.variant), {})
+        item = group.setdefault((p.method, int(p.shots)), {})
+        item.setdefault((int(p.seed), p.id), {})[int(p.demo_set)] = bool(p.correct)
     rng = np.random.default_rng(seed)
     out: list[Comparison] = []
     for (model, task, variant), group in settings.items():
-        base = [("baseline", 0)] if ("baseline", 0) in group else []
-        icl = sorted(k for k in group if k[0] == "icl")
-        ft = [k for k in group if k[0] not in ("icl", "baseline")]
+        base = [(BASELINE, 0)] if (BASELINE, 0) in group else []
+        icl = sorted(k for k in group if k[0] == ICL)
+        ft = [k for k in group if k[0] not in (ICL, BASELINE)]
         pairs = [(i, o) for i in icl for o in (*base, *ft)] + [(f, b) for f in ft for b in base]
         for x, y in pairs:
             c = compare_settings(

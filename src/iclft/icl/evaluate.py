@@ -36,9 +36,9 @@ from iclft.icl.prompts import (
     Prompt,
     build_prompt,
 )
+from iclft.records import BASELINE, ICL, SCORINGS, CellResult, Prediction
 from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task
 
-SCORINGS = ("generate", "loglik", "auto")
 #: protocol -> (how generation stops, see ``Engine.generate``; how an item is judged)
 PROTOCOLS = {"exact": ("newline", "exact match"), "paper": ("none", "substring")}
 
@@ -138,7 +138,7 @@ def heldout_items(task: Task, spec: EvalSpec) -> list[Example]:
 
 def method_label(spec: EvalSpec, shots: int) -> str:
     """The row label of an evaluated setting: the spec's method, else baseline / icl."""
-    return spec.method or ("baseline" if shots == 0 else "icl")
+    return spec.method or (BASELINE if shots == 0 else ICL)
 
 
 def scoring_for(task: Task, scoring: str, protocol: str = "exact") -> str:
@@ -150,9 +150,11 @@ def scoring_for(task: Task, scoring: str, protocol: str = "exact") -> str:
 
 
 @dataclass
-class CellResult:
-    results: list[dict[str, Any]] = field(default_factory=list)
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+class Evaluation:
+    """What an evaluation produced: one row per cell and one per scored prompt."""
+
+    results: list[CellResult] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
 
 
 def _fit_prompts(
@@ -231,7 +233,7 @@ def evaluate_task(
     *,
     model_label: str,
     progress: Callable[[int], None] | None = None,
-) -> CellResult:
+) -> Evaluation:
     """All (variant, shots) cells of one task: one engine call, so caches are shared."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
     stop, judge = PROTOCOLS[spec.protocol]
@@ -275,35 +277,34 @@ def evaluate_task(
         preds = [choices[max(range(len(choices)), key=lambda j: s[j])] for s in scores]
         outputs = list(preds)
 
-    out = CellResult()
-    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    out = Evaluation()
+    cells: dict[tuple[str, str, int], list[Prediction]] = {}
     for idx, (p, split, o, pred) in enumerate(zip(prompts, splits, outputs, preds)):
         q = p.query
-        row = {
-            "id": q.id,
-            "model": model_label,
-            "method": method_label(spec, p.shots),
-            "task": task.name,
-            "variant": q.variant,
-            "shots": p.shots,
-            "shots_used": p.shots_used,
-            "demo_set": p.demo_set,
-            "split": split,
-            "chat_template": spec.chat,
-            "demo_ids": [d.id for d in p.demos],
-            "scoring": scoring,
-            "seed": spec.seed,
-            "prompt": p.text,
-            "output": o,
-            "prediction": pred,
-            "target": q.target,
-            "shortcut_target": q.shortcut_target,
-            "correct": (q.target in o) if judge == "substring" else pred == q.target,
-            "substring_correct": q.target in o,
-            "shortcut_answer": pred == q.shortcut_target,
-        }
-        if scores is not None:
-            row["scores"] = dict(zip(task.choices or (), scores[idx]))
+        row = Prediction(
+            id=q.id,
+            model=model_label,
+            method=method_label(spec, p.shots),
+            task=task.name,
+            variant=q.variant,
+            shots=p.shots,
+            shots_used=p.shots_used,
+            demo_set=p.demo_set,
+            split=split,
+            chat_template=spec.chat,
+            demo_ids=[d.id for d in p.demos],
+            scoring=scoring,
+            seed=spec.seed,
+            prompt=p.text,
+            output=o,
+            prediction=pred,
+            target=q.target,
+            shortcut_target=q.shortcut_target,
+            correct=(q.target in o) if judge == "substring" else pred == q.target,
+            substring_correct=q.target in o,
+            shortcut_answer=pred == q.shortcut_target,
+            scores=None if scores is None else dict(zip(task.choices or (), scores[idx])),
+        )
         out.predictions.append(row)
         cells.setdefault((split, q.variant, p.shots), []).append(row)
     for rows in cells.values():
@@ -313,15 +314,15 @@ def evaluate_task(
     return out
 
 
-def set_matrix(rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[str], np.ndarray]:
+def set_matrix(rows: Sequence[Prediction]) -> tuple[list[int], list[str], np.ndarray]:
     """``(sets, item ids, correct)`` of one cell's predictions: ``correct[s, i]`` is 1 when set
     ``sets[s]`` answered item ``ids[i]`` right. Every set answers every item."""
-    sets = sorted({int(r.get("demo_set", 0)) for r in rows})
-    ids = sorted({r["id"] for r in rows})
+    sets = sorted({r.demo_set for r in rows})
+    ids = sorted({r.id for r in rows})
     si, ii = {s: j for j, s in enumerate(sets)}, {x: j for j, x in enumerate(ids)}
     m = np.full((len(sets), len(ids)), np.nan)
     for r in rows:
-        m[si[int(r.get("demo_set", 0))], ii[r["id"]]] = float(bool(r["correct"]))
+        m[si[r.demo_set], ii[r.id]] = float(bool(r.correct))
     if np.isnan(m).any():
         raise ValueError("a demonstration set did not answer every item of its cell")
     return sets, ids, m
@@ -334,11 +335,11 @@ def bootstrap_rng(seed: int, *parts: str | int) -> np.random.Generator:
 
 
 def _cell_row(
-    rows: Sequence[dict[str, Any]], spec: EvalSpec, *, model_label: str, task: str, scoring: str
-) -> dict[str, Any]:
+    rows: Sequence[Prediction], spec: EvalSpec, *, model_label: str, task: str, scoring: str
+) -> CellResult:
     """The results row of one cell from its predictions (every demonstration set's)."""
     first = rows[0]
-    split, variant, k = first["split"], first["variant"], first["shots"]
+    split, variant, k = first.split, first.variant, first.shots
     sets, ids, m = set_matrix(rows)
     n, n_sets = len(ids), len(sets)
     set_acc = [float(a) for a in m.mean(axis=1)]
@@ -357,43 +358,42 @@ def _cell_row(
         lo, hi = min(lo, wlo), max(hi, whi)
         interval = TWO_LEVEL
     # shortcut-following where it matters: items on which the shortcut answer is wrong
-    conflict = [r for r in rows if r["shortcut_target"] != r["target"]]
-    return {
-        "model": model_label,
-        "task": task,
-        "variant": variant,
-        "method": first["method"],
-        "shots": k,
-        "split": split,
-        "shots_used_mean": sum(r["shots_used"] for r in rows) / len(rows),
-        "truncated": sum(r["shots_used"] < k for r in rows),
-        "demos": spec.demos,
-        "demo_sets": n_sets,
-        "chat_template": spec.chat,
-        "set_accuracies": set_acc,
-        "set_sd": statistics.stdev(set_acc) if n_sets > 1 else None,
-        "scoring": scoring,
-        "protocol": spec.protocol,
-        "seed": spec.seed,
-        "n": n,
-        "n_scored": len(rows),
-        "correct": correct,
-        "accuracy": correct / len(rows),
-        "ci_low": lo,
-        "ci_high": hi,
-        "interval": interval,
-        "substring_accuracy": sum(r["substring_correct"] for r in rows) / len(rows),
-        "shortcut_rate": sum(r["shortcut_answer"] for r in rows) / len(rows),
+    conflict = [r for r in rows if r.shortcut_target != r.target]
+    return CellResult(
+        model=model_label,
+        task=task,
+        variant=variant,
+        method=first.method,
+        shots=k,
+        split=split,
+        shots_used_mean=sum(r.shots_used for r in rows) / len(rows),
+        truncated=sum(r.shots_used < k for r in rows),
+        demos=spec.demos,
+        demo_sets=n_sets,
+        chat_template=spec.chat,
+        set_accuracies=set_acc,
+        set_sd=statistics.stdev(set_acc) if n_sets > 1 else None,
+        scoring=scoring,
+        protocol=spec.protocol,
+        seed=spec.seed,
+        n=n,
+        n_scored=len(rows),
+        correct=correct,
+        accuracy=correct / len(rows),
+        ci_low=lo,
+        ci_high=hi,
+        interval=interval,
+        substring_accuracy=sum(r.substring_correct for r in rows) / len(rows),
+        shortcut_rate=sum(r.shortcut_answer for r in rows) / len(rows),
         # what a model answering only by the shortcut scores on these very items (1 on
         # clean items by construction; the task declares its misleading value)
-        "shortcut_only_accuracy": sum(r["shortcut_target"] == r["target"] for r in rows)
-        / len(rows),
-        "conflict_n": len({r["id"] for r in conflict}),
-        "conflict_shortcut_rate": (
-            sum(r["shortcut_answer"] for r in conflict) / len(conflict) if conflict else None
+        shortcut_only_accuracy=sum(r.shortcut_target == r.target for r in rows) / len(rows),
+        conflict_n=len({r.id for r in conflict}),
+        conflict_shortcut_rate=(
+            sum(r.shortcut_answer for r in conflict) / len(conflict) if conflict else None
         ),
-        "parse_failures": sum(r["prediction"] is None for r in rows),
-    }
+        parse_failures=sum(r.prediction is None for r in rows),
+    )
 
 
 def parse_batch_size(value: int | str) -> int | str:
@@ -421,7 +421,7 @@ def run_eval(
     batch_size: int | str = 16,
     show_progress: bool = True,
     cache: Path | str | None = None,
-) -> CellResult:
+) -> Evaluation:
     """``iclft eval``: load the model, evaluate every cell, write results, predictions and
     manifest into ``out_dir``. Everything is checked before the model loads."""
     from rich.console import Console
@@ -462,7 +462,7 @@ def run_eval(
     for name in spec.tasks:
         check_fit(engine, get_task(name), spec)
     total = len(spec.tasks) * prompt_count(spec)
-    result = CellResult()
+    result = Evaluation()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

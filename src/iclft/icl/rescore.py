@@ -22,6 +22,7 @@ from typing import Any
 
 from iclft.errors import UserError
 from iclft.icl.evaluate import PROTOCOLS, EvalSpec, _cell_row
+from iclft.records import CellResult, Prediction
 from iclft.store import (
     MANIFEST_NAME,
     ensure_writable_dir,
@@ -40,31 +41,28 @@ def _spec_from_manifest(manifest: dict[str, Any]) -> EvalSpec:
 
 
 def rescore_rows(
-    predictions: list[dict[str, Any]], spec: EvalSpec, protocol: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    predictions: list[Prediction], spec: EvalSpec, protocol: str
+) -> tuple[list[Prediction], list[CellResult]]:
     """(predictions judged again under ``protocol``, the results rows of their cells)."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     judge = PROTOCOLS[protocol][1]
     new_spec = replace(spec, protocol=protocol)
-    rows: list[dict[str, Any]] = []
-    cells: dict[tuple, list[dict[str, Any]]] = {}
+    rows: list[Prediction] = []
+    cells: dict[tuple, list[Prediction]] = {}
     for p in predictions:
-        task = get_task(p["task"])
-        out = p["output"]
-        pred = task.parse(out) if p["scoring"] == "generate" else p["prediction"]
-        row = {
-            **p,
-            "prediction": pred,
-            "correct": (p["target"] in out) if judge == "substring" else pred == p["target"],
-            "substring_correct": p["target"] in out,
-            "shortcut_answer": pred == p["shortcut_target"],
-        }
+        out = p.output
+        pred = get_task(p.task).parse(out) if p.scoring == "generate" else p.prediction
+        row = p.replace(
+            prediction=pred,
+            correct=(p.target in out) if judge == "substring" else pred == p.target,
+            substring_correct=p.target in out,
+            shortcut_answer=pred == p.shortcut_target,
+        )
         rows.append(row)
-        key = (p["model"], p["task"], p.get("split", "test"), p["variant"], p["shots"])
-        cells.setdefault(key, []).append(row)
+        cells.setdefault((p.model, p.task, p.split, p.variant, p.shots), []).append(row)
     results = [
-        _cell_row(cell, new_spec, model_label=key[0], task=key[1], scoring=cell[0]["scoring"])
+        _cell_row(cell, new_spec, model_label=key[0], task=key[1], scoring=cell[0].scoring)
         for key, cell in cells.items()
     ]
     return rows, results
@@ -81,7 +79,10 @@ def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[dict[str, An
         )
     try:
         manifest = json.loads((source / MANIFEST_NAME).read_text())
-        predictions = read_jsonl(source / "predictions.jsonl")
+        path = source / "predictions.jsonl"
+        predictions = [
+            Prediction.from_json(d, f"{path}:{i}") for i, d in enumerate(read_jsonl(path), 1)
+        ]
     except (OSError, ValueError) as exc:
         raise UserError(
             f"{source} is not an `iclft eval` directory (manifest.json and predictions.jsonl "

@@ -32,14 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UserError
-from iclft.icl.compare import Comparison
 from iclft.icl.metrics import wilson_interval
+from iclft.records import (
+    BASELINE,
+    ICL,
+    CellResult,
+    CircuitsResult,
+    Comparison,
+    CurvePoint,
+    SimilarityResult,
+    arms,
+    is_finetune,
+)
 from iclft.store import read_jsonl
-
-#: methods in the order the report shows them; unknown methods follow, sorted by name
-METHOD_ORDER = ("baseline", "icl", "ft-full", "ft-lora", "ft-kv", "ft-layer-causal")
-VARIANT_ORDER = ("clean", "misleading")
-_REQUIRED = ("model", "task", "variant", "method", "accuracy")
+from iclft.tasks import VARIANTS
 
 
 def model_slug(model: str) -> str:
@@ -52,130 +58,19 @@ def file_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("_") or "x"
 
 
-def is_finetune(method: str) -> bool:
-    """Whether a method is a fine-tuned model evaluated 0-shot (``ft-*``)."""
-    return method.startswith("ft-")
-
-
 def method_sort_key(method: str) -> tuple[int, str]:
-    """Sort key that puts the known methods in :data:`METHOD_ORDER` first."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (99, method)
+    """Sort key that puts the known arms in :func:`iclft.records.arms` order first; unknown
+    ones follow, sorted by name."""
+    order = arms()
+    return (order.index(method), "") if method in order else (99, method)
 
 
-def _opt_float(v: Any) -> float | None:
-    if v is None or v == "":
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _opt_int(v: Any) -> int | None:
-    f = _opt_float(v)
-    return None if f is None else int(round(f))
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One evaluated cell for one seed, as the runner writes it to ``results.jsonl``."""
-
-    model: str
-    task: str
-    variant: str
-    method: str
-    shots: int
-    seed: int
-    accuracy: float
-    n: int | None = None
-    correct: int | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    scoring: str | None = None
-    substring_accuracy: float | None = None
-    shortcut_rate: float | None = None
-    #: shortcut answers among items whose shortcut answer is wrong
-    conflict_shortcut_rate: float | None = None
-    #: accuracy of a model that answers only by the shortcut, on this cell's items (``None``:
-    #: unknown, as in runs written before evaluation recorded it)
-    shortcut_only_accuracy: float | None = None
-    parse_failures: int | None = None
-    train_examples: int | None = None
-    #: fine-tuned models: the optimizer steps the evaluated weights were trained for
-    step: int | None = None
-    #: where the row evaluates a checkpoint rather than the final model, its directory
-    checkpoint: str | None = None
-    #: ``test`` (reported) or ``heldout`` (items that choose the best k)
-    split: str = "test"
-    #: demonstration sets the cell was evaluated over, their accuracies and spread
-    demo_sets: int = 1
-    set_accuracies: tuple[float, ...] | None = None
-    set_sd: float | None = None
-    #: prompts scored (items x demonstration sets); ``correct`` counts over all of them
-    n_scored: int | None = None
-    interval: str | None = None
-
-    @property
-    def is_checkpoint(self) -> bool:
-        """A fine-tuning checkpoint's row (rows without ``checkpoint``, as old runs wrote
-        them, are final models)."""
-        return self.checkpoint is not None
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: str) -> ResultRow:
-        """Validate one JSON row; ``where`` (``file:line``) goes into the error message."""
-        missing = [k for k in _REQUIRED if d.get(k) is None]
-        if missing:
-            raise UserError(f"{where}: result row lacks {', '.join(missing)}")
-        acc = _opt_float(d["accuracy"])
-        if acc is None or not 0.0 <= acc <= 1.0:
-            raise UserError(f"{where}: accuracy must be a number in [0, 1], got {d['accuracy']!r}")
-        method = str(d["method"])
-        shots = _opt_int(d.get("shots"))
-        shots = 0 if shots is None else shots
-        n, correct = _opt_int(d.get("n")), _opt_int(d.get("correct"))
-        if correct is None and n is not None:
-            correct = int(round(acc * n))
-        sets_acc = d.get("set_accuracies")
-        if isinstance(sets_acc, list):
-            vals = [_opt_float(x) for x in sets_acc]
-            set_accuracies = tuple(v for v in vals if v is not None) or None
-        else:
-            set_accuracies = None
-        train = _opt_int(d.get("train_examples"))
-        if train is None and method == "icl":
-            train = shots
-        elif train is None and method == "baseline":
-            train = 0
-        return cls(
-            model=str(d["model"]),
-            task=str(d["task"]),
-            variant=str(d["variant"]),
-            method=method,
-            shots=shots,
-            seed=_opt_int(d.get("seed")) or 0,
-            accuracy=acc,
-            n=n,
-            correct=correct,
-            ci_low=_opt_float(d.get("ci_low")),
-            ci_high=_opt_float(d.get("ci_high")),
-            scoring=None if d.get("scoring") is None else str(d["scoring"]),
-            substring_accuracy=_opt_float(d.get("substring_accuracy")),
-            shortcut_rate=_opt_float(d.get("shortcut_rate")),
-            conflict_shortcut_rate=_opt_float(d.get("conflict_shortcut_rate")),
-            shortcut_only_accuracy=_opt_float(d.get("shortcut_only_accuracy")),
-            parse_failures=_opt_int(d.get("parse_failures")),
-            train_examples=train,
-            step=_opt_int(d.get("step")),
-            checkpoint=None if d.get("checkpoint") is None else str(d["checkpoint"]),
-            split=str(d.get("split") or "test"),
-            demo_sets=_opt_int(d.get("demo_sets")) or 1,
-            set_accuracies=set_accuracies,
-            set_sd=_opt_float(d.get("set_sd")),
-            n_scored=_opt_int(d.get("n_scored")),
-            interval=None if d.get("interval") is None else str(d["interval"]),
-        )
+def train_examples(r: CellResult) -> int | None:
+    """Examples a row's setting learned from: the row's own count, else (rows of ``iclft
+    eval`` and old runs) the shots of an ICL row and 0 for the baseline."""
+    if r.train_examples is not None:
+        return r.train_examples
+    return r.shots if r.method == ICL else 0 if r.method == BASELINE else None
 
 
 CellKey = tuple[str, str, str, str, int]  # model, task, variant, method, shots
@@ -236,36 +131,36 @@ def mean_known(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
+def aggregate(rows: Iterable[CellResult]) -> dict[CellKey, Cell]:
     """Pool the rows of final models (every row but a checkpoint's) into cells: mean, spread
     and interval over seeds. A seed repeated within a cell (a result written twice) counts
     once: the last row wins."""
     return _aggregate(r for r in rows if r.split == "test")
 
 
-def aggregate_heldout(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
+def aggregate_heldout(rows: Iterable[CellResult]) -> dict[CellKey, Cell]:
     """The held-out rows (``split: heldout``) pooled as :func:`aggregate` pools test rows."""
     return _aggregate(r for r in rows if r.split == "heldout")
 
 
-def _aggregate(rows: Iterable[ResultRow]) -> dict[CellKey, Cell]:
-    by_cell: dict[CellKey, dict[int, ResultRow]] = {}
+def _aggregate(rows: Iterable[CellResult]) -> dict[CellKey, Cell]:
+    by_cell: dict[CellKey, dict[int, CellResult]] = {}
     for r in rows:
         if not r.is_checkpoint:
             by_cell.setdefault((r.model, r.task, r.variant, r.method, r.shots), {})[r.seed] = r
     return {key: _pool(key, seeds) for key, seeds in by_cell.items()}
 
 
-def aggregate_checkpoints(rows: Iterable[ResultRow]) -> dict[CheckpointKey, Cell]:
+def aggregate_checkpoints(rows: Iterable[CellResult]) -> dict[CheckpointKey, Cell]:
     """Pool the checkpoints' rows as :func:`aggregate` pools the others, one cell per step."""
-    by_step: dict[CheckpointKey, dict[int, ResultRow]] = {}
+    by_step: dict[CheckpointKey, dict[int, CellResult]] = {}
     for r in rows:
         if r.is_checkpoint and r.step is not None and r.split == "test":
             by_step.setdefault((r.model, r.task, r.variant, r.method, r.step), {})[r.seed] = r
     return {key: _pool(key[:4] + (0,), seeds) for key, seeds in by_step.items()}
 
 
-def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
+def _pool(key: CellKey, seeds: Mapping[int, CellResult]) -> Cell:
     """One cell from its rows, one per seed."""
     rs = [seeds[s] for s in sorted(seeds)]
     accs = [r.accuracy for r in rs]
@@ -288,7 +183,7 @@ def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
     low, high = min(low, min(accs)), max(high, max(accs))
     set_accs = [a for r in rs for a in (r.set_accuracies or ())]
     pf = [r.parse_failures for r in rs]
-    trains = {r.train_examples for r in rs if r.train_examples is not None}
+    trains = {t for t in map(train_examples, rs) if t is not None}
     steps = {r.step for r in rs if r.step is not None}
     return Cell(
         *key,
@@ -316,22 +211,6 @@ def _pool(key: CellKey, seeds: Mapping[int, ResultRow]) -> Cell:
         set_min=min(set_accs) if len(set_accs) > 1 else None,
         set_max=max(set_accs) if len(set_accs) > 1 else None,
     )
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    """One row of a fine-tuning ``curves.csv``: 0-shot accuracy of one task and variant at a
-    training step, with the training loss logged at that step."""
-
-    step: int
-    examples_seen: int
-    loss: float | None
-    learning_rate: float | None
-    task: str
-    variant: str
-    accuracy: float | None
-    correct: int | None
-    n: int | None
 
 
 @dataclass(frozen=True)
@@ -382,7 +261,7 @@ class RunData:
     run_dir: Path
     config: dict[str, Any]
     manifest: dict[str, Any]
-    rows: list[ResultRow]
+    rows: list[CellResult]
     cells: dict[CellKey, Cell]  # final models only: see the module docstring
     checkpoints: dict[CheckpointKey, Cell] = field(default_factory=dict)
     #: ICL cells on held-out clean items, on which the best k is chosen
@@ -423,7 +302,7 @@ class RunData:
     @property
     def variants(self) -> list[str]:
         seen = set(r.variant for r in self.rows)
-        return [v for v in VARIANT_ORDER if v in seen] + sorted(seen - set(VARIANT_ORDER))
+        return [v for v in VARIANTS if v in seen] + sorted(seen - set(VARIANTS))
 
     @property
     def methods(self) -> list[str]:
@@ -513,25 +392,7 @@ def read_curve(path: Path) -> list[CurvePoint]:
     """Parse a ``curves.csv`` (empty loss/learning rate at step 0 are allowed)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    out = []
-    for ln, r in enumerate(rows, 2):
-        step = _opt_int(r.get("step"))
-        if step is None or not r.get("task") or not r.get("variant"):
-            raise UserError(f"{path}:{ln}: a curve row needs step, task and variant")
-        seen = _opt_int(r.get("examples_seen"))
-        out.append(
-            CurvePoint(
-                step=step,
-                examples_seen=step if seen is None else seen,
-                loss=_opt_float(r.get("loss")),
-                learning_rate=_opt_float(r.get("learning_rate")),
-                task=str(r["task"]),
-                variant=str(r["variant"]),
-                accuracy=_opt_float(r.get("accuracy")),
-                correct=_opt_int(r.get("correct")),
-                n=_opt_int(r.get("n")),
-            )
-        )
+    out = [CurvePoint.from_json(r, f"{path}:{ln}") for ln, r in enumerate(rows, 2)]
     return sorted(out, key=lambda p: (p.task, p.variant, p.step))
 
 
@@ -583,14 +444,14 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
-def _similarity_summaries(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+def _similarity_summaries(obj: SimilarityResult, rel: str) -> list[AnalysisSummary]:
     """similarity.json: the controls table (trained and untrained model; GD, layer-causal GD,
     their random controls, Dai's uniform baseline, ZSL), accuracies with Dai's f2t subset
     sizes, and the protocol lines that say where the numbers differ from the reference."""
     from iclft.analysis.similarity_table import controls_rows, extra_rows
 
-    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
-    n = obj.get("n_queries")
+    task = f" ({obj.task})" if obj.task else ""
+    n = obj.n_queries
     cols, rows = controls_rows(obj)
     out = []
     if rows:
@@ -606,14 +467,14 @@ def _similarity_summaries(obj: Mapping[str, Any], rel: str) -> list[AnalysisSumm
 def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
     obj = _read_json(path, notes)
     if path.name == "similarity.json" and isinstance(obj.get("metrics"), Mapping):
-        return _similarity_summaries(obj, rel)
+        return _similarity_summaries(SimilarityResult.from_json(obj, rel), rel)
     out = []
     summary = obj.get("summary")
     if isinstance(summary, Mapping):
         rows = tuple((str(k), s) for k, v in summary.items() if (s := _scalar(v)) is not None)
         if rows:
             out.append(AnalysisSummary(rel, ("quantity", "value"), rows))
-    out += _circuit_tables(obj, rel)
+    out += _circuit_tables(CircuitsResult.from_json(obj, rel), rel)
     return out
 
 
@@ -627,18 +488,15 @@ def _ratio(v: Any) -> str:
     return f"{v:.3g}x" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
-def _circuit_tables(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
+def _circuit_tables(obj: CircuitsResult, rel: str) -> list[AnalysisSummary]:
     """circuits.json: one row per setting (gap guard, attribution checked against exact) and
     one per shift (distances beside their split-half noise floor; "not identified" instead of
     the distances when a setting's gap interval reaches 0)."""
     out = []
-    task = f" ({obj['task']})" if isinstance(obj.get("task"), str) else ""
-    settings = obj.get("settings")
-    if isinstance(settings, Mapping) and settings:
+    task = f" ({obj.task})" if obj.task else ""
+    if obj.settings:
         rows = []
-        for name, st in settings.items():
-            if not isinstance(st, Mapping):
-                continue
+        for name, st in obj.settings.items():
             g = st.get("gap_check")
             gap = "–"
             if isinstance(g, Mapping):
@@ -682,10 +540,9 @@ def _circuit_tables(obj: Mapping[str, Any], rel: str) -> list[AnalysisSummary]:
                 "exact / attribution (top-k)",
             )
             out.append(AnalysisSummary(f"{rel}: circuits{task}", cols, tuple(rows), "circuits"))
-    shifts = obj.get("shifts")
-    if isinstance(shifts, list) and shifts and all(isinstance(s, Mapping) for s in shifts):
+    if obj.shifts:
         rows2 = []
-        for sh in shifts:
+        for sh in obj.shifts:
             status = sh.get("status", "identified")
             cells = [f"{sh.get('from', '?')} → {sh.get('to', '?')}"]
             if status != "identified":
@@ -731,7 +588,7 @@ def load_run(run_dir: Path) -> RunData:
     raw = read_jsonl(results)
     if not raw:
         raise UserError(f"no results in {run_dir}; run `iclft run` first")
-    rows = [ResultRow.from_json(d, f"{results}:{i}") for i, d in enumerate(raw, 1)]
+    rows = [CellResult.from_json(d, f"{results}:{i}") for i, d in enumerate(raw, 1)]
     notes: list[str] = []
     config = _read_json(run_dir / "config.json", notes)
     manifest = _read_json(run_dir / "manifest.json", notes)
@@ -747,7 +604,7 @@ def load_run(run_dir: Path) -> RunData:
         notes=notes,
     )
     data.finetune = _find_finetune(run_dir, models, notes)
-    data.comparisons = [Comparison.from_dict(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]
+    data.comparisons = [Comparison.from_json(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]
     for key, c in list(data.cells.items()):  # ft rows without train_examples: from the curve
         run = data.finetune_run(c.model, c.method) if is_finetune(c.method) else None
         if c.train_examples is None and run is not None and run.examples_seen is not None:

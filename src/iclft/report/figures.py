@@ -15,13 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from iclft.records import CurvePoint, is_finetune
 from iclft.report.data import (
     AnalysisFigure,
     Cell,
-    CurvePoint,
     RunData,
     file_slug,
-    is_finetune,
     mean_known,
     method_sort_key,
 )

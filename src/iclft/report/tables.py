@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.icl.compare import Comparison
-from iclft.report.data import Cell, RunData, fmt, is_finetune
+from iclft.records import Comparison, is_finetune
+from iclft.report.data import Cell, RunData, fmt
 from iclft.store import atomic_writer
 
 
