@@ -83,7 +83,8 @@ def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
         device="cpu",
         log_samples=True,
     )
-    ours = {(p["id"], p["shots"]): p for p in mine.predictions}
+    preds = [p.to_json() for p in mine.predictions]
+    ours = {(p["id"], p["shots"]): p for p in preds}
     from importlib import util
 
     utils_spec = util.spec_from_file_location("utils", tmp_path / "pkg" / "utils.py")
@@ -106,8 +107,8 @@ def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
             compared += 1
             same += theirs == p["prediction"]
             assert (s.get("acc", s.get("exact_match")) == 1.0) == p["correct"]
-    assert compared == len(mine.predictions) and same == compared
-    for r in mine.results:
+    assert compared == len(preds) and same == compared
+    for r in (r.to_json() for r in mine.results):
         name = f"iclft_{r['task']}_{r['variant']}_{r['shots']}shot"
         metric = "acc,none" if get_task(r["task"]).is_choice else "exact_match,none"
         assert out["results"][name][metric] == pytest.approx(r["accuracy"])

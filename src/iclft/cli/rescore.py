@@ -24,7 +24,7 @@ def rescore_command(
     console = Console(stderr=True)
     for r in results:
         console.print(
-            f"{r['task']:<10} {r['variant']:<10} {r['shots']:>3}-shot  "
-            f"accuracy {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            f"{r.task:<10} {r.variant:<10} {r.shots:>3}-shot  "
+            f"accuracy {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
         )
     console.print(f"results: {output / 'results.jsonl'}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,6 +43,8 @@ class CurveCallback(TrainerCallback):
                     for ln, r in enumerate(csv.DictReader(f), 2)
                 ]
         self.done_steps = {p.step for p in self.rows}
+        #: ``trainer.log`` when the run reports to training loggers (set by the trainer)
+        self.log: Callable[[dict[str, float]], None] | None = None
 
     def evaluate(self, model, step: int, loss=None, lr=None) -> list[CurvePoint]:
         was_training = model.training
@@ -72,7 +75,10 @@ class CurveCallback(TrainerCallback):
         step = state.global_step
         if not state.is_world_process_zero or step in self.done_steps or self.guard.tripped:
             return
-        self.rows += self.evaluate(model, step, loss, lr)
+        points = self.evaluate(model, step, loss, lr)
+        self.rows += points
+        if self.log is not None:  # the training logs (TensorBoard, W&B) get the points too
+            self.log({f"curve/{p.task}/{p.variant}/accuracy": p.accuracy for p in points})
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, lineterminator="\n")
         w.writeheader()

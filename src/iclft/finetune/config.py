@@ -83,6 +83,10 @@ def _lora(field: str) -> AliasChoices:
 _NAMED = ("train_variant", "loss_on", "schedule", "optimizer", "precision")
 
 
+#: where fine-tuning can send its training logs (the Trainer's ``report_to`` integrations)
+LOGGERS = ("tensorboard", "wandb")
+
+
 class TrainingSettings(Strict):
     """The hyper-parameters of a fine-tuning run: the ``finetune:`` block of an experiment (with
     :data:`EXPERIMENT_DEFAULTS`), and the options of ``iclft finetune`` (these defaults).
@@ -122,6 +126,11 @@ class TrainingSettings(Strict):
         "the paper evaluates step 100 of 300).",
     )
     max_length: int = Field(1024, gt=8, description="Longest training text, in tokens.")
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Training logs (off when empty): tensorboard (under OUT/tensorboard) and/or "
+        "wandb, with the loss, learning rate and the curve points of curves.csv.",
+    )
     params: str = Field(
         "kv", description=f"layer-causal: the parameters it trains ({', '.join(PARAM_SET_NAMES)})."
     )
@@ -162,6 +171,22 @@ class TrainingSettings(Strict):
         if v not in allowed:
             raise UnknownNameError(info.field_name.replace("_", " "), v, allowed)
         return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        needs = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+        for name in v:
+            if name not in LOGGERS:
+                raise UnknownNameError("training logger", name, LOGGERS)
+            if not any(importlib.util.find_spec(m) for m in needs[name]):
+                raise ValueError(
+                    f"report_to {name} needs the {needs[name][0]} package "
+                    f"(pip install {needs[name][0]})"
+                )
+        return list(dict.fromkeys(v))
 
     @field_validator("params")
     @classmethod

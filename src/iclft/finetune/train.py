@@ -310,7 +310,8 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         logging_nan_inf_filter=False,  # the NaN guard must see the real loss
         save_strategy="steps" if cfg.save_every else "no",
         save_steps=cfg.save_every or 500,
-        report_to="none",
+        # tensorboard gets its own callback below (so its logs live in OUT/tensorboard)
+        report_to=[r for r in cfg.report_to if r != "tensorboard"] or "none",
         use_cpu=device.type == "cpu",
         bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16",
@@ -331,6 +332,12 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         per_step,
         nan,
     )
+    loggers = []
+    if "tensorboard" in cfg.report_to and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        loggers.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard"))))
     trainer_cls = _make_trainer_class()
     trainer_cls.method = method
     trainer_cls.base_spec = cfg.model if method.saves_adapter else None
@@ -345,12 +352,15 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
             nan,  # after SaveAtSteps, before the rest: it vetoes logging and saving a bad step
             curves,
             RichProgress(show_progress),
+            *loggers,
             *(extra_callbacks or []),
             FaultPoints(),
         ],
     )
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
+    if cfg.report_to:
+        curves.log = trainer.log  # curve points go to the training logs too
 
     ckpt = _last_checkpoint(ckpts, drop_incomplete=rank == 0) if resume else None
     t0 = time.time()
