@@ -403,8 +403,9 @@ def _adapter_base(adapter_cfg: Path) -> str:
 
 
 def _base_spec_for(base: str, adapter_dir: Path) -> str:
-    """An adapter's base spec; a relative path is tried against the adapter's directory too."""
-    if base in ALIASES or Path(base).expanduser().is_dir():
+    """An adapter's base spec. A relative path is read against the adapter's directory first
+    (so the result does not depend on where the command runs), then the working directory."""
+    if base in ALIASES:
         return base
     sibling = (adapter_dir / base).resolve()
     if not Path(base).is_absolute() and sibling.is_dir():
