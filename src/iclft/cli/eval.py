@@ -32,6 +32,40 @@ DEMO_SETS = typer.Option(
 MAX_NEW_TOKENS = typer.Option(10, "--max-new-tokens")
 
 
+def spec_from_options(
+    task: str,
+    variant: str,
+    shots: str,
+    n: int,
+    seed: int,
+    demos: str,
+    scoring: str,
+    protocol: str,
+    demo_sets: int,
+    max_new_tokens: int,
+    *,
+    heldout_n: int = 0,
+    chat: str = "none",
+):
+    """The checked :class:`~iclft.icl.evaluate.EvalSpec` of the options above."""
+    from iclft.icl.evaluate import EvalSpec, parse_int_list, unique
+
+    return EvalSpec(
+        tasks=tuple(parse_task_list(task)),
+        variants=unique(parse_variant_list(variant)),
+        shots=unique(parse_int_list(shots, "shots")),
+        n=n,
+        seed=seed,
+        demos=demos,
+        scoring=scoring,
+        max_new_tokens=max_new_tokens,
+        protocol=protocol,
+        demo_sets=demo_sets,
+        heldout_n=heldout_n,
+        chat=chat,
+    ).check()
+
+
 def eval_command(
     model: str = typer.Option(
         None, "--model", "-m", help="Alias (smollm2-135m, gemma3-270m), directory or hub id."
@@ -85,22 +119,12 @@ def eval_command(
     from rich.console import Console
     from rich.table import Table
 
-    from iclft.icl.evaluate import EvalSpec, parse_int_list, run_eval, unique
+    from iclft.icl.evaluate import run_eval
 
-    spec = EvalSpec(
-        tasks=tuple(parse_task_list(task)),
-        variants=unique(parse_variant_list(variant)),
-        shots=unique(parse_int_list(shots, "shots")),
-        n=n,
-        seed=seed,
-        demos=demos,
-        scoring=scoring,
-        max_new_tokens=max_new_tokens,
-        protocol=protocol,
-        demo_sets=demo_sets,
-        heldout_n=heldout_n,
-        chat=chat_template,
-    ).check()
+    spec = spec_from_options(
+        task, variant, shots, n, seed, demos, scoring, protocol, demo_sets, max_new_tokens,
+        heldout_n=heldout_n, chat=chat_template,
+    )  # fmt: skip
     res = run_eval(
         spec,
         output,

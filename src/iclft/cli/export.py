@@ -17,8 +17,8 @@ from iclft.cli.eval import (
     TASK,
     VARIANT,
     N,
+    spec_from_options,
 )
-from iclft.tasks import parse_task_list, parse_variant_list
 
 app = typer.Typer(help="Export iclft's tasks to other tools.", no_args_is_help=True)
 
@@ -41,20 +41,10 @@ def lm_eval_command(
     tasks (same prompts, request types and scoring); run them with
     `lm_eval --include_path DIR --tasks iclft`."""
     from iclft.export import GROUP, export_lm_eval
-    from iclft.icl.evaluate import EvalSpec, parse_int_list, unique
 
-    spec = EvalSpec(
-        tasks=tuple(parse_task_list(task)),
-        variants=unique(parse_variant_list(variant)),
-        shots=unique(parse_int_list(shots, "shots")),
-        n=n,
-        seed=seed,
-        demos=demos,
-        scoring=scoring,
-        max_new_tokens=max_new_tokens,
-        protocol=protocol,
-        demo_sets=demo_sets,
-    ).check()
+    spec = spec_from_options(
+        task, variant, shots, n, seed, demos, scoring, protocol, demo_sets, max_new_tokens
+    )
     names = export_lm_eval(spec, output)
     typer.echo(f"{len(names)} lm-eval tasks in {output}; run them with:")
     typer.echo(
