@@ -622,16 +622,21 @@ def _load_resolved(resolved: ResolvedModel, torch_dtype, attn: str, trust_remote
     return model, tokenizer, resolved, attn
 
 
+def _config_model_type(directory: Path) -> str | None:
+    """``model_type`` of the ``config.json`` in ``directory``."""
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {directory / 'config.json'}: {exc}") from exc
+
+
 def model_type_of(resolved: ResolvedModel, trust_remote_code: bool = False) -> str | None:
     """``config.model_type`` of a resolved model (its base's, for an adapter), read from its
     ``config.json`` without loading any weight."""
     if resolved.is_adapter and resolved.base is not None:
         return model_type_of(resolved.base, trust_remote_code)
     if resolved.path is not None and (resolved.path / "config.json").is_file():
-        try:
-            return json.loads((resolved.path / "config.json").read_text()).get("model_type")
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read {resolved.path / 'config.json'}: {exc}") from exc
+        return _config_model_type(resolved.path)
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(resolved.spec, trust_remote_code=trust_remote_code).model_type
@@ -645,7 +650,7 @@ def peek_model_type(spec: str) -> str | None:
         path = Path(text).expanduser()
         if text not in ALIASES and path.is_dir():  # no hashing of weights here
             if (path / "config.json").is_file():
-                return json.loads((path / "config.json").read_text()).get("model_type")
+                return _config_model_type(path)
             adapter = path / "adapter_config.json"
             return peek_model_type(_base_spec_for(_adapter_base(adapter), path))
         if text in ALIASES:
