@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import iclft.icl.engine as engine_mod
 from iclft.icl.engine import Engine, sliding_window
 from iclft.icl.prompts import DemoPool, build_prompt
 from iclft.tasks import get_task
@@ -83,16 +84,36 @@ def test_loglik_with_cache_equals_without(arch, tiny_models, tiny_tokenizer):
         assert a == pytest.approx(b, abs=1e-4)
 
 
-def test_shared_prefix_is_computed_once_per_shot_count(tiny_models, tiny_tokenizer):
+def test_shared_prefix_is_computed_once_per_shot_count(tiny_models, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(engine_mod, "PREFIX_BLOCK", 16)  # so these short prefixes have blocks
     prompts = _prompts(shots=(0, 1, 2, 4), n=5)
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=4)
     eng.generate([p.text for p in prompts], [p.prefix for p in prompts])
-    # one cache build per shot count (0 shots shares the instruction), reused by both variants
-    assert eng.stats.cache_misses == 4
-    # nested: each build extends the previous one, so the prefix tokens computed equal the
-    # longest prefix's length rather than the sum over shot counts
-    longest = max(len(eng.encode(p.prefix)) for p in prompts)
-    assert eng.stats.prefix_tokens <= longest
+    lengths = sorted({len(eng.encode(p.prefix)) for p in prompts})
+    # nested: each build extends the whole blocks of the previous one, so the prefix tokens
+    # computed are the longest prefix's length plus at most one partial block per shot count,
+    # rather than the sum over shot counts
+    assert eng.stats.prefix_tokens <= lengths[-1] + 16 * len(lengths)
+    assert eng.stats.prefix_tokens < sum(lengths)
+
+
+def test_a_prefix_cache_does_not_depend_on_what_was_cached_before(
+    tiny_models, tiny_tokenizer, monkeypatch
+):
+    """The cache of a prefix is bit for bit the same computed alone or after a shorter prefix it
+    extends (so splitting batches between processes cannot change a result)."""
+    monkeypatch.setattr(engine_mod, "PREFIX_BLOCK", 16)
+    prompts = _prompts(shots=(1, 4), n=1)
+    short, long = sorted({tuple(Engine(tiny_models["llama"], tiny_tokenizer).encode(p.prefix))
+                          for p in prompts}, key=len)  # fmt: skip
+    assert long[: len(short)] == short and len(long) > 32
+    with torch.inference_mode():
+        alone = Engine(tiny_models["llama"], tiny_tokenizer)._prefix_cache(long)
+        after = Engine(tiny_models["llama"], tiny_tokenizer)
+        after._prefix_cache(short)
+        again = after._prefix_cache(long)
+    for a, b in zip(alone.layers, again.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
 def test_sliding_window_models_are_never_padded_past_the_window(tiny_models, tiny_tokenizer):

@@ -135,6 +135,10 @@ def eval_command(
         batch_size=batch_size,
         cache=cache,
     )
+    from iclft.distributed import is_main
+
+    if not is_main():  # under accelerate launch, rank 0 reports
+        return
     table = Table(title=f"accuracy ({output})")
     cols = ("task", "variant", "shots", "accuracy", "95% CI", "sets", "substring", "shortcut")
     for col in cols:

@@ -110,12 +110,20 @@ class ResponseCache:
         settings: Sequence[Any],
         compute: Callable[[list[int]], list[Any]],
         progress: Callable[[int], None] | None = None,
+        *,
+        agree: Callable[[list[int]], list[int]] | None = None,
+        store: bool = True,
     ) -> list[Any]:
         """Each prompt's response: from the cache where present, else ``compute(indices)`` for
-        the missing ones (in prompt order), which are then stored."""
+        the missing ones (in prompt order), which are then stored (unless ``store`` is false).
+
+        ``agree`` (several processes) maps this process's missing indices to the set all of
+        them compute, so every process makes the same call however their lookups raced."""
         keys = [self.key(request, p, s) for p, s in zip(prompts, settings)]
         found = self.get_many(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
+        if agree is not None:
+            missing = agree(missing)
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         if progress and len(prompts) > len(missing):
@@ -123,6 +131,7 @@ class ResponseCache:
         if missing:
             new = compute(missing)
             fresh = {keys[i]: v for i, v in zip(missing, new)}
-            self.put_many(fresh)
+            if store:
+                self.put_many(fresh)
             found.update(fresh)
         return [found[k] for k in keys]

@@ -6,9 +6,9 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
 1. tokenises each full prompt exactly as plain ``generate`` would (no segment-wise
    tokenisation, so the model sees the same tokens);
 2. finds the longest token prefix it shares with its prefix hint (the instruction plus
-   demonstrations) and computes the key/value cache of that prefix once, extending the cache
-   of a shorter cached prefix when one exists (shot counts nest: the 8-shot prefix extends the
-   4-shot one);
+   demonstrations) and computes the key/value cache of that prefix once, in fixed blocks of
+   ``PREFIX_BLOCK`` tokens that longer prefixes reuse (shot counts nest: the 16-shot prefix
+   extends the 8-shot one's whole blocks), so a cache never depends on what ran before it;
 3. runs the remaining suffixes on top of the caches, in one of two layouts:
 
    * *packed* (shared demonstrations): when the prefixes of many prompts nest (the k-shot
@@ -69,6 +69,9 @@ def finished(text: str, stop: str) -> bool:
     """Whether a continuation is complete: a newline once non-whitespace text has begun."""
     return stop == "newline" and "\n" in text.lstrip()
 
+
+#: prefix caches are computed in blocks of this many tokens (see ``Engine._prefix_cache``)
+PREFIX_BLOCK = 256
 
 #: the first batch size ``batch_size="auto"`` tries (lm-evaluation-harness's default maximum)
 AUTO_BATCH = 64
@@ -150,6 +153,9 @@ class Engine:
     the pack's square). ``share_queries`` (default) scores all candidates of a prompt on one
     run of it; ``False`` runs prompt + candidate whole for each candidate (the reference path).
     ``cache`` (a :class:`~iclft.icl.cache.ResponseCache`) answers requests seen before.
+    ``shard`` (a :class:`~iclft.distributed.Shard`, under ``accelerate launch``) runs this
+    process's share of every call's planned batches and returns the whole result, gathered from
+    all processes (see :meth:`_share`); ``prompts_per_process`` counts each process's prompts.
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class Engine:
         max_pack_tokens: int = 1024,
         share_queries: bool = True,
         cache=None,
+        shard=None,
     ):
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
@@ -206,6 +213,9 @@ class Engine:
         self.max_pack_tokens = max(1, int(max_pack_tokens))
         self.share_queries = share_queries
         self.cache = cache  # an iclft.icl.cache.ResponseCache, or None
+        self.shard = shard  # an iclft.distributed.Shard, or None (one process)
+        self._caps0 = self._caps()  # the caps every process plans with (see _share)
+        self.prompts_per_process = [0] * (shard.world if shard is not None else 1)
         self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         self._encoded: dict[str, list[int]] = {}
         self.stats = EngineStats()
@@ -242,23 +252,26 @@ class Engine:
         return out.logits
 
     def _prefix_cache(self, ids: tuple[int, ...]) -> DynamicCache:
-        """Key/value cache of ``ids`` (batch 1), extending the longest cached prefix of it."""
+        """Key/value cache of ``ids`` (batch 1).
+
+        Always computed the same way: ``PREFIX_BLOCK``-token blocks from the start, then the
+        rest, each extending the (cached, else computed likewise) cache of the blocks before
+        it. So a prefix's cache is bit for bit the same whatever was computed before it (shot
+        counts nest: the 16-shot prefix reuses the 8-shot one's whole blocks), and the results
+        of a call do not depend on how its batches were split between processes."""
         hit = self._prefixes.get(ids)
         if hit is not None:
             self._prefixes.move_to_end(ids)
             self.stats.cache_hits += 1
             return hit
         self.stats.cache_misses += 1
-        best: tuple[int, ...] = ()
-        for key in self._prefixes:
-            if len(best) < len(key) < len(ids) and ids[: len(key)] == key:
-                best = key
-        cache = copy.deepcopy(self._prefixes[best]) if best else self._new_cache()
-        rest = ids[len(best) :]
+        cut = (len(ids) - 1) // PREFIX_BLOCK * PREFIX_BLOCK
+        cache = copy.deepcopy(self._prefix_cache(ids[:cut])) if cut else self._new_cache()
+        rest = ids[cut:]
         dev = self.device
         x = torch.tensor([rest], device=dev)
         mask = torch.ones(1, len(ids), dtype=torch.long, device=dev)
-        pos = torch.arange(len(best), len(ids), device=dev)[None]
+        pos = torch.arange(cut, len(ids), device=dev)[None]
         self._forward(x, mask, pos, cache, logits_to_keep=1)
         self.stats.prefix_tokens += len(rest)
         self._prefixes[ids] = cache
@@ -421,6 +434,81 @@ class Engine:
             order = sorted(groups[key], key=lambda i: len(seqs[i]))
             yield from ((False, p, b) for p, b in self._cut(order, pref, seqs, more))
 
+    def _caps(self) -> tuple[int, int, int]:
+        return (self.batch_size, self.max_batch_tokens, self.max_pack_tokens)
+
+    def _share(
+        self,
+        seqs: Sequence[Sequence[int]],
+        hints: Sequence[Sequence[int] | None],
+        keep: Sequence[int],
+        extra: int = 0,
+        more: Sequence[int] | None = None,
+    ) -> tuple[list, list[int]]:
+        """``(batches this process runs, owner rank of each item)`` of one :meth:`_plan`.
+
+        One process runs the whole plan. With a :attr:`shard`, every process makes the plan
+        one process would make with the caps the engine started with (a pure function of the
+        items), and runs its contiguous share of those batches (balanced by tokens): each item
+        runs in the batch it would run in alone, so results do not depend on the number of
+        processes. After an out-of-memory halving (``batch_size="auto"``) a process plans its
+        own items again with its smaller caps; which items are whose does not change."""
+        if self.shard is None:
+            plan = list(self._plan(seqs, hints, keep, extra, more))
+            return plan, [0] * len(seqs)
+        caps = self._caps()
+        self.batch_size, self.max_batch_tokens, self.max_pack_tokens = self._caps0
+        try:
+            plan0 = list(self._plan(seqs, hints, keep, extra, more))
+        finally:
+            self.batch_size, self.max_batch_tokens, self.max_pack_tokens = caps
+        more_ = list(more or [0] * len(seqs))
+        owners = self.shard.assign(
+            [sum(len(seqs[i]) + more_[i] + extra for i in b) for _, _, b in plan0]
+        )
+        item_owner = [0] * len(seqs)
+        for (_, _, b), o in zip(plan0, owners):
+            for i in b:
+                item_owner[i] = o
+        mine = [p for p, o in zip(plan0, owners) if o == self.shard.rank]
+        if caps != self._caps0:
+            own = sorted(i for _, _, b in mine for i in b)
+            sub = self._plan(
+                [seqs[i] for i in own], [hints[i] for i in own], [keep[i] for i in own],
+                extra, [more_[i] for i in own],
+            )  # fmt: skip
+            mine = [(packed, pre, [own[j] for j in b]) for packed, pre, b in sub]
+        return mine, item_owner
+
+    def _count(self, owners: Sequence[int]) -> None:
+        """Note whose each prompt of this attempt is (counted once the attempt succeeds)."""
+        self._pending = list(owners)
+
+    def _gathered(self, local: list) -> list:
+        """Fill the entries other processes computed (``None`` here) from their results."""
+        if self.shard is None:
+            return local
+
+        def computed(v) -> bool:  # a loglik row may hold some candidates only
+            return any(x is not None for x in v) if isinstance(v, list) else v is not None
+
+        parts = self.shard.gather({i: v for i, v in enumerate(local) if computed(v)})
+        out = list(local)
+        for part in parts:
+            for i, v in part.items():
+                if isinstance(v, list):
+                    have = out[i] if out[i] is not None else [None] * len(v)
+                    out[i] = [a if a is not None else b for a, b in zip(have, v)]
+                else:
+                    out[i] = v
+        return out
+
+    def _sharded(self, progress: Progress | None, total: int):
+        """``(progress callback for this process, finish)`` of one call (see Shard.progress)."""
+        if self.shard is None:
+            return progress, lambda: None
+        return self.shard.progress(progress, total)
+
     @staticmethod
     def _chains(order: list[int], pref):
         """Split prefix-sorted items into runs whose (non-empty) prefixes all nest: each is a
@@ -495,19 +583,45 @@ class Engine:
         if stop not in STOPS:
             raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
         max_new = max_new_tokens or self.max_new_tokens
+        advance, finish = self._sharded(progress, len(prompts))
         if self.cache is not None:
             hints = list(prefixes or [None] * len(prompts))
 
             def compute(idx: list[int]) -> list[str]:
-                return self._generate(
-                    [prompts[i] for i in idx], [hints[i] for i in idx], max_new, stop, progress
+                return self._gathered(
+                    self._fitting(
+                        lambda prog: self._generate(
+                            [prompts[i] for i in idx], [hints[i] for i in idx], max_new, stop, prog
+                        ),
+                        advance,
+                    )
                 )
 
             settings = [{"max_new_tokens": max_new, "stop": stop}] * len(prompts)
-            return self.cache.cached("generate", prompts, settings, compute, progress)
-        return self._fitting(
-            lambda prog: self._generate(prompts, prefixes, max_new, stop, prog), progress
-        )
+            out = self._cached("generate", prompts, settings, compute, advance)
+        else:
+            out = self._gathered(
+                self._fitting(
+                    lambda prog: self._generate(prompts, prefixes, max_new, stop, prog), advance
+                )
+            )
+        finish()
+        return out
+
+    def _cached(self, request: str, prompts, settings, compute, progress):
+        """The response cache's answer; with several processes they agree on what is missing
+        (anything one lacks, all compute) and rank 0 alone stores the new responses."""
+        if self.shard is None:
+            return self.cache.cached(request, prompts, settings, compute, progress)
+        shard = self.shard
+
+        def agree(missing: list[int]) -> list[int]:
+            return sorted(set().union(*shard.gather(missing)))
+
+        return self.cache.cached(
+            request, prompts, settings, compute, progress if shard.rank == 0 else None,
+            agree=agree, store=shard.rank == 0,
+        )  # fmt: skip
 
     def _fitting(self, run: Callable[[Progress | None], Any], progress: Progress | None) -> Any:
         """``run(progress)``; with ``batch_size="auto"``, on out-of-memory halve the batch (and
@@ -524,8 +638,9 @@ class Engine:
 
         while True:
             seen = 0
+            self._pending: list[int] = []
             try:
-                return run(once if progress else None)
+                out = run(once if progress else None)
             except torch.OutOfMemoryError:
                 if not self.auto_batch or self.batch_size == 1:
                     raise
@@ -535,12 +650,18 @@ class Engine:
                 self.clear()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                continue
+            for o in self._pending:
+                self.prompts_per_process[o] += 1
+            return out
 
     def _generate(self, prompts, prefixes, max_new: int, stop: str, progress) -> list[str]:
         seqs = [self.encode(p) for p in prompts]
         hints = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
-        outs: list[str] = [""] * len(prompts)
-        for packed, prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), max_new):
+        outs: list[str | None] = [None] * len(prompts)
+        batches, owners = self._share(seqs, hints, [1] * len(seqs), max_new)
+        self._count(owners)
+        for packed, prefixes_, batch in batches:
             suffixes = [seqs[i][len(p) :] for i, p in zip(batch, prefixes_)]
             run = self._greedy_packed if packed else self._greedy
             for i, t in zip(batch, run(prefixes_, suffixes, max_new, stop)):
@@ -630,22 +751,33 @@ class Engine:
         candidates' tokens on top (see :meth:`_loglik_shared`); a candidate whose first token
         merges with the prompt's last (the whole encoding does not start with the prompt's)
         is scored on its own whole sequence instead, from the first token that differs."""
+        advance, finish = self._sharded(progress, len(prompts))
         if self.cache is not None:
             hints = list(prefixes or [None] * len(prompts))
 
             def compute(idx: list[int]) -> list[list[float]]:
-                return self._loglik(
-                    [prompts[i] for i in idx],
-                    [continuations[i] for i in idx],
-                    [hints[i] for i in idx],
-                    progress,
+                return self._gathered(
+                    self._fitting(
+                        lambda prog: self._loglik(
+                            [prompts[i] for i in idx],
+                            [continuations[i] for i in idx],
+                            [hints[i] for i in idx],
+                            prog,
+                        ),
+                        advance,
+                    )
                 )
 
             conts = [list(c) for c in continuations]
-            return self.cache.cached("loglik", prompts, conts, compute, progress)
-        return self._fitting(
-            lambda prog: self._loglik(prompts, continuations, prefixes, prog), progress
-        )
+            out = self._cached("loglik", prompts, conts, compute, advance)
+        else:
+            out = self._gathered(
+                self._fitting(
+                    lambda prog: self._loglik(prompts, continuations, prefixes, prog), advance
+                )
+            )
+        finish()
+        return out
 
     def _loglik(self, prompts, continuations, prefixes, progress) -> list[list[float]]:
         shared: dict[int, list[tuple[int, list[int]]]] = {}  # prompt -> [(cand, tokens)]
@@ -663,9 +795,10 @@ class Engine:
                 n = len(whole) - _lcp(whole, ctx)
                 alone.append((i, j, whole, max(n, 1)))
         hint = [self.encode(h) if h else None for h in (prefixes or [None] * len(prompts))]
-        scores: list[list[float]] = [[0.0] * len(c) for c in continuations]
+        scores: list[list[float | None]] = [[None] * len(c) for c in continuations]
         done: set[int] = set()
-        for got in self._loglik_shared(shared, ctxs, hint):
+        owner: dict[int, int] = {}  # prompt -> the process that runs it (its query, else first)
+        for got in self._loglik_shared(shared, ctxs, hint, owner):
             for i, j, lp in got:
                 scores[i][j] = lp
             new = {i for i, _, _ in got} - done
@@ -675,7 +808,11 @@ class Engine:
         seqs = [w for _, _, w, _ in alone]
         need = [n for _, _, _, n in alone]
         hints = [hint[i] for i, _, _, _ in alone]
-        for packed, prefixes_, batch in self._plan(seqs, hints, [n + 1 for n in need]):
+        batches, owners = self._share(seqs, hints, [n + 1 for n in need])
+        for (i, _, _, _), o in zip(alone, owners):
+            owner.setdefault(i, o)
+        self._count(list(owner.values()))
+        for packed, prefixes_, batch in batches:
             suffixes = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
             score = self._score_packed if packed else self._score
             for r, lp in zip(batch, score(prefixes_, suffixes, [need[r] for r in batch])):
@@ -686,7 +823,9 @@ class Engine:
                 progress(len(new))
         return scores
 
-    def _loglik_shared(self, cands: dict[int, list[tuple[int, list[int]]]], ctxs, hint):
+    def _loglik_shared(
+        self, cands: dict[int, list[tuple[int, list[int]]]], ctxs, hint, owner: dict[int, int]
+    ):
         """Score candidates on one run of their prompt: yield ``[(prompt, cand, logprob)]``
         per batch.
 
@@ -694,14 +833,16 @@ class Engine:
         own encoding). The prompt is the trunk: its last position's logits score every
         candidate's first token, and a candidate's later tokens run as a branch on top of the
         trunk's cache (all but the last token, whose logits are not needed), so single-token
-        candidates cost nothing beyond the prompt."""
+        candidates cost nothing beyond the prompt. ``owner`` gets each prompt's process."""
         items = list(cands)
         seqs = [ctxs[i] for i in items]
         branches = [[t for _, t in cands[i]] for i in items]
         more = [sum(len(t) - 1 for t in br) for br in branches]
         extra = max((len(t) - 1 for br in branches for t in br), default=0)
         hints = [hint[i] for i in items]
-        for packed, prefixes_, batch in self._plan(seqs, hints, [1] * len(seqs), extra, more):
+        batches, owners = self._share(seqs, hints, [1] * len(seqs), extra, more)
+        owner.update(zip(items, owners))
+        for packed, prefixes_, batch in batches:
             queries = [seqs[r][len(p) :] for r, p in zip(batch, prefixes_)]
             run = self._score_tree_packed if packed else self._score_tree
             got = run(prefixes_, queries, [branches[r] for r in batch])

@@ -423,7 +423,11 @@ def run_eval(
     cache: Path | str | None = None,
 ) -> Evaluation:
     """``iclft eval``: load the model, evaluate every cell, write results, predictions and
-    manifest into ``out_dir``. Everything is checked before the model loads."""
+    manifest into ``out_dir``. Everything is checked before the model loads.
+
+    Under ``accelerate launch`` with N processes each scores its share of every engine call
+    (:mod:`iclft.distributed`) and rank 0 writes the same files one process writes, with
+    ``processes`` and ``prompts_per_process`` in the manifest."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -433,13 +437,21 @@ def run_eval(
         TimeRemainingColumn,
     )
 
+    from iclft import distributed
     from iclft.models.loading import load_model
     from iclft.models.registry import DEFAULT_MODEL
     from iclft.store import ensure_writable_dir, write_jsonl_atomic, write_manifest
 
     spec.check()
     batch_size = parse_batch_size(batch_size)
-    out_dir = ensure_writable_dir(Path(out_dir))
+    shard = distributed.current()
+    main = shard is None or shard.rank == 0
+    if shard is None:
+        out_dir = ensure_writable_dir(Path(out_dir))
+    else:
+        out_dir = shard.on_main(lambda: ensure_writable_dir(Path(out_dir)))
+        if device == "auto":  # each process its own device (accelerate's choice)
+            device = shard.device
     started = time.time()
     console = Console(stderr=True)
     loaded = load_model(
@@ -457,6 +469,7 @@ def run_eval(
         batch_size=batch_size,
         max_new_tokens=spec.max_new_tokens,
         cache=responses,
+        shard=shard,
     )
     label = loaded.resolved.spec
     for name in spec.tasks:
@@ -469,7 +482,7 @@ def run_eval(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not show_progress,
+        disable=not (show_progress and main),
     ) as bar:
         job = bar.add_task("eval", total=total)
         for name in spec.tasks:
@@ -484,6 +497,12 @@ def run_eval(
             engine.clear()
             result.results += cell.results
             result.predictions += cell.predictions
+    stats = engine.stats.__dict__
+    if shard is not None:  # every process's engine counters, summed
+        every = shard.gather(stats)
+        stats = {k: sum(s[k] for s in every) for k in stats}
+    if not main:
+        return result
     write_jsonl_atomic(out_dir / "predictions.jsonl", result.predictions)
     write_jsonl_atomic(out_dir / "results.jsonl", result.results)
     write_manifest(
@@ -504,7 +523,9 @@ def run_eval(
             "load_seconds": round(t_loaded - started, 3),
             "eval_seconds": round(time.time() - t_loaded, 3),
         },
-        engine_stats=engine.stats.__dict__,
+        engine_stats=stats,
+        processes=1 if shard is None else shard.world,
+        prompts_per_process=engine.prompts_per_process,
     )
     return result
 

@@ -1,0 +1,51 @@
+"""Fixtures of the data-parallel tests: a tiny saved model and a way to run an iclft command
+under ``accelerate launch`` with N CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
+    d = tmp_path_factory.mktemp("tiny-dp-model")
+    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=11)
+    model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(processes: int, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --num_processes N -m iclft ARGS`` (N = 1: the plain command, as a user
+    without accelerate runs it). One thread per process, so N processes share the 2 cores."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("ICLFT_KILL_AT", None)
+    if kill_at:
+        env["ICLFT_KILL_AT"] = kill_at
+    if processes == 1:
+        cmd = [sys.executable, "-m", "iclft", *args]
+    else:
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            "-m", "iclft", *args,
+        ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
