@@ -11,6 +11,14 @@ a run holds its lock (``.iclft.lock``) for its lifetime, and a second run on it 
 the holder's pid. Crash safety is tested by killing the run at named points
 (:mod:`iclft.faults`), one in every stage kind.
 
+Under ``accelerate launch`` with N processes every process walks the same plan: evaluation
+stages split each engine call's batches (the same predictions as one process), fine-tuning
+stages are one DDP job with the config's batch size as the global batch, and consecutive
+analysis stages are dealt out whole, one per process at a time. Rank 0 holds the lock and writes
+every shared file (an analysis stage's own files are written by the process that ran it); the
+run directory must be on a filesystem all processes see. The manifest records ``processes`` and
+each evaluation stage's ``prompts_per_process``.
+
 Run directory::
 
     config.json            the resolved config (a different one is refused unless --force)
@@ -39,7 +47,7 @@ from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
 from iclft.records import Prediction
-from iclft.stages import Advance, RunContext, Stage, run_stage
+from iclft.stages import Advance, RunContext, Stage, is_collective, run_stage
 from iclft.store import (
     dir_entries,
     dir_lock,
@@ -162,19 +170,47 @@ def run_experiment(
     ``cache``: the response cache's SQLite file (:mod:`iclft.icl.cache`), opt-in.
 
     Holds the run directory's lock throughout (:func:`iclft.store.dir_lock`)."""
+    from contextlib import ExitStack
+
+    from iclft import distributed
+
     cfg = validate_config(cfg.model_dump())  # a model_copy/model_construct skips validation
     run_dir = Path(run_dir)
-    with dir_lock(run_dir):
-        return _run_locked(cfg, run_dir, force, show_progress, stop_after, cache)
+    shard = distributed.current()
+    if shard is None:
+        with dir_lock(run_dir):
+            prepare_run_dir(cfg, run_dir, force)
+            return _run_locked(cfg, run_dir, show_progress, stop_after, cache)
+    check_processes(cfg, shard.world)
+    with ExitStack() as held:
+
+        def take() -> None:  # rank 0: the lock for the whole run, then the directory
+            held.enter_context(dir_lock(run_dir))
+            prepare_run_dir(cfg, run_dir, force)
+
+        shard.on_main(take)  # a refusal there is raised on every process
+        return _run_locked(cfg, run_dir, show_progress, stop_after, cache, shard)
+
+
+def check_processes(cfg: ExperimentConfig, processes: int) -> None:
+    """Refuse a fine-tuning batch that N processes cannot share equally (the global batch is
+    the config's, so results do not depend on N)."""
+    for m in cfg.ft_methods():
+        b = cfg.finetune_for(m).batch_size
+        if b % processes:
+            raise UserError(
+                f"{m}: batch_size {b} cannot be split across {processes} processes; use a "
+                f"multiple of {processes} (each process takes batch_size / {processes} rows)"
+            )
 
 
 def _run_locked(
     cfg: ExperimentConfig,
     run_dir: Path,
-    force: bool,
     show_progress: bool,
     stop_after: int | None,
     cache: Path | None = None,
+    shard=None,
 ) -> RunSummary:
     from rich.console import Console
     from rich.progress import (
@@ -186,11 +222,14 @@ def _run_locked(
         TimeRemainingColumn,
     )
 
-    prepare_run_dir(cfg, run_dir, force)
     stages = plan(cfg)
-    ctx = RunContext(cfg, run_dir, track=lambda d, total: lambda n: None, cache_path=cache)
+    ctx = RunContext(
+        cfg, run_dir, track=lambda d, total: lambda n: None, cache_path=cache, shard=shard
+    )
+    main = shard is None or shard.rank == 0
     started = time.time()
     timings: dict[str, float] = {}
+    ran_by: dict[str, int] = {}  # analysis stage -> the process that ran it (several processes)
     ran = skipped = 0
     console = Console(stderr=True)
 
@@ -209,6 +248,9 @@ def _run_locked(
             stages_ran=ran,
             stages_skipped=skipped,
             stage_seconds=timings,
+            processes=ctx.processes,
+            prompts_per_process=ctx.prompts_per_process,
+            stage_process=ran_by or None,
         )
 
     with Progress(
@@ -219,7 +261,7 @@ def _run_locked(
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=not show_progress,
+        disable=not (show_progress and main),
         transient=False,
     ) as bar:
         overall = bar.add_task("run", total=len(stages))
@@ -234,37 +276,75 @@ def _run_locked(
 
         ctx.track = track
 
-        for i, stage in enumerate(stages):
+        def finish(stage: Stage, out: dict[str, Any], seconds: float) -> None:
+            """Write a stage's outputs, then its completion record (atomically, in order)."""
+            preds = out.pop("predictions", None)
+            if preds is not None:
+                write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
+            kill_point(f"stage-outputs:{stage.key}")
             done = run_dir / "stages" / f"{stage.key}.json"
-            if done.exists():
-                skipped += 1
-                bar.advance(overall)
-                continue
-            if stop_after is not None and ran >= stop_after:
-                break
-            bar.update(overall, description=f"run [{i + 1}/{len(stages)}] {stage.kind}")
+            write_json_atomic(done, {"stage": asdict(stage), "seconds": seconds, **out})
+
+        def attempt(stage: Stage) -> tuple[dict[str, Any], float]:
             t0 = time.time()
             kill_point(f"stage:{stage.key}")
             try:
                 out = run_stage(ctx, stage)
             except TrainingDiverged as e:
-                write_manifest(
-                    run_dir,
-                    **manifest_fields(),
-                    status="diverged",
-                    failed_stage=stage.key,
-                    error=str(e),
-                )
+                if main:
+                    write_manifest(
+                        run_dir,
+                        **manifest_fields(),
+                        status="diverged",
+                        failed_stage=stage.key,
+                        error=str(e),
+                    )
                 raise TrainingDiverged(f"stage {stage.key}: {e}") from None
-            preds = out.pop("predictions", None)
-            if preds is not None:
-                write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
-            kill_point(f"stage-outputs:{stage.key}")
-            timings[stage.key] = round(time.time() - t0, 3)
-            write_json_atomic(done, {"stage": asdict(stage), "seconds": timings[stage.key], **out})
-            rebuild_results(run_dir, stages)
-            ran += 1
-            bar.advance(overall)
+            return out, round(time.time() - t0, 3)
+
+        pending = [st for st in stages if not (run_dir / "stages" / f"{st.key}.json").exists()]
+        if shard is not None:  # rank 0's view of what is done, so every process agrees
+            pending = shard.broadcast(pending)
+        skipped = len(stages) - len(pending)
+        bar.advance(overall, skipped)
+        if stop_after is not None:
+            pending = pending[:stop_after]
+        i = 0
+        while i < len(pending):
+            stage = pending[i]
+            n_done = len(stages) - len(pending) + i
+            bar.update(overall, description=f"run [{n_done + 1}/{len(stages)}] {stage.kind}")
+            if shard is None or is_collective(stage):
+                out, seconds = attempt(stage)
+                timings[stage.key] = seconds
+                if main:
+                    finish(stage, out, seconds)
+                    rebuild_results(run_dir, stages)
+                group = [stage]
+            else:  # consecutive whole stages, dealt out one per process
+                group = [stage]
+                while i + len(group) < len(pending) and not is_collective(pending[i + len(group)]):
+                    group.append(pending[i + len(group)])
+                group = group[: shard.world]
+                owners = shard.round_robin(len(group))
+                mine = [st for st, r in zip(group, owners) if r == shard.rank]
+                for st in mine:
+                    out, seconds = attempt(st)
+                    finish(st, out, seconds)
+                    timings[st.key] = seconds
+                    ran_by[st.key] = shard.rank
+                for t, r in shard.gather((timings, ran_by)):
+                    timings.update(t)
+                    ran_by.update(r)
+            if shard is not None:
+                shard.barrier()  # every process sees the stage's files before going on
+            ran += len(group)
+            i += len(group)
+            bar.advance(overall, len(group))
+            if main and shard is not None and not is_collective(stage):
+                rebuild_results(run_dir, stages)
+    if not main:
+        return RunSummary(run_dir, len(stages), ran, skipped, round(time.time() - started, 1))
     rows = rebuild_results(run_dir, stages)
     comparisons = rebuild_comparisons(run_dir, stages, cfg.seeds[0])
     write_manifest(

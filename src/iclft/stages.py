@@ -9,6 +9,10 @@ full (it keeps at most ``capacity`` models, least recently used out first).
 
 Add a stage kind by writing ``@stage("kind", loads=...) def _kind(ctx, st): ...`` here and
 planning it in :func:`iclft.runner.plan`.
+
+Under ``accelerate launch`` (``ctx.shard`` set) a stage kind is either *collective*, run by every
+process together (evaluation stages split each engine call's batches, fine-tuning is one DDP
+job), or not, run whole by one process (an analysis stage: one task's circuits or similarity).
 """
 
 from __future__ import annotations
@@ -91,10 +95,20 @@ class RunContext:
     run_dir: Path
     track: Track
     cache_path: Path | None = None  # the response cache (``--cache``), opt-in
+    shard: Any = None  # an iclft.distributed.Shard under accelerate launch, else None
     models: ModelPool = field(init=False)
+    #: stage key -> prompts each process scored (evaluation stages)
+    prompts_per_process: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.models = ModelPool(self.cfg.device, self.cfg.dtype)
+        device = self.cfg.device
+        if self.shard is not None and device == "auto":
+            device = self.shard.device  # each process its own GPU
+        self.models = ModelPool(device, self.cfg.dtype)
+
+    @property
+    def processes(self) -> int:
+        return 1 if self.shard is None else self.shard.world
 
     @property
     def first_seed(self) -> int:
@@ -124,19 +138,25 @@ LoadsFn = Callable[[ExperimentConfig, Stage, Path], list[str]]
 class StageKind:
     run: StageFn
     loads: LoadsFn
+    collective: bool  # every process runs it together (else one process runs it whole)
 
 
 STAGES: dict[str, StageKind] = {}
 
 
-def stage(kind: str, loads: LoadsFn) -> Callable[[StageFn], StageFn]:
-    """Register the function that runs stages of ``kind`` and what such a stage loads."""
+def stage(kind: str, loads: LoadsFn, collective: bool = True) -> Callable[[StageFn], StageFn]:
+    """Register the function that runs stages of ``kind``, what such a stage loads, and whether
+    all processes run it together (see the module docstring)."""
 
     def register(fn: StageFn) -> StageFn:
-        STAGES[kind] = StageKind(fn, loads)
+        STAGES[kind] = StageKind(fn, loads, collective)
         return fn
 
     return register
+
+
+def is_collective(st: Stage) -> bool:
+    return STAGES[st.kind].collective
 
 
 def run_stage(ctx: RunContext, st: Stage) -> dict[str, Any]:
@@ -199,6 +219,7 @@ def _eval_rows(ctx: RunContext, st: Stage, loaded, shots, method, advance, extra
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,
         cache=ctx.response_cache(loaded),
+        shard=ctx.shard,
     )
     results, preds = [], []
     for name in cfg.tasks:
@@ -207,6 +228,8 @@ def _eval_rows(ctx: RunContext, st: Stage, loaded, shots, method, advance, extra
         results += [r.replace(stage=st.key, **extra(r)) for r in cell.results]
         preds += cell.predictions
         kill_point(f"eval:{st.key}/{name}")
+    had = ctx.prompts_per_process.get(st.key, [0] * ctx.processes)
+    ctx.prompts_per_process[st.key] = [a + b for a, b in zip(had, engine.prompts_per_process)]
     return results, preds
 
 
@@ -241,13 +264,16 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
 
     cfg = ctx.cfg
     s = cfg.finetune_for(st.method)
+    settings = s.model_dump()
+    # N processes (DDP) each take batch_size / N rows: the global batch is the config's
+    settings["batch_size"] = s.batch_size // ctx.processes
     ft = make_config(
         model=st.model,
         method=ft_method(st.method),
         tasks=list(cfg.tasks),
         seed=st.seed,
-        device=cfg.device,
-        **s.model_dump(),
+        device=cfg.device,  # under DDP the Trainer puts each process on its own device
+        **settings,
     )
     out = ctx.ft_dir(st)
     advance = ctx.track(st.label, s.steps)
@@ -315,7 +341,7 @@ def _analysis_dir(ctx: RunContext, st: Stage, what: str) -> Path:
     return ctx.run_dir / "analysis" / model_slug(st.model) / what / st.task
 
 
-@stage("circuits", loads=_base_and_first_ft)
+@stage("circuits", loads=_base_and_first_ft, collective=False)
 def _circuits(ctx: RunContext, st: Stage) -> dict[str, Any]:
     """Circuits of the base model, with ICL and (when the run fine-tunes) the first fine-tuned
     model, on one task."""
@@ -350,7 +376,7 @@ def _circuits(ctx: RunContext, st: Stage) -> dict[str, Any]:
     return {"analysis": {"dir": ctx.rel(out)}}
 
 
-@stage("similarity", loads=_base_model)
+@stage("similarity", loads=_base_model, collective=False)
 def _similarity(ctx: RunContext, st: Stage) -> dict[str, Any]:
     """ICL against gradient descent on the demonstrations, on one task."""
     from iclft.analysis.similarity import SimilaritySpec, run_similarity

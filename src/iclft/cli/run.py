@@ -10,12 +10,16 @@ from rich.console import Console
 
 
 def _run_and_report(cfg, output: Path, force: bool, cache: Path | None = None) -> None:
+    from iclft.distributed import is_main
     from iclft.report import build_report
     from iclft.runner import run_experiment
     from iclft.store import dir_lock
 
     console = Console(stderr=True)
     t0 = time.time()
+    if not is_main():  # under accelerate launch: a worker; rank 0 locks, writes and reports
+        run_experiment(cfg, output, force=force, cache=cache)
+        return
     with dir_lock(output):  # the run and its report: one writer throughout
         summary = run_experiment(cfg, output, force=force, cache=cache)
         paths = build_report(output)
