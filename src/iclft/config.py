@@ -122,7 +122,8 @@ class ExperimentConfig(Strict):
     #: prompts in the tokenizer's chat template (instruction-tuned models): none, turns, single
     chat_template: ChatMode = "none"
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    batch_size: int = Field(16, gt=0)
+    #: evaluation rows per forward, or "auto" (the largest that fits: halved on out-of-memory)
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
     max_new_tokens: int = Field(10, gt=0)
     device: str = "auto"
     dtype: str = "auto"
@@ -134,6 +135,16 @@ class ExperimentConfig(Strict):
     #: per-method overrides of ``finetune`` (e.g. ``ft-full: {lr: 1.0e-5}``)
     finetune_overrides: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
     analysis: AnalysisSettings = AnalysisSettings()
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        from iclft.icl.evaluate import parse_batch_size
+
+        try:
+            return parse_batch_size(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("finetune", mode="before")
     @classmethod

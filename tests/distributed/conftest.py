@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+#: the accelerate config iclft ships for trying several processes on one CPU machine
+CPU_CONFIG = Path(__file__).parents[2] / "configs" / "accelerate" / "cpu-2-processes.yaml"
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
@@ -39,9 +42,8 @@ def launch(processes: int, *args: str, kill_at: str | None = None) -> subprocess
         cmd = [sys.executable, "-m", "iclft", *args]
     else:
         cmd = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
+            "--num_processes", str(processes), "--main_process_port", str(_free_port()),
             "-m", "iclft", *args,
         ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)

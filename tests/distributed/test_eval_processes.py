@@ -35,3 +35,19 @@ def test_eval_predictions_are_identical_at_1_2_and_3_processes(tiny_dir, tmp_pat
         assert len(per) == n and sum(per) == len(one) and min(per) > 0, per
     m1 = json.loads((outs[1] / "manifest.json").read_text())
     assert m1["processes"] == 1 and m1["prompts_per_process"] == [len(one)]
+
+
+def test_two_processes_share_one_response_cache(tiny_dir, tmp_path):
+    """Misses agreed across processes, stored once by rank 0; the second run is all hits."""
+    cache = tmp_path / "responses.sqlite"
+    args = ["eval", *EVAL, "--model", str(tiny_dir), "--cache", str(cache)]
+    first = launch(2, *args, "-o", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = launch(2, *args, "-o", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
+    total = 2 * 2 * 3 * 5
+    assert (a["response_cache"]["hits"], a["response_cache"]["misses"]) == (0, total)
+    assert (b["response_cache"]["hits"], b["response_cache"]["misses"]) == (total, 0)
+    assert sum(b["prompts_per_process"]) == 0  # nothing was scored again
+    assert jsonl(tmp_path / "b" / "predictions.jsonl") == jsonl(tmp_path / "a" / "predictions.jsonl")

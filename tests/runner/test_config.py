@@ -88,3 +88,12 @@ def test_the_paper_config_evaluates_step_100_of_300():
     ft = cfg.finetune_for("ft-full")
     assert (ft.steps, ft.eval_checkpoints, ft.lr, ft.warmup_steps) == (300, [100, 300], 1e-5, 20)
     assert (ft.batch_size * ft.grad_accum, ft.train_n, ft.loss_on) == (16, 1000, "full")
+
+
+def test_batch_size_is_a_positive_integer_or_auto():
+    base = {"models": ["m"], "tasks": ["boolean"]}
+    assert validate_config({**base, "batch_size": "auto"}).batch_size == "auto"
+    assert validate_config({**base, "batch_size": 8}).batch_size == 8
+    for bad in (0, -2, "big", True, 1.5):
+        msg = _err({**base, "batch_size": bad})
+        assert "batch_size: batch size must be a positive integer or 'auto'" in msg, bad

@@ -402,7 +402,8 @@ def parse_batch_size(value: int | str) -> int | str:
     if isinstance(value, str) and value.strip() == "auto":
         return "auto"
     try:
-        n = int(value)
+        whole = not isinstance(value, bool) and not (isinstance(value, float) and value % 1)
+        n = int(value) if whole else 0
     except (TypeError, ValueError):
         n = 0
     if n < 1:
