@@ -84,8 +84,10 @@ def main() -> None:
     for name, r in (("1 process", one), (f"{a.processes} processes", many)):
         print(f"  {name:>12}: wall {r['wall_s']:7.1f} s   eval {r['eval_s']:7.1f} s   "
               f"prompts per process {r['prompts_per_process']}")  # fmt: skip
-    print(f"  speed-up (eval): {one['eval_s'] / many['eval_s']:.2f}x   "
-          f"(wall): {one['wall_s'] / many['wall_s']:.2f}x   identical predictions: {same}")
+    print(
+        f"  speed-up (eval): {one['eval_s'] / many['eval_s']:.2f}x   "
+        f"(wall): {one['wall_s'] / many['wall_s']:.2f}x   identical predictions: {same}"
+    )
     print(json.dumps({
         "processes": a.processes,
         "speedup_eval": round(one["eval_s"] / many["eval_s"], 3),
