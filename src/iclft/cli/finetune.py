@@ -111,6 +111,10 @@ def finetune_command(
         values["steps"] = None  # --epochs instead of the default (or the file's) steps
     cfg = make_config(**values)
     res = run_finetune(cfg, output, resume=resume)
+    from iclft.distributed import is_main
+
+    if not is_main():  # under accelerate launch, rank 0 reports
+        return
     Console(stderr=True).print(
         f"done: {res.steps} steps, final loss {res.final_loss:.4f}, "
         f"{res.trainable:,}/{res.total:,} parameters trained; model in {output}"
