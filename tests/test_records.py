@@ -131,3 +131,16 @@ def test_analysis_results_round_trip_and_read_partial_files():
     assert list(s.to_json())[-1] == "per_query"
     assert SimilarityResult.from_json(json.loads(json.dumps(s.to_json()))) == s
     assert SimilarityResult.from_json({"metrics": None}).metrics == {}
+
+
+def test_stage_record_round_trips_with_its_rows():
+    from iclft.records import StageRecord
+
+    body = {"stage": {"key": "m0-s0-icl", "kind": "icl", "model": "m", "seed": 0,
+                      "method": None, "task": None}, "seconds": 1.5}  # fmt: skip
+    rec = StageRecord.from_json(body)
+    assert rec.to_json() == body  # no body fields written while unset
+    ft = {**body, "finetune": {"dir": "finetune/m/ft-kv", "steps": 3}}
+    assert StageRecord.from_json(ft).to_json() == ft
+    with pytest.raises(UserError, match="not a StageRecord"):
+        StageRecord.from_json({"seconds": 1})

@@ -13,6 +13,7 @@ model. The on-disk tables are in README ("Files of a run").
 * :class:`Comparison`: one row of ``comparisons.jsonl`` (a paired test of two settings)
 * :class:`CurvePoint`: one row of a fine-tuning run's ``curves.csv``
 * :class:`CircuitsResult`: ``circuits.json``; :class:`SimilarityResult`: ``similarity.json``
+* :class:`StageRecord`: a runner stage's completion record, ``stages/<key>.json``
 """
 
 from __future__ import annotations
@@ -454,4 +455,39 @@ class SimilarityResult(Record):
             skipped=[dict(x) for x in d.get("skipped") or [] if isinstance(x, Mapping)],
             update_cast=_as_dict(d.get("update_cast")) or None,
             **{k: _as_dict(d.get(k)) for k in dicts},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageRecord(Record):
+    """``stages/<key>.json``: a runner stage's completion record, written after every other
+    output of the stage (its existence is what "complete" means). ``stage`` is the planned
+    :class:`iclft.stages.Stage` as a dict; the body is what the stage produced: an evaluation
+    stage's ``results`` rows, a fine-tuning stage's ``finetune`` summary (its directory, steps,
+    final loss, trainable parameters, examples seen), an analysis stage's ``analysis`` (its
+    directory; similarity adds its ``summary``)."""
+
+    stage: dict[str, Any]
+    seconds: float
+    results: list[CellResult] | None = omit_unset()
+    finetune: dict[str, Any] | None = omit_unset()
+    analysis: dict[str, Any] | None = omit_unset()
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.results is not None:
+            out["results"] = [r.to_json() for r in self.results]
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "") -> StageRecord:
+        rows = d.get("results")
+        return (
+            super()
+            .from_json(d, where)
+            .replace(
+                results=None
+                if rows is None
+                else [CellResult.from_json(r, f"{where}: results[{i}]") for i, r in enumerate(rows)]
+            )
         )

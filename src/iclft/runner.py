@@ -46,7 +46,7 @@ from typing import Any
 from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
-from iclft.records import Prediction
+from iclft.records import Prediction, StageRecord
 from iclft.stages import Advance, RunContext, Stage, is_collective, run_stage
 from iclft.store import (
     dir_entries,
@@ -127,7 +127,8 @@ def rebuild_results(run_dir: Path, stages: list[Stage]) -> list[dict]:
     for st in stages:
         f = run_dir / "stages" / f"{st.key}.json"
         if f.exists():
-            rows += json.loads(f.read_text()).get("results", [])
+            record = StageRecord.from_json(json.loads(f.read_text()), str(f))
+            rows += [r.to_json() for r in record.results or []]
     write_jsonl_atomic(run_dir / "results.jsonl", rows)
     return rows
 
@@ -283,7 +284,7 @@ def _run_locked(
                 write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
             kill_point(f"stage-outputs:{stage.key}")
             done = run_dir / "stages" / f"{stage.key}.json"
-            write_json_atomic(done, {"stage": asdict(stage), "seconds": seconds, **out})
+            write_json_atomic(done, StageRecord(stage=asdict(stage), seconds=seconds, **out))
 
         def attempt(stage: Stage) -> tuple[dict[str, Any], float]:
             t0 = time.time()

@@ -1,8 +1,9 @@
 """The runner's stages: one registered function per stage kind, and the run context they share.
 
 A stage function takes the :class:`RunContext` and its :class:`Stage` and returns the stage's
-record body (the runner adds ``stage`` and ``seconds`` and writes ``stages/<key>.json``);
-``predictions``, when present, are popped and written to ``predictions/<key>.jsonl``. Models
+record body (the runner adds ``stage`` and ``seconds`` and writes the
+:class:`~iclft.records.StageRecord`, ``stages/<key>.json``); ``predictions``, when present, are
+popped and written to ``predictions/<key>.jsonl``. Models
 come from the context's :class:`ModelPool`, which loads each model once and keeps it until a
 stage releases it (fine-tuning releases everything, to give training the memory) or the pool is
 full (it keeps at most ``capacity`` models, least recently used out first).
