@@ -137,11 +137,35 @@ def run_circuits(
     track: Track = _no_track,
     loaded: dict[str, Any] | None = None,
 ) -> CircuitsResult:
-    """Run the analysis and write ``out_dir/{circuits.json, heatmap_<setting>.png,
-    manifest.json}``; returns it as a :class:`~iclft.records.CircuitsResult`. ``loaded`` may
-    hold already loaded ``LoadedModel`` objects under ``base``/``ft`` (tests, the runner)."""
-    import torch
+    """``iclft analyze circuits``: load the models (``loaded`` may hold already loaded
+    ``LoadedModel`` objects under ``base``/``ft``: tests, the runner), :func:`find_circuits`,
+    then :func:`write_circuits` into ``out_dir``; returns the record."""
+    from iclft.models import load_model
+    from iclft.store import ensure_writable_dir
 
+    spec.check()
+    check_ft_model(ft_model)
+    out_dir = ensure_writable_dir(Path(out_dir))
+    started = time.time()
+    t0 = time.time()
+    models = dict(loaded or {})
+    if "base" not in models:
+        models["base"] = load_model(model, device=device, dtype=dtype)
+    if ft_model is not None and "ft" not in models:
+        models["ft"] = load_model(str(ft_model), device=device, dtype=dtype)
+    timings = {"load_s": round(time.time() - t0, 3)}
+    report, found = find_circuits(spec, models, track)
+    timings.update(found)
+    write_circuits(report, out_dir, started=started, timings=timings, base=models["base"])
+    return report
+
+
+def find_circuits(
+    spec: CircuitSpec, models: dict[str, Any], track: Track = _no_track
+) -> tuple[CircuitsResult, dict[str, float]]:
+    """The circuits of every setting (base, ICL, fine-tuned when ``models`` has ``ft``) and
+    the shifts between them, from loaded models; returns the record and the seconds each
+    setting took. Writes nothing (:func:`write_circuits` does)."""
     from iclft.analysis.circuits import (
         EffectTable,
         PositionTable,
@@ -150,7 +174,6 @@ def run_circuits(
         circuit_shift,
         gap_check,
     )
-    from iclft.analysis.figures import plot_effect_heatmap, plot_position_heatmap
     from iclft.analysis.pairs import make_pairs
     from iclft.analysis.patching import (
         METHODS,
@@ -160,23 +183,9 @@ def run_circuits(
         patched_metric,
     )
     from iclft.faults import kill_point
-    from iclft.models import load_model
     from iclft.models.anatomy import anatomy, parse_component
-    from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
-    spec.check()
-    check_ft_model(ft_model)
-    out_dir = ensure_writable_dir(Path(out_dir))
-    started = time.time()
     timings: dict[str, float] = {}
-
-    t0 = time.time()
-    models = dict(loaded or {})
-    if "base" not in models:
-        models["base"] = load_model(model, device=device, dtype=dtype)
-    if ft_model is not None and "ft" not in models:
-        models["ft"] = load_model(str(ft_model), device=device, dtype=dtype)
-    timings["load_s"] = round(time.time() - t0, 3)
     settings = _settings(spec, "ft" in models)
     anats = {k: anatomy(lm.model) for k, lm in models.items()}
     shapes = {(a.n_layers, a.n_heads) for a in anats.values()}
@@ -290,14 +299,6 @@ def run_circuits(
                 "raw_effects": [[_num(v) for v in row] for row in table.raw],
             },
         }
-        plot_effect_heatmap(
-            effects,
-            an.n_layers,
-            an.n_heads,
-            f"{spec.task} · {name} ({shots}-shot, {spec.method}, {len(chosen)} pairs)"
-            + ("" if gaps[name].identified else " · NOT IDENTIFIED: gap interval reaches 0"),
-            out_dir / f"heatmap_{name}.png",
-        )
         if spec.per_position:
             pos_comps = an.components(tuple(spec.per_position))
             first = tokens[name][chosen[0]]
@@ -323,13 +324,6 @@ def run_circuits(
                 "tokens_of_first_pair": labels,
                 "method": "exact, one component at one position",
             }
-            plot_position_heatmap(
-                results[name]["per_position"]["effects"],
-                ptable.offsets,
-                labels,
-                f"{spec.task} · {name} ({shots}-shot, exact per position, {len(chosen)} pairs)",
-                out_dir / f"positions_{name}.png",
-            )
             timings[f"{name}_s"] = round(time.time() - t0, 3)
         kill_point(f"circuits:{name}")
 
@@ -365,22 +359,60 @@ def run_circuits(
         settings=results,
         shifts=shifts,
     )
+    return report, timings
+
+
+def write_circuits(
+    report: CircuitsResult,
+    out_dir: Path,
+    *,
+    started: float,
+    timings: dict[str, float],
+    base: Any,
+) -> None:
+    """The one writer of a circuits result: ``circuits.json``, a heat map per setting
+    (``heatmap_<setting>.png``, and ``positions_<setting>.png`` with per-position patching)
+    and ``manifest.json`` (``base``: the base ``LoadedModel``)."""
+    import torch
+
+    from iclft.analysis.figures import plot_effect_heatmap, plot_position_heatmap
+    from iclft.store import write_json_atomic, write_manifest
+
+    spec, an = report.spec, report.anatomy
+    for name, res in report.settings.items():
+        plot_effect_heatmap(
+            res["effects"],
+            an["n_layers"],
+            an["n_heads"],
+            f"{report.task} · {name} ({res['shots']}-shot, {spec['method']}, "
+            f"{report.n_pairs} pairs)"
+            + ("" if res["identified"] else " · NOT IDENTIFIED: gap interval reaches 0"),
+            out_dir / f"heatmap_{name}.png",
+        )
+        pos = res.get("per_position")
+        if pos:
+            plot_position_heatmap(
+                pos["effects"],
+                pos["offsets"],
+                pos["tokens_of_first_pair"],
+                f"{report.task} · {name} ({res['shots']}-shot, exact per position, "
+                f"{report.n_pairs} pairs)",
+                out_dir / f"positions_{name}.png",
+            )
     write_json_atomic(out_dir / "circuits.json", report)
-    base_lm = models["base"]
     write_manifest(
         out_dir,
         command="analyze circuits",
         started=started,
-        model=base_lm.describe(),
+        model=report.model,
         ft_model=report.ft_model,
-        seeds={"pairs": spec.seed, "bootstrap": spec.seed},
-        device=str(base_lm.device),
-        dtype=str(base_lm.dtype),
+        seeds={"pairs": spec["seed"], "bootstrap": spec["seed"]},
+        device=str(base.device),
+        dtype=str(base.dtype),
         torch_threads=torch.get_num_threads(),
-        spec=asdict(spec),
+        spec=spec,
         timings=timings,
     )
-    return report
 
 
 def _num(v: float) -> float | None:
