@@ -4,7 +4,11 @@ Runs ``iclft eval`` once plainly and once under ``accelerate launch --num_proces
 CPU config ``configs/accelerate/cpu-2-processes.yaml`` when there is no GPU, one process per
 GPU otherwise), each process given ``cores / N`` threads on CPU, and prints the wall time and
 the evaluation time (model loaded) of both, their ratio, the prompts each process scored, and
-whether predictions are identical item by item. The last line is one JSON object.
+whether predictions are identical item by item: the answers (output, parsed prediction,
+correct), and the whole rows, log-probabilities included. On CPU the rows can differ in their
+last bits, because the one process runs with all cores' threads and each of N processes with
+cores / N, and a different thread count sums floats in a different order; the tests, which give
+every process the same threads, check the rows bit for bit. The last line is one JSON object.
 
 On a 2-core CPU machine expect little gain (2 processes of 1 thread against 1 process of 2
 threads do the same arithmetic on the same cores); the point there is the machinery and the
@@ -55,6 +59,7 @@ def run(processes: int, args: list[str], out: Path, gpus: int) -> dict:
         "eval_s": manifest["timings"]["eval_seconds"],
         "processes": manifest["processes"],
         "prompts_per_process": manifest["prompts_per_process"],
+        "seconds_per_process": manifest["seconds_per_process"],
         "predictions": (out / "predictions.jsonl").read_text(),
     }
 
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--shots", default="0,1,2,4,8")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--batch-size", default="16")
+    ap.add_argument("--keep", help="copy both output directories here")
     a = ap.parse_args()
     import torch
 
@@ -78,21 +84,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = run(1, args, Path(tmp) / "one", gpus)
         many = run(a.processes, args, Path(tmp) / "many", gpus)
-    same = one.pop("predictions") == many.pop("predictions")
+        if a.keep:
+            import shutil
+
+            shutil.copytree(tmp, a.keep, dirs_exist_ok=True)
+    rows = [[json.loads(x) for x in r.pop("predictions").splitlines()] for r in (one, many)]
+    same = rows[0] == rows[1]
+    answers = [[(p["id"], p["shots"], p["output"], p["prediction"], p["correct"]) for p in r]
+               for r in rows]  # fmt: skip
+    same_answers = answers[0] == answers[1]
     where = f"{gpus} GPU(s)" if gpus else f"CPU, {os.cpu_count()} cores"
     print(f"iclft eval {' '.join(args)}  [{where}]")
     for name, r in (("1 process", one), (f"{a.processes} processes", many)):
         print(f"  {name:>12}: wall {r['wall_s']:7.1f} s   eval {r['eval_s']:7.1f} s   "
-              f"prompts per process {r['prompts_per_process']}")  # fmt: skip
+              f"prompts per process {r['prompts_per_process']}, "
+              f"computing {r['seconds_per_process']} s")  # fmt: skip
     print(
         f"  speed-up (eval): {one['eval_s'] / many['eval_s']:.2f}x   "
-        f"(wall): {one['wall_s'] / many['wall_s']:.2f}x   identical predictions: {same}"
+        f"(wall): {one['wall_s'] / many['wall_s']:.2f}x"
     )
+    print(f"  identical answers (output, prediction, correct): {same_answers}; identical rows "
+          f"(log-probabilities to the last bit): {same}")  # fmt: skip
+    if not gpus and not same:
+        print(
+            "  (on CPU the thread count per process changes float sums in their last bits; "
+            "with equal threads per process the rows are identical: tests/distributed)"
+        )
     print(json.dumps({
         "processes": a.processes,
         "speedup_eval": round(one["eval_s"] / many["eval_s"], 3),
         "speedup_wall": round(one["wall_s"] / many["wall_s"], 3),
-        "identical_predictions": same,
+        "identical_answers": same_answers,
+        "identical_rows": same,
         "one": one, "many": many, "machine": where,
     }))  # fmt: skip
 

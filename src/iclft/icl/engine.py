@@ -48,6 +48,7 @@ The maths of every forward pass is the model's own; only the bookkeeping is ours
 from __future__ import annotations
 
 import copy
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -216,6 +217,7 @@ class Engine:
         self.shard = shard  # an iclft.distributed.Shard, or None (one process)
         self._caps0 = self._caps()  # the caps every process plans with (see _share)
         self.prompts_per_process = [0] * (shard.world if shard is not None else 1)
+        self.busy_seconds = 0.0  # time spent computing (not waiting for other processes)
         self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         self._encoded: dict[str, list[int]] = {}
         self.stats = EngineStats()
@@ -463,9 +465,7 @@ class Engine:
         finally:
             self.batch_size, self.max_batch_tokens, self.max_pack_tokens = caps
         more_ = list(more or [0] * len(seqs))
-        owners = self.shard.assign(
-            [sum(len(seqs[i]) + more_[i] + extra for i in b) for _, _, b in plan0]
-        )
+        owners = self.shard.assign([self._cost(b, pre, seqs, more_, extra) for _, pre, b in plan0])
         item_owner = [0] * len(seqs)
         for (_, _, b), o in zip(plan0, owners):
             for i in b:
@@ -479,6 +479,17 @@ class Engine:
             )  # fmt: skip
             mine = [(packed, pre, [own[j] for j in b]) for packed, pre, b in sub]
         return mine, item_owner
+
+    @staticmethod
+    def _cost(batch, prefixes, seqs, more, extra: int) -> float:
+        """A batch's work, to balance processes: the tokens it runs on top of its prefixes
+        (suffixes, candidates, generated tokens), each weighted by the context it attends to
+        (a token's matmuls cost the same everywhere; its attention grows with the context).
+        The prefixes themselves are cached and not counted."""
+        return sum(
+            (len(seqs[i]) - len(p) + more[i] + extra) * (1 + len(p) / 2048)
+            for i, p in zip(batch, prefixes)
+        )
 
     def _count(self, owners: Sequence[int]) -> None:
         """Note whose each prompt of this attempt is (counted once the attempt succeeds)."""
@@ -639,6 +650,7 @@ class Engine:
         while True:
             seen = 0
             self._pending: list[int] = []
+            t0 = time.perf_counter()
             try:
                 out = run(once if progress else None)
             except torch.OutOfMemoryError:
@@ -653,6 +665,7 @@ class Engine:
                 continue
             for o in self._pending:
                 self.prompts_per_process[o] += 1
+            self.busy_seconds += time.perf_counter() - t0
             return out
 
     def _generate(self, prompts, prefixes, max_new: int, stop: str, progress) -> list[str]:

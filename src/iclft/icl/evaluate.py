@@ -502,6 +502,9 @@ def run_eval(
     if shard is not None:  # every process's engine counters, summed
         every = shard.gather(stats)
         stats = {k: sum(s[k] for s in every) for k in stats}
+    busy = [round(engine.busy_seconds, 3)]
+    if shard is not None:
+        busy = shard.gather(busy[0])
     if not main:
         return result
     write_jsonl_atomic(out_dir / "predictions.jsonl", result.predictions)
@@ -527,6 +530,7 @@ def run_eval(
         engine_stats=stats,
         processes=1 if shard is None else shard.world,
         prompts_per_process=engine.prompts_per_process,
+        seconds_per_process=busy,
     )
     return result
 
