@@ -27,8 +27,9 @@ import json
 from pathlib import Path
 
 from iclft.errors import UserError
-from iclft.icl.evaluate import PROTOCOLS, EvalSpec, demo_sets_for, scoring_for
+from iclft.icl.evaluate import EvalSpec, demo_sets_for, scoring_for
 from iclft.icl.prompts import DemoPool, build_prompt
+from iclft.icl.scoring import PROTOCOLS
 from iclft.store import (
     ensure_writable_dir,
     write_json_atomic,

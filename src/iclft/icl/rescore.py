@@ -1,10 +1,11 @@
 """Rescoring saved predictions without the model: ``iclft rescore EVAL_DIR --protocol P -o OUT``.
 
-Every prediction row keeps the model's raw ``output``; rescoring parses it again with the task's
-parser, judges it with protocol ``P`` (``exact``: the parse equals the target; ``paper``: the
-target occurs in the output) and rebuilds each cell's results row exactly as ``iclft eval``
-does (same intervals, same bootstrap seeds), so rescoring with the protocol a directory was
-evaluated with reproduces its results.jsonl. The source directory is never modified.
+Every prediction row keeps the model's raw ``output``; rescoring judges it again with the
+registered scorer of its scoring (:mod:`iclft.icl.scoring`) under protocol ``P`` (``exact``:
+the parse equals the target; ``paper``: the target occurs in the output) and rebuilds each
+cell's results row exactly as ``iclft eval`` does (same metrics and intervals, same bootstrap
+seeds), so rescoring with the protocol a directory was evaluated with reproduces its
+results.jsonl. The source directory is never modified.
 
 What rescoring cannot change: the outputs themselves. A directory evaluated with ``exact`` holds
 continuations cut at the newline after the answer; judging those with ``paper`` is the paper's
@@ -20,8 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from iclft.errors import UserError
-from iclft.icl.evaluate import PROTOCOLS, EvalSpec, _cell_row
+from iclft.errors import UnknownNameError, UserError
+from iclft.icl.evaluate import EvalSpec, cell_result
+from iclft.icl.scoring import PROTOCOLS, get_scorer
 from iclft.records import CellResult, Prediction
 from iclft.store import (
     MANIFEST_NAME,
@@ -45,24 +47,27 @@ def rescore_rows(
 ) -> tuple[list[Prediction], list[CellResult]]:
     """(predictions judged again under ``protocol``, the results rows of their cells)."""
     if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
-    judge = PROTOCOLS[protocol][1]
+        raise UnknownNameError("protocol", protocol, PROTOCOLS)
     new_spec = replace(spec, protocol=protocol)
     rows: list[Prediction] = []
     cells: dict[tuple, list[Prediction]] = {}
     for p in predictions:
-        out = p.output
-        pred = get_task(p.task).parse(out) if p.scoring == "generate" else p.prediction
+        if p.scoring is None:
+            raise UserError(
+                f"a prediction of {p.task} (item {p.id}) does not say how it was scored; "
+                "predictions written before rows carried their scoring cannot be rescored"
+            )
+        judged = get_scorer(p.scoring, protocol)(get_task(p.task), p, p.output)
         row = p.replace(
-            prediction=pred,
-            correct=(p.target in out) if judge == "substring" else pred == p.target,
-            substring_correct=p.target in out,
-            shortcut_answer=pred == p.shortcut_target,
+            prediction=judged.prediction,
+            correct=judged.correct,
+            substring_correct=judged.substring_correct,
+            shortcut_answer=judged.shortcut_answer,
         )
         rows.append(row)
         cells.setdefault((p.model, p.task, p.split, p.variant, p.shots), []).append(row)
     results = [
-        _cell_row(cell, new_spec, model_label=key[0], task=key[1], scoring=cell[0].scoring)
+        cell_result(cell, new_spec, model_label=key[0], task=key[1], scoring=cell[0].scoring)
         for key, cell in cells.items()
     ]
     return rows, results
