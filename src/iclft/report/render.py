@@ -268,6 +268,15 @@ def scoring_section(data: RunData) -> Section:
         "excludes 0), and other pairs (clean vs misleading, or runs without paired tests) only "
         "when their intervals do not overlap."
     )
+    if data.manifest.get("command") == "rescore":
+        gen = data.manifest.get("outputs_generated_with") or {}
+        note = data.manifest.get("note")
+        s.paragraphs.append(
+            f"Rescored without the model (iclft rescore) from {data.manifest.get('source')}: "
+            f"the saved outputs, generated under protocol {gen.get('protocol', 'unknown')} "
+            f"(stop: {gen.get('stop', 'unknown')}), judged again under protocol {protocol}"
+            + (f"; {note}." if note else ".")
+        )
     return s
 
 
