@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from models.models_tiny import make_tiny_model
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -43,89 +45,6 @@ def _train_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return _train_tokenizer()
-
-
-def make_tiny_model(
-    arch: str, vocab_size: int, seed: int = 0, attn_implementation: str = "auto", **overrides
-):
-    """A 2-layer model of the given architecture, random weights from ``seed``, fp32, eval."""
-    import transformers as tf
-    from transformers import AutoModelForCausalLM
-
-    llama_like = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    with_head_dim = {**llama_like, "head_dim": 8}
-    configs = {
-        "llama": (tf.LlamaConfig, llama_like),
-        "mistral": (tf.MistralConfig, {**llama_like, "sliding_window": None}),
-        "qwen2": (tf.Qwen2Config, llama_like),
-        "qwen3": (tf.Qwen3Config, with_head_dim),
-        "gemma": (tf.GemmaConfig, with_head_dim),
-        "gemma2": (
-            tf.Gemma2Config,
-            {
-                **with_head_dim,
-                "sliding_window": 64,
-                "attn_logit_softcapping": 50.0,
-                "final_logit_softcapping": 30.0,
-            },
-        ),
-        "gemma3": (
-            tf.Gemma3TextConfig,
-            {
-                **with_head_dim,
-                "sliding_window": 64,
-                "layer_types": ["sliding_attention", "full_attention"],
-            },
-        ),
-        "olmo2": (tf.Olmo2Config, {**llama_like, "pad_token_id": 0}),
-        "smollm3": (tf.SmolLM3Config, {**llama_like, "pad_token_id": 0, "no_rope_layers": [1, 0]}),
-        "phi3": (tf.Phi3Config, {**llama_like, "pad_token_id": 0, "partial_rotary_factor": 0.5}),
-        "gpt2": (tf.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=1024)),
-        # Pythia's family: fused q|k|v laid out per head, partial rotary
-        "gpt_neox": (
-            tf.GPTNeoXConfig,
-            dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=1024,
-                rotary_pct=0.5,
-            ),
-        ),
-        # GPT-Neo: a global and a local-attention layer (window in cache slots)
-        "gpt_neo": (
-            tf.GPTNeoConfig,
-            dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_layers=2,
-                num_heads=4,
-                attention_types=[[["global", "local"], 1]],
-                window_size=256,
-                max_position_embeddings=1024,
-            ),
-        ),
-    }
-    cls, kwargs = configs[arch]
-    kwargs = {**kwargs, "vocab_size": vocab_size}
-    for k, v in overrides.items():  # gpt2 names its context n_positions
-        kwargs["n_positions" if arch == "gpt2" and k == "max_position_embeddings" else k] = v
-    cfg = cls(**kwargs)
-    torch.manual_seed(seed)
-    if attn_implementation == "auto":
-        from iclft.models.anatomy import attention_for
-
-        attn_implementation = attention_for(cfg.model_type)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
-    return model.float().eval()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
-from iclft.icl.prompts import CHAT_MODES, MAX_DEMO_SETS
+from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
+from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS, arms, is_finetune
 from iclft.validation import FLOAT32_MAX, Strict
 
@@ -109,10 +110,10 @@ class ExperimentConfig(Strict):
     methods: list[MethodName] = Field(default_factory=lambda: ["baseline", "icl"], min_length=1)
     shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
     n: int = Field(50, gt=0, description="test items per cell")
-    demos: Literal["shared", "per-query"] = "shared"
+    demos: Literal[DEMO_MODES] = "shared"  # type: ignore[valid-type]
     scoring: Literal[SCORINGS] = "generate"  # type: ignore[valid-type]
-    #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.evaluate
-    protocol: Literal["exact", "paper"] = "exact"
+    #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.scoring
+    protocol: Literal[tuple(PROTOCOLS)] = "exact"  # type: ignore[valid-type]
     #: independent demonstration sets per k-shot cell (intervals include their variance)
     demo_sets: int = Field(1, ge=1, le=MAX_DEMO_SETS)
     #: held-out clean items per k-shot cell, on which the report chooses the best k (0: none)

@@ -14,9 +14,10 @@ data file (``<name>.jsonl``), plus ``utils.py`` (the scoring) and ``README.md`` 
   ``generate_until`` with greedy decoding, the same token budget, and no stop string;
 * the same scoring: ``utils.process_results`` keeps the continuation up to the first newline
   after its answer began (iclft's stop rule, applied after generation because lm-eval's
-  ``until`` would also stop on a newline *before* the answer) and compares the task's parse of
-  it with the target (``exact``), or tests ``str(target)`` in the whole continuation (``paper``).
-  The parse is iclft's own (``iclft.tasks``), so iclft must be importable where lm-eval runs.
+  ``until`` would also stop on a newline *before* the answer) and judges it with iclft's own
+  generate scorer (:mod:`iclft.icl.scoring`): the task's parse equals the target (``exact``), or
+  ``str(target)`` occurs in the whole continuation (``paper``). iclft must therefore be
+  importable where lm-eval runs.
 
 Unlike ``iclft eval``, no model is known here, so prompts are never shortened to fit a context.
 """
@@ -27,8 +28,9 @@ import json
 from pathlib import Path
 
 from iclft.errors import UserError
-from iclft.icl.evaluate import PROTOCOLS, EvalSpec, demo_sets_for, scoring_for
+from iclft.icl.evaluate import EvalSpec, demo_sets_for, scoring_for
 from iclft.icl.prompts import DemoPool, build_prompt
+from iclft.icl.scoring import PROTOCOLS
 from iclft.store import (
     ensure_writable_dir,
     write_json_atomic,
@@ -41,7 +43,10 @@ GROUP = "iclft"
 
 _UTILS = '''"""Scoring of iclft tasks in lm-evaluation-harness (from `iclft export lm-eval`)."""
 
+from types import SimpleNamespace
+
 from iclft.icl.engine import finished
+from iclft.icl.scoring import get_scorer
 from iclft.tasks import get_task
 
 
@@ -54,11 +59,12 @@ def _until_newline(text):
 
 
 def process_results(doc, results):
-    output = results[0]
-    if doc["protocol"] == "paper":
-        return {"exact_match": float(doc["target"] in output)}
-    prediction = get_task(doc["task"]).parse(_until_newline(output))
-    return {"exact_match": float(prediction == doc["target"])}
+    """iclft's own generate scorer under the doc's protocol (exact: the continuation is cut
+    at iclft's stop first; paper: the whole fixed-length continuation)."""
+    output = results[0] if doc["protocol"] == "paper" else _until_newline(results[0])
+    item = SimpleNamespace(target=doc["target"], shortcut_target=doc.get("shortcut_target"))
+    score = get_scorer("generate", doc["protocol"])(get_task(doc["task"]), item, output)
+    return {"exact_match": float(score.correct)}
 '''
 
 

@@ -161,6 +161,10 @@ class CellResult(Record):
 
     #: fields a row cannot do without
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "task", "variant", "method", "accuracy")
+    #: fields the runner adds to a row (the last ones), which rescoring keeps from the original
+    ADDED_BY_RUNNER: ClassVar[tuple[str, ...]] = (
+        "stage", "step", "train_examples", "ft_dir", "checkpoint",
+    )  # fmt: skip
 
     model: str
     task: str

@@ -61,6 +61,35 @@ def test_lm_eval_reads_the_exact_prompts_and_requests(tmp_path, iclft_main):
     assert code == 2
 
 
+@pytest.mark.parametrize("protocol", ["exact", "paper"])
+def test_the_packages_scoring_is_iclfts_scorer(protocol, tmp_path, iclft_main):
+    """utils.process_results judges a continuation as iclft's generate scorer does (exact: cut
+    at iclft's stop rule, then parsed; paper: the target anywhere in the whole continuation)."""
+    from importlib import util
+
+    from iclft.icl.scoring import get_scorer
+    from iclft.tasks import get_task
+
+    args = ["--task", "expression", "-n", "3", "--protocol", protocol, "-o", str(tmp_path)]
+    assert iclft_main("export", "lm-eval", *args)[0] == 0
+    spec = util.spec_from_file_location("utils", tmp_path / "utils.py")
+    utils = util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    task = get_task("expression")
+    score = get_scorer("generate", protocol)
+    docs = [d for _, t in _flat(_task_dict(tmp_path)) for d in t.test_docs()]
+    assert docs and {d["protocol"] for d in docs} == {protocol}
+    for doc in docs:
+        item = next(q for q in task.generate(doc["variant"], 3, 0) if q.id == doc["id"])
+        t = doc["target"]
+        for out in (f" {t}\n", f" 1{t}", f" {t}\n9", " 7\n" + t, " none"):
+            cut = out if protocol == "paper" else utils._until_newline(out)
+            want = score(task, item, cut).correct
+            assert utils.process_results(doc, [out]) == {"exact_match": float(want)}, out
+    judged = [utils.process_results(d, [f" 1{d['target']}"])["exact_match"] for d in docs]
+    assert set(judged) == ({1.0} if protocol == "paper" else {0.0})  # "2" is found in "12"
+
+
 @pytest.mark.integration
 def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
     from lm_eval import simple_evaluate

@@ -1,4 +1,6 @@
-"""Tiny randomly initialised models, tokenizers and GGUF files built in the tests themselves."""
+"""Tiny randomly initialised models, tokenizers and GGUF files built in the tests themselves:
+:func:`make_tiny_model` is the one model builder of every test (``tests/conftest.py``'s
+fixtures call it)."""
 
 from __future__ import annotations
 
@@ -35,31 +37,109 @@ def tiny_tokenizer():
     )
 
 
-def tiny_config(vocab_size: int):
-    from transformers import LlamaConfig
+def tiny_config(arch: str, vocab_size: int, **overrides):
+    """The config of a 2-layer model of ``arch`` (hidden size 32, 4 heads, 2 KV heads where the
+    family has them); ``overrides`` replace any setting."""
+    import transformers as tf
 
-    return LlamaConfig(
-        vocab_size=vocab_size,
+    llama_like = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
+        max_position_embeddings=1024,
     )
+    with_head_dim = {**llama_like, "head_dim": 8}
+    configs = {
+        "llama": (tf.LlamaConfig, llama_like),
+        "mistral": (tf.MistralConfig, {**llama_like, "sliding_window": None}),
+        "qwen2": (tf.Qwen2Config, llama_like),
+        "qwen3": (tf.Qwen3Config, with_head_dim),
+        "gemma": (tf.GemmaConfig, with_head_dim),
+        "gemma2": (
+            tf.Gemma2Config,
+            {
+                **with_head_dim,
+                "sliding_window": 64,
+                "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0,
+            },
+        ),
+        "gemma3": (
+            tf.Gemma3TextConfig,
+            {
+                **with_head_dim,
+                "sliding_window": 64,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+        ),
+        "olmo2": (tf.Olmo2Config, {**llama_like, "pad_token_id": 0}),
+        "smollm3": (tf.SmolLM3Config, {**llama_like, "pad_token_id": 0, "no_rope_layers": [1, 0]}),
+        "phi3": (tf.Phi3Config, {**llama_like, "pad_token_id": 0, "partial_rotary_factor": 0.5}),
+        "gpt2": (tf.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=1024)),
+        # Pythia's family: fused q|k|v laid out per head, partial rotary
+        "gpt_neox": (
+            tf.GPTNeoXConfig,
+            dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=1024,
+                rotary_pct=0.5,
+            ),
+        ),
+        # GPT-Neo: a global and a local-attention layer (window in cache slots)
+        "gpt_neo": (
+            tf.GPTNeoConfig,
+            dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_layers=2,
+                num_heads=4,
+                attention_types=[[["global", "local"], 1]],
+                window_size=256,
+                max_position_embeddings=1024,
+            ),
+        ),
+    }
+    cls, kwargs = configs[arch]
+    kwargs = {**kwargs, "vocab_size": vocab_size}
+    for k, v in overrides.items():  # gpt2 names its context n_positions
+        kwargs["n_positions" if arch == "gpt2" and k == "max_position_embeddings" else k] = v
+    cfg = cls(**kwargs)
+    return cfg
+
+
+def make_tiny_model(
+    arch: str, vocab_size: int, seed: int = 0, attn_implementation: str = "auto", **overrides
+):
+    """A model of :func:`tiny_config`, random weights from ``seed``, fp32, eval."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, vocab_size, **overrides)
+    torch.manual_seed(seed)
+    if attn_implementation == "auto":
+        from iclft.models.anatomy import attention_for
+
+        attn_implementation = attention_for(cfg.model_type)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    return model.float().eval()
+
+
+#: the Llama of :func:`save_tiny_model` and the GGUF file: special token ids of
+#: :func:`tiny_tokenizer`, a context the GGUF header states, untied output weights
+GGUF_LLAMA = dict(
+    max_position_embeddings=128, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False
+)
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     """Save a tiny random Llama and its tokenizer (safetensors) to ``directory``."""
-    import torch
-    from transformers import LlamaForCausalLM
-
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(len(tokenizer)))
+    model = make_tiny_model("llama", len(tokenizer), seed, **GGUF_LLAMA)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
@@ -70,7 +150,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     import gguf
 
     tokenizer = tiny_tokenizer()
-    cfg = tiny_config(len(tokenizer))
+    cfg = tiny_config("llama", len(tokenizer), **GGUF_LLAMA)
     vocab = tokenizer.backend_tokenizer.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     import json

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iclft.models.anatomy import parse_component
+from iclft.models.anatomy import COMPONENT_KINDS, parse_component
 from iclft.store import atomic_writer
 
 
@@ -80,7 +80,7 @@ def plot_position_heatmap(
     for name, row in effects.items():
         c = parse_component(name)
         kinds.setdefault(c.kind, {})[c.layer] = row
-    order = [k for k in ("resid", "mlp", "attn", "head") if k in kinds]
+    order = [k for k in reversed(COMPONENT_KINDS) if k in kinds]  # resid, mlp, attn, head
     n_layers = 1 + max((layer for k in kinds.values() for layer in k), default=0)
     width = 1.0 + (1.6 + 0.5 * len(offsets)) * len(order)
     fig = Figure(figsize=(width, 1.6 + 0.2 * n_layers))

@@ -25,8 +25,9 @@ cos(a, b) = a·b / (‖a‖ ‖b‖) (0 when either vector is 0):
 
 Each per-layer metric's single number is its mean over layers (= the mean over queries of each
 query's mean over layers, which the 95% bootstrap interval resamples). C_s is the set of queries
-that setting s answers right: the task's parser and exact match on greedy generation, or the
-choice with the highest log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
+that setting s answers right, judged by the evaluator's scorers (:mod:`iclft.icl.scoring`): the
+task's parser and exact match on greedy generation, or the choice with the highest
+log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
 updates of norm √3·‖h_ZSL‖ it is 1/4, not 0 (a test checks this), so report it beside SimAOU.
 
 Controls (DESIGN.md):
@@ -55,7 +56,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ from iclft.analysis.similarity_table import (  # noqa: F401 (re-exported)
     controls_rows,
 )
 from iclft.errors import UnknownNameError, UserError
+from iclft.icl.scoring import Score
 from iclft.records import SimilarityResult
 
 EPS = 1e-12
@@ -370,6 +372,8 @@ class Query:
     icl_ids: tuple[int, ...]
     zsl_keys: tuple[int, ...]
     icl_keys: tuple[int, ...]
+    #: the item's shortcut answer (the scorer reads it, :mod:`iclft.icl.scoring`)
+    shortcut_target: str | None = None
 
 
 def choose_queries(
@@ -409,6 +413,7 @@ def choose_queries(
                 icl_ids=tuple(_encode(tokenizer, icl.text)),
                 zsl_keys=tuple(pos[0]),
                 icl_keys=tuple(pos[1]),
+                shortcut_target=q.shortcut_target,
             )
         )
     return chosen, skipped
@@ -457,9 +462,11 @@ def answers(
     queries: Sequence[Query],
     icl: bool,
     advance: Callable[[int], None],
-) -> list[str | None]:
-    """Each query's parsed answer: greedy generation, or the likelier choice for choice tasks."""
+) -> list[Score]:
+    """Each query's answer, judged by the evaluator's exact-match scorer
+    (:mod:`iclft.icl.scoring`): greedy generation, or the likelier choice for choice tasks."""
     from iclft.icl.engine import Engine
+    from iclft.icl.scoring import get_scorer
     from iclft.tasks import get_task
 
     task = get_task(task_name)
@@ -470,8 +477,13 @@ def answers(
         choices = list(task.choices)
         conts = [[" " + c for c in choices]] * len(texts)
         scores = engine.loglik(texts, conts, prefixes, progress=advance)
-        return [choices[max(range(len(choices)), key=s.__getitem__)] for s in scores]
-    return [task.parse(o) for o in engine.generate(texts, prefixes, progress=advance)]
+        scoring = "loglik"
+        responses = [choices[max(range(len(choices)), key=s.__getitem__)] for s in scores]
+    else:
+        scoring = "generate"
+        responses = engine.generate(texts, prefixes, progress=advance)
+    score = get_scorer(scoring, "exact")
+    return [score(task, q, r) for q, r in zip(queries, responses)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +589,8 @@ class Measured:
     preds: dict[str, list[str | None]]
     norms: dict[str, Any]
     cast: dict[str, Any]
+    #: whether each answer is right (the scorer's judgement), per setting answered
+    correct: dict[str, list[bool]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -628,7 +642,9 @@ def measure(
         advance = track(f"{label} {name}: {len(queries)} queries", total)
         r = record(anatomy(m), queries, icl, advance)
         if answer:
-            out.preds[name] = answers(m, tok, spec.task, queries, icl, advance)
+            judged = answers(m, tok, spec.task, queries, icl, advance)
+            out.preds[name] = [j.prediction for j in judged]
+            out.correct[name] = [j.correct for j in judged]
         timings[f"{label}_{name}_s"] = round(time.time() - t0, 3)
         kill_point(f"similarity:{name}" if label == "trained" else f"similarity:{label}-{name}")
         return r
@@ -728,8 +744,8 @@ def choose_lr(
                 model, tok, spec.task, spec.shots, spec.seed, lr, layer_causal=u == "lcgd"
             )
             advance(1)
-            preds = answers(new, tok, spec.task, heldout, False, advance)
-            accs[u].append(sum(p == q.target for p, q in zip(preds, heldout)) / len(heldout))
+            judged = answers(new, tok, spec.task, heldout, False, advance)
+            accs[u].append(sum(j.correct for j in judged) / len(heldout))
             del new
     order = sorted(range(len(spec.lrs)), key=lambda j: spec.lrs[j])
     chosen = {u: spec.lrs[max(order, key=lambda j: (accs[u][j], -spec.lrs[j]))] for u in UPDATES}
@@ -809,7 +825,7 @@ def run_similarity(
 
     rng = np.random.default_rng(seed_of(spec.seed, 2))  # every bootstrap, in a fixed order
     tr = measured["trained"]
-    correct = {s: [p == q.target for p, q in zip(ps, queries)] for s, ps in tr.preds.items()}
+    correct = tr.correct
     metrics = {name: summarise(m, spec, rng) for name, m in measured.items()}
     kw = dict(n_boot=spec.n_boot, rng=rng)
     metrics["trained"]["rec2ftp"] = {

@@ -3,7 +3,9 @@
 Scoring functions are interchangeable (inspect_ai style): ``generate`` decodes greedily and
 parses the continuation with the task's parser; ``loglik`` picks the choice with the highest
 total log-probability (lm-evaluation-harness' convention). ``auto`` is loglik for choice tasks
-and generate otherwise.
+and generate otherwise. Each response is judged by the registered scorer of its scoring
+(:mod:`iclft.icl.scoring`) and each cell's row composed from the registered metrics
+(:mod:`iclft.icl.metrics`).
 
 Two protocols (:data:`PROTOCOLS`): ``exact`` (ours) skips leading whitespace and newlines,
 stops at the next newline, parses the first non-empty line and requires an exact match;
@@ -13,19 +15,15 @@ stop, scored correct when ``str(target)`` occurs anywhere in it (so "2" is found
 
 from __future__ import annotations
 
-import statistics
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from iclft.errors import UnknownNameError, UserError
 from iclft.icl.engine import Engine, context_limit
-from iclft.icl.metrics import N_BOOT, TWO_LEVEL, WILSON, two_level_interval, wilson_interval
+from iclft.icl.metrics import cell_metrics
 from iclft.icl.prompts import (
     CHAT_MODES,
     DEMO_MODES,
@@ -36,11 +34,9 @@ from iclft.icl.prompts import (
     Prompt,
     build_prompt,
 )
+from iclft.icl.scoring import PROTOCOLS, get_scorer
 from iclft.records import BASELINE, ICL, SCORINGS, CellResult, Prediction
 from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task
-
-#: protocol -> (how generation stops, see ``Engine.generate``; how an item is judged)
-PROTOCOLS = {"exact": ("newline", "exact match"), "paper": ("none", "substring")}
 
 
 @dataclass(frozen=True)
@@ -236,7 +232,8 @@ def evaluate_task(
 ) -> Evaluation:
     """All (variant, shots) cells of one task: one engine call, so caches are shared."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
-    stop, judge = PROTOCOLS[spec.protocol]
+    stop = PROTOCOLS[spec.protocol][0]
+    score = get_scorer(scoring, spec.protocol)
     pools = [
         DemoPool(task, spec.seed, spec.demos, max(spec.shots), s) for s in range(spec.demo_sets)
     ]
@@ -268,19 +265,18 @@ def evaluate_task(
         outputs = engine.generate(
             texts, prefixes, max_new_tokens=spec.max_new_tokens, stop=stop, progress=progress
         )
-        preds = [task.parse(o) for o in outputs]
     else:
         choices = list(task.choices or ())
         scores = engine.loglik(
             texts, [[" " + c for c in choices]] * len(texts), prefixes, progress=progress
         )
-        preds = [choices[max(range(len(choices)), key=lambda j: s[j])] for s in scores]
-        outputs = list(preds)
+        outputs = [choices[max(range(len(choices)), key=lambda j: s[j])] for s in scores]
 
     out = Evaluation()
     cells: dict[tuple[str, str, int], list[Prediction]] = {}
-    for idx, (p, split, o, pred) in enumerate(zip(prompts, splits, outputs, preds)):
+    for idx, (p, split, o) in enumerate(zip(prompts, splits, outputs)):
         q = p.query
+        judged = score(task, q, o)
         row = Prediction(
             id=q.id,
             model=model_label,
@@ -297,102 +293,42 @@ def evaluate_task(
             seed=spec.seed,
             prompt=p.text,
             output=o,
-            prediction=pred,
+            prediction=judged.prediction,
             target=q.target,
             shortcut_target=q.shortcut_target,
-            correct=(q.target in o) if judge == "substring" else pred == q.target,
-            substring_correct=q.target in o,
-            shortcut_answer=pred == q.shortcut_target,
+            correct=judged.correct,
+            substring_correct=judged.substring_correct,
+            shortcut_answer=judged.shortcut_answer,
             scores=None if scores is None else dict(zip(task.choices or (), scores[idx])),
         )
         out.predictions.append(row)
         cells.setdefault((split, q.variant, p.shots), []).append(row)
     for rows in cells.values():
         out.results.append(
-            _cell_row(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
+            cell_result(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
         )
     return out
 
 
-def set_matrix(rows: Sequence[Prediction]) -> tuple[list[int], list[str], np.ndarray]:
-    """``(sets, item ids, correct)`` of one cell's predictions: ``correct[s, i]`` is 1 when set
-    ``sets[s]`` answered item ``ids[i]`` right. Every set answers every item."""
-    sets = sorted({r.demo_set for r in rows})
-    ids = sorted({r.id for r in rows})
-    si, ii = {s: j for j, s in enumerate(sets)}, {x: j for j, x in enumerate(ids)}
-    m = np.full((len(sets), len(ids)), np.nan)
-    for r in rows:
-        m[si[r.demo_set], ii[r.id]] = float(bool(r.correct))
-    if np.isnan(m).any():
-        raise ValueError("a demonstration set did not answer every item of its cell")
-    return sets, ids, m
-
-
-def bootstrap_rng(seed: int, *parts: str | int) -> np.random.Generator:
-    """The seeded random stream of one cell's bootstrap (a pure function of its key)."""
-    key = [int(seed)] + [zlib.crc32(str(p).encode()) for p in parts]
-    return np.random.default_rng(key)
-
-
-def _cell_row(
+def cell_result(
     rows: Sequence[Prediction], spec: EvalSpec, *, model_label: str, task: str, scoring: str
 ) -> CellResult:
-    """The results row of one cell from its predictions (every demonstration set's)."""
+    """The results row of one cell: its key, the spec's settings, and every metric of
+    :mod:`iclft.icl.metrics` over its predictions (every demonstration set's)."""
     first = rows[0]
-    split, variant, k = first.split, first.variant, first.shots
-    sets, ids, m = set_matrix(rows)
-    n, n_sets = len(ids), len(sets)
-    set_acc = [float(a) for a in m.mean(axis=1)]
-    correct = int(m.sum())
-    if n_sets == 1:
-        lo, hi = wilson_interval(correct, n)
-        interval = WILSON
-    else:
-        lo, hi = two_level_interval(
-            m, N_BOOT, bootstrap_rng(spec.seed, model_label, task, variant, k, split)
-        )
-        # never narrower than the items alone allow: a percentile bootstrap of all-0 or all-1
-        # answers is a point, so the interval also covers the Wilson interval of the mean
-        # accuracy over the n items the sets share
-        wlo, whi = wilson_interval(correct / n_sets, n)
-        lo, hi = min(lo, wlo), max(hi, whi)
-        interval = TWO_LEVEL
-    # shortcut-following where it matters: items on which the shortcut answer is wrong
-    conflict = [r for r in rows if r.shortcut_target != r.target]
     return CellResult(
         model=model_label,
         task=task,
-        variant=variant,
+        variant=first.variant,
         method=first.method,
-        shots=k,
-        split=split,
-        shots_used_mean=sum(r.shots_used for r in rows) / len(rows),
-        truncated=sum(r.shots_used < k for r in rows),
+        shots=first.shots,
+        split=first.split,
         demos=spec.demos,
-        demo_sets=n_sets,
         chat_template=spec.chat,
-        set_accuracies=set_acc,
-        set_sd=statistics.stdev(set_acc) if n_sets > 1 else None,
         scoring=scoring,
         protocol=spec.protocol,
         seed=spec.seed,
-        n=n,
-        n_scored=len(rows),
-        correct=correct,
-        accuracy=correct / len(rows),
-        ci_low=lo,
-        ci_high=hi,
-        interval=interval,
-        substring_accuracy=sum(r.substring_correct for r in rows) / len(rows),
-        shortcut_rate=sum(r.shortcut_answer for r in rows) / len(rows),
-        # what a model answering only by the shortcut scores on these very items (1 on
-        # clean items by construction; the task declares its misleading value)
-        shortcut_only_accuracy=sum(r.shortcut_target == r.target for r in rows) / len(rows),
-        conflict_n=len({r.id for r in conflict}),
-        conflict_shortcut_rate=(
-            sum(r.shortcut_answer for r in conflict) / len(conflict) if conflict else None
-        ),
-        parse_failures=sum(r.prediction is None for r in rows),
+        **cell_metrics(rows),
     )
 
 

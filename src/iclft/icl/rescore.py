@@ -1,10 +1,21 @@
-"""Rescoring saved predictions without the model: ``iclft rescore EVAL_DIR --protocol P -o OUT``.
+"""Rescoring saved predictions without the model: ``iclft rescore DIR --protocol P -o OUT``.
 
-Every prediction row keeps the model's raw ``output``; rescoring parses it again with the task's
-parser, judges it with protocol ``P`` (``exact``: the parse equals the target; ``paper``: the
-target occurs in the output) and rebuilds each cell's results row exactly as ``iclft eval``
-does (same intervals, same bootstrap seeds), so rescoring with the protocol a directory was
-evaluated with reproduces its results.jsonl. The source directory is never modified.
+Every prediction row keeps the model's raw ``output``; rescoring judges it again with the
+registered scorer of its scoring (:mod:`iclft.icl.scoring`) under protocol ``P`` (``exact``: the
+parse equals the target; ``paper``: the target occurs in the output) and rebuilds each cell's
+results row exactly as evaluation does (same metrics, same intervals, same bootstrap seeds), so
+rescoring with the protocol a directory was evaluated with reproduces its results.jsonl. The
+source directory is never modified.
+
+``DIR`` is an ``iclft eval`` directory (predictions.jsonl, results.jsonl) or an ``iclft run``
+directory. For a run, each completed evaluation stage's ``predictions/<key>.jsonl`` is rescored
+with that stage's spec (the run's config.json and the stage), each cell's row keeps the fields
+the runner added (``stage``, ``step``, ``train_examples``, ``ft_dir``, ``checkpoint``) from the
+original row of the same cell, the stage records are rewritten with their new rows, and
+results.jsonl and comparisons.jsonl are rebuilt in plan order, as the runner builds them. OUT
+gets what ``iclft report`` reads besides: the config (its ``protocol`` set to ``P``), each
+fine-tuning run's curves.csv and manifest.json (its weights and checkpoints stay in the
+source) and the analysis files, copied as they are (analyses are not rescored).
 
 What rescoring cannot change: the outputs themselves. A directory evaluated with ``exact`` holds
 continuations cut at the newline after the answer; judging those with ``paper`` is the paper's
@@ -15,22 +26,31 @@ with no stop, so its substring test sees more text). The output manifest says wh
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from iclft.errors import UserError
-from iclft.icl.evaluate import PROTOCOLS, EvalSpec, _cell_row
+from iclft.errors import UnknownNameError, UserError
+from iclft.icl.evaluate import EvalSpec, cell_result
+from iclft.icl.scoring import PROTOCOLS, get_scorer
 from iclft.records import CellResult, Prediction
 from iclft.store import (
     MANIFEST_NAME,
+    dir_entries,
     ensure_writable_dir,
     read_jsonl,
+    write_json_atomic,
     write_jsonl_atomic,
     write_manifest,
 )
 from iclft.tasks import get_task
+
+#: what a run's fine-tuning directory gives the report (weights and checkpoints stay behind)
+FINETUNE_FILES = ("curves.csv", MANIFEST_NAME)
+#: the analysis files the report reads (figures and results)
+ANALYSIS_SUFFIXES = (".json", ".png", ".csv")
 
 
 def _spec_from_manifest(manifest: dict[str, Any]) -> EvalSpec:
@@ -40,64 +60,106 @@ def _spec_from_manifest(manifest: dict[str, Any]) -> EvalSpec:
     return EvalSpec(**raw)
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError("protocol", protocol, PROTOCOLS)
+
+
+def _cell_key(r: Prediction | CellResult) -> tuple:
+    """What tells one cell from another across stages, checkpoints and demonstration sets."""
+    return (r.model, r.step, r.checkpoint, r.task, r.split, r.variant, r.shots, r.method)
+
+
 def rescore_rows(
     predictions: list[Prediction], spec: EvalSpec, protocol: str
 ) -> tuple[list[Prediction], list[CellResult]]:
-    """(predictions judged again under ``protocol``, the results rows of their cells)."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
-    judge = PROTOCOLS[protocol][1]
+    """(predictions judged again under ``protocol``, the results rows of their cells, in the
+    order their cells first appear)."""
+    rows, cells = _rescore_cells(predictions, spec, protocol)
+    return rows, list(cells.values())
+
+
+def _rescore_cells(
+    predictions: list[Prediction], spec: EvalSpec, protocol: str
+) -> tuple[list[Prediction], dict[tuple, CellResult]]:
+    """:func:`rescore_rows` with each results row under its cell's key (:func:`_cell_key`)."""
+    _check_protocol(protocol)
     new_spec = replace(spec, protocol=protocol)
     rows: list[Prediction] = []
     cells: dict[tuple, list[Prediction]] = {}
     for p in predictions:
-        out = p.output
-        pred = get_task(p.task).parse(out) if p.scoring == "generate" else p.prediction
+        if p.scoring is None:
+            raise UserError(
+                f"a prediction of {p.task} (item {p.id}) does not say how it was scored; "
+                "predictions written before rows carried their scoring cannot be rescored"
+            )
+        judged = get_scorer(p.scoring, protocol)(get_task(p.task), p, p.output)
         row = p.replace(
-            prediction=pred,
-            correct=(p.target in out) if judge == "substring" else pred == p.target,
-            substring_correct=p.target in out,
-            shortcut_answer=pred == p.shortcut_target,
+            prediction=judged.prediction,
+            correct=judged.correct,
+            substring_correct=judged.substring_correct,
+            shortcut_answer=judged.shortcut_answer,
         )
         rows.append(row)
-        cells.setdefault((p.model, p.task, p.split, p.variant, p.shots), []).append(row)
-    results = [
-        _cell_row(cell, new_spec, model_label=key[0], task=key[1], scoring=cell[0].scoring)
+        cells.setdefault(_cell_key(p), []).append(row)
+    results = {
+        key: cell_result(
+            cell, new_spec, model_label=cell[0].model, task=cell[0].task, scoring=cell[0].scoring
+        )
         for key, cell in cells.items()
-    ]
+    }
     return rows, results
 
 
-def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[dict[str, Any]]:
-    """Rescore the ``iclft eval`` directory ``source`` into ``out_dir``; return its results."""
-    source, out_dir = Path(source), Path(out_dir)
-    started = time.time()
-    if (source / "stages").is_dir():
-        raise UserError(
-            f"{source} is an `iclft run` directory; rescoring works on `iclft eval` directories "
-            "(a run's stages are not rescored yet)"
+def _read_predictions(path: Path) -> list[Prediction]:
+    return [Prediction.from_json(d, f"{path}:{i}") for i, d in enumerate(read_jsonl(path), 1)]
+
+
+def _check_out(source: Path, out_dir: Path) -> None:
+    src, out = source.resolve(), out_dir.resolve()
+    if out == src:
+        raise UserError("rescore writes a new directory; give -o another directory than the source")
+    if src in out.parents:
+        raise UserError(f"rescore leaves the source as it is; give -o a directory outside {source}")
+
+
+def _generated_with(protocol: str) -> dict[str, str]:
+    return {"protocol": protocol, "stop": PROTOCOLS[protocol][0]}
+
+
+def _judge_note(protocol: str, generated: str) -> str | None:
+    if protocol == "paper" and PROTOCOLS[generated][0] != "none":
+        return (
+            "the paper's judge (target as a substring) on outputs that stopped at a newline; "
+            "the paper's protocol generates a fixed-length continuation with no stop"
         )
+    return None
+
+
+def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
+    """Rescore the ``iclft eval`` or ``iclft run`` directory ``source`` into ``out_dir``;
+    return the new results rows."""
+    source, out_dir = Path(source), Path(out_dir)
+    _check_protocol(protocol)
+    if (source / "stages").is_dir():
+        return rescore_run(source, protocol, out_dir)
+    started = time.time()
     try:
         manifest = json.loads((source / MANIFEST_NAME).read_text())
-        path = source / "predictions.jsonl"
-        predictions = [
-            Prediction.from_json(d, f"{path}:{i}") for i, d in enumerate(read_jsonl(path), 1)
-        ]
+        predictions = _read_predictions(source / "predictions.jsonl")
     except (OSError, ValueError) as exc:
         raise UserError(
             f"{source} is not an `iclft eval` directory (manifest.json and predictions.jsonl "
-            f"are needed): {exc}"
+            f"are needed) nor an `iclft run` directory (stages/): {exc}"
         ) from None
     if manifest.get("command") != "eval":
         raise UserError(f"{source} was written by `iclft {manifest.get('command')}`, not eval")
-    if out_dir.resolve() == source.resolve():
-        raise UserError("rescore writes a new directory; give -o another directory than the source")
+    _check_out(source, out_dir)
     spec = _spec_from_manifest(manifest)
     rows, results = rescore_rows(predictions, spec, protocol)
     out_dir = ensure_writable_dir(out_dir)
     write_jsonl_atomic(out_dir / "predictions.jsonl", rows)
     write_jsonl_atomic(out_dir / "results.jsonl", results)
-    generated_stop = PROTOCOLS[spec.protocol][0]
     write_manifest(
         out_dir,
         command="rescore",
@@ -106,12 +168,150 @@ def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[dict[str, An
         model=manifest.get("model"),
         seeds=manifest.get("seeds"),
         spec={**spec.__dict__, "protocol": protocol},
-        outputs_generated_with={"protocol": spec.protocol, "stop": generated_stop},
-        note=(
-            "the paper's judge (target as a substring) on outputs that stopped at a newline; "
-            "the paper's protocol generates a fixed-length continuation with no stop"
-        )
-        if protocol == "paper" and generated_stop != "none"
-        else None,
+        outputs_generated_with=_generated_with(spec.protocol),
+        note=_judge_note(protocol, spec.protocol),
     )
     return results
+
+
+def _run_config(source: Path):
+    from iclft.config import validate_config
+
+    path = source / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{source} has stages/ but no readable config.json, so it is not an `iclft run` "
+            f"directory: {exc}"
+        ) from None
+    manifest_path = source / MANIFEST_NAME
+    if manifest_path.exists():
+        try:
+            command = json.loads(manifest_path.read_text()).get("command")
+        except ValueError:
+            command = None
+        if command == "rescore":
+            raise UserError(
+                f"{source} is itself a rescored run; rescore the run it came from (its "
+                "manifest's source) instead"
+            )
+    return raw, validate_config(raw, str(path))
+
+
+def _prepare_out(source: Path, out_dir: Path) -> Path:
+    """An empty ``out_dir``, or one that holds an earlier rescore of ``source`` (cleared)."""
+    entries = dir_entries(out_dir)
+    if entries:
+        try:
+            old = json.loads((out_dir / MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("command") != "rescore" or old.get("source") != str(source.resolve()):
+            raise UserError(
+                f"{out_dir} is not empty and holds no rescore of {source}; give -o a new or "
+                "empty directory"
+            )
+        for p in entries:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    return ensure_writable_dir(out_dir)
+
+
+def _copy_report_inputs(source: Path, out_dir: Path) -> None:
+    """The fine-tuning curves and manifests and the analysis files, as the report reads them."""
+    for method_dir in sorted(p for p in (source / "finetune").glob("*/*") if p.is_dir()):
+        for name in FINETUNE_FILES:
+            if (method_dir / name).is_file():
+                target = out_dir / method_dir.relative_to(source) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(method_dir / name, target)
+    analysis = source / "analysis"
+    for p in sorted(analysis.rglob("*")) if analysis.is_dir() else []:
+        if p.is_file() and p.suffix in ANALYSIS_SUFFIXES:
+            target = out_dir / p.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+
+
+def _rescore_stage(
+    source: Path, out_dir: Path, key: str, record: dict[str, Any], spec: EvalSpec, protocol: str
+) -> list[CellResult]:
+    """Rescore one evaluation stage's predictions and write them and its new record."""
+    pred_path = source / "predictions" / f"{key}.jsonl"
+    rows, results = _rescore_cells(_read_predictions(pred_path), spec, protocol)
+    where = source / "stages" / f"{key}.json"
+    original = {
+        _cell_key(r): r
+        for r in (CellResult.from_json(d, f"{where}") for d in record.get("results", []))
+    }
+    if set(original) != set(results):
+        raise UserError(
+            f"{where}: its results rows and {pred_path} are not the same cells; the run "
+            "directory was changed after it was written"
+        )
+    kept = [
+        r.replace(**{f: getattr(original[cell], f) for f in CellResult.ADDED_BY_RUNNER})
+        for cell, r in results.items()
+    ]
+    write_jsonl_atomic(out_dir / "predictions" / f"{key}.jsonl", rows)
+    write_json_atomic(out_dir / "stages" / f"{key}.json", {**record, "results": kept})
+    return kept
+
+
+def rescore_run(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
+    """Rescore the ``iclft run`` directory ``source`` into ``out_dir`` (see the module
+    docstring); return the new results rows in plan order."""
+    from iclft.runner import plan, rebuild_comparisons, rebuild_results
+    from iclft.stages import eval_spec
+
+    source, out_dir = Path(source), Path(out_dir)
+    _check_protocol(protocol)
+    started = time.time()
+    raw, cfg = _run_config(source)
+    _check_out(source, out_dir)
+    out_dir = _prepare_out(source, out_dir)
+    stages = plan(cfg)
+    rescored: list[str] = []
+    for st in stages:
+        path = source / "stages" / f"{st.key}.json"
+        if not path.exists():  # not completed: left out, as the runner's rebuild does
+            continue
+        record = json.loads(path.read_text())
+        if not (source / "predictions" / f"{st.key}.jsonl").exists():  # not an evaluation
+            write_json_atomic(out_dir / "stages" / f"{st.key}.json", record)
+            continue
+        shots = sorted({int(r["shots"]) for r in record.get("results", [])}) or [0]
+        spec = eval_spec(cfg, st, shots, st.method)
+        _rescore_stage(source, out_dir, st.key, record, spec, protocol)
+        rescored.append(st.key)
+    rows = rebuild_results(out_dir, stages)
+    comparisons = rebuild_comparisons(out_dir, stages, cfg.seeds[0])
+    write_json_atomic(out_dir / "config.json", {**raw, "protocol": protocol})
+    _copy_report_inputs(source, out_dir)
+    try:
+        old = json.loads((source / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        old = {}
+    write_manifest(
+        out_dir,
+        command="rescore",
+        started=started,
+        source=str(source.resolve()),
+        config=cfg.name,
+        models=old.get("models"),
+        seeds=cfg.seeds,
+        protocol=protocol,
+        stages_rescored=rescored,
+        rows=len(rows),
+        comparisons=len(comparisons),
+        outputs_generated_with=_generated_with(cfg.protocol),
+        note=_judge_note(protocol, cfg.protocol),
+        not_copied=(
+            "fine-tuned weights and checkpoints (they stay in the source's finetune/); the "
+            "analysis results are copied as they were computed, not rescored"
+        ),
+    )
+    return [CellResult.from_json(r) for r in rows]

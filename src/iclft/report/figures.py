@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from iclft.records import CurvePoint, is_finetune
+from iclft.finetune.methods import METHOD_NAMES
+from iclft.records import BASELINE, ICL, CurvePoint, ft_arm, is_finetune
 from iclft.report.data import (
     AnalysisFigure,
     Cell,
@@ -26,28 +27,22 @@ from iclft.report.data import (
 )
 from iclft.report.tables import HeadlineEntry, headline
 from iclft.store import atomic_writer
+from iclft.tasks import VARIANTS
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+#: colour and marker of each arm: the baseline and ICL, then the fine-tuning methods in the
+#: order of :data:`~iclft.finetune.methods.METHOD_NAMES` (full, kv, lora, layer-causal)
 METHOD_COLOURS = {
-    "baseline": "#000000",
-    "icl": "#0072B2",
-    "ft-full": "#D55E00",
-    "ft-lora": "#009E73",
-    "ft-kv": "#CC79A7",
-    "ft-layer-causal": "#E69F00",
+    BASELINE: "#000000",
+    ICL: "#0072B2",
+    **dict(zip(map(ft_arm, METHOD_NAMES), ("#D55E00", "#CC79A7", "#009E73", "#E69F00"))),
 }
-METHOD_MARKERS = {
-    "baseline": "o",
-    "icl": "s",
-    "ft-full": "D",
-    "ft-lora": "^",
-    "ft-kv": "v",
-    "ft-layer-causal": "P",
-}
-#: ICL lines (solid / dash-dot) and horizontal references (dashed / dotted) per variant
-LINE = {"clean": "-", "misleading": "-."}
-REF_LINE = {"clean": "--", "misleading": ":"}
-VARIANT_MARKER_FILL = {"clean": "full", "misleading": "none"}
+METHOD_MARKERS = {BASELINE: "o", ICL: "s", **dict(zip(map(ft_arm, METHOD_NAMES), "Dv^P"))}
+#: per variant (clean, misleading): ICL lines (solid / dash-dot), horizontal references
+#: (dashed / dotted) and marker fill
+LINE = dict(zip(VARIANTS, ("-", "-.")))
+REF_LINE = dict(zip(VARIANTS, ("--", ":")))
+VARIANT_MARKER_FILL = dict(zip(VARIANTS, ("full", "none")))
 #: fine-tuned models evaluated on the test items: the final model, and a listed checkpoint
 FINAL_MARKER, CHECKPOINT_MARKER = "D", "X"
 DPI = 110
@@ -136,7 +131,7 @@ def _method_variant_legend(
     from matplotlib.lines import Line2D
 
     handles: list = [Line2D([], [], color=method_colour(m), lw=2.5) for m in methods]
-    labels = ["ICL" if m == "icl" else m for m in methods]
+    labels = ["ICL" if m == ICL else m for m in methods]
     for v in variants:
         line = Line2D(
             [],
@@ -201,16 +196,16 @@ def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile 
         for ax, task in zip(axes, tasks):
             all_shots: list[float] = [0.0]
             for variant in data.variants:
-                icl = data.cells_for(model, task, variant, "icl")
+                icl = data.cells_for(model, task, variant, ICL)
                 if icl:  # k = 0 is the baseline: the line starts there when it was evaluated
-                    icl = data.cells_for(model, task, variant, "baseline")[:1] + icl
+                    icl = data.cells_for(model, task, variant, BASELINE)[:1] + icl
                     xs = [c.shots for c in icl]
                     all_shots += xs
                     fill = VARIANT_MARKER_FILL.get(variant, "full")
                     style = LINE.get(variant, "-")
-                    _band(ax, xs, icl, method_colour("icl"), style, "o", fill, f"ICL {variant}")
+                    _band(ax, xs, icl, method_colour(ICL), style, "o", fill, f"ICL {variant}")
                 for c in data.cells_for(model, task, variant):
-                    if c.method == "icl":
+                    if c.method == ICL:
                         continue
                     ax.axhline(
                         c.accuracy,
@@ -278,8 +273,8 @@ def robustness_panels(data: RunData, model: str) -> list[RobustnessPanel]:
 
 def _first_icl(entries: list[HeadlineEntry]) -> list[HeadlineEntry]:
     """The headline entries with ICL at its chosen k only (the fixed k's entry left out)."""
-    icl = [e for e in entries if e.method == "icl"]
-    return [e for e in entries if e.method != "icl" or e is icl[0]]
+    icl = [e for e in entries if e.method == ICL]
+    return [e for e in entries if e.method != ICL or e is icl[0]]
 
 
 def draw_shortcut_reference(ax, panel: RobustnessPanel) -> bool:
@@ -329,9 +324,9 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
                     ms=7,
                     capsize=2,
                     lw=1,
-                    label="ICL (chosen k)" if e.method == "icl" else e.method,
+                    label="ICL (chosen k)" if e.method == ICL else e.method,
                 )
-                if e.method == "icl":
+                if e.method == ICL:
                     ax.annotate(
                         f"k={e.shots}",
                         (c.accuracy, m.accuracy),
@@ -374,7 +369,7 @@ def _test_evaluations(ax, data: RunData, model: str, method: str, tasks, colours
     whether a checkpoint was marked."""
     marked = False
     for task in tasks:
-        for variant in ("clean", "misleading"):
+        for variant in VARIANTS:
             final = data.cell(model, task, variant, method)
             for c in [*data.checkpoint_cells(model, task, variant, method), final]:
                 if c is None or c.step is None:
@@ -445,7 +440,7 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
             ax_loss.set_xlabel("step")
             ax_loss.set_ylabel("loss")
             for task in tasks:
-                for variant in ("clean", "misleading"):
+                for variant in VARIANTS:
                     pts = _curve_series(run.curve, task, variant)
                     if pts:
                         ax_acc.plot(
@@ -495,7 +490,7 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
     ft_runs = {m: data.finetune_run(model, m) for m in data.ft_methods(model)}
     panels = []
     for task in tasks:
-        has_icl = bool(data.cells_for(model, task, method="icl"))
+        has_icl = bool(data.cells_for(model, task, method=ICL))
         has_ft = any(
             c.train_examples is not None and is_finetune(c.method)
             for c in data.cells_for(model, task)
@@ -512,13 +507,13 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
             for variant in data.variants:
                 fill = VARIANT_MARKER_FILL.get(variant, "full")
                 style = LINE.get(variant, "-")
-                line = data.cells_for(model, task, variant, "baseline")[:1]
-                line += data.cells_for(model, task, variant, "icl")
+                line = data.cells_for(model, task, variant, BASELINE)[:1]
+                line += data.cells_for(model, task, variant, ICL)
                 line = [c for c in line if c.train_examples is not None]
                 if line:
                     xs = [float(c.train_examples) for c in line]  # type: ignore[arg-type]
                     xs_all += xs
-                    _band(ax, xs, line, method_colour("icl"), style, "o", fill, f"ICL {variant}")
+                    _band(ax, xs, line, method_colour(ICL), style, "o", fill, f"ICL {variant}")
                 for method, run in ft_runs.items():
                     colour = method_colour(method)
                     pts = _curve_series(run.curve, task, variant) if run else []
@@ -572,8 +567,8 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
             ax.set_xlabel("task examples given")
             ax.set_ylabel("accuracy")
         methods = (
-            ["icl", *ft_runs]
-            if any(data.cells_for(model, t, method="icl") for t in panels)
+            [ICL, *ft_runs]
+            if any(data.cells_for(model, t, method=ICL) for t in panels)
             else list(ft_runs)
         )
         _method_variant_legend(

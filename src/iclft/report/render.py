@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iclft.records import ICL
 from iclft.report.data import Cell, RunData, fmt
 from iclft.report.figures import FigureFile
 from iclft.report.tables import headline, sentences
@@ -212,13 +213,13 @@ def comparisons_section(data: RunData) -> Section:
         rows = []
         for task in data.tasks:
             entries = headline(data, model, task)
-            icl = [e for e in entries if e.method == "icl"]
-            keep = {("icl", e.shots) for e in icl} | {(e.method, 0) for e in entries}
+            icl = [e for e in entries if e.method == ICL]
+            keep = {(ICL, e.shots) for e in icl} | {(e.method, 0) for e in entries}
             for c in data.comparisons:
                 a, b = (c.a_method, c.a_shots), (c.b_method, c.b_shots)
                 if (c.model, c.task) != (model, task) or a not in keep or b not in keep:
                     continue
-                name = lambda m, k: f"ICL (k={k})" if m == "icl" else m  # noqa: E731
+                name = lambda m, k: f"ICL (k={k})" if m == ICL else m  # noqa: E731
                 rows.append(
                     (
                         task,
@@ -268,6 +269,15 @@ def scoring_section(data: RunData) -> Section:
         "excludes 0), and other pairs (clean vs misleading, or runs without paired tests) only "
         "when their intervals do not overlap."
     )
+    if data.manifest.get("command") == "rescore":
+        gen = data.manifest.get("outputs_generated_with") or {}
+        note = data.manifest.get("note")
+        s.paragraphs.append(
+            f"Rescored without the model (iclft rescore) from {data.manifest.get('source')}: "
+            f"the saved outputs, generated under protocol {gen.get('protocol', 'unknown')} "
+            f"(stop: {gen.get('stop', 'unknown')}), judged again under protocol {protocol}"
+            + (f"; {note}." if note else ".")
+        )
     return s
 
 

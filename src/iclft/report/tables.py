@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.records import Comparison, is_finetune
+from iclft.records import BASELINE, ICL, Comparison, is_finetune
 from iclft.report.data import Cell, RunData, fmt
 from iclft.store import atomic_writer
+from iclft.tasks import VARIANTS
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,11 @@ def best_icl_shots(data: RunData, model: str, task: str) -> tuple[int, str] | No
     (``basis`` :data:`HELDOUT`), ties to the fewest shots. Runs without held-out items fall back
     to the test items' clean accuracy (misleading when there is no clean variant), an
     optimistic selection that ``basis`` (:data:`ON_TEST`) names. ``None``: no ICL cells."""
-    held = [c for c in data.heldout.values() if (c.model, c.task, c.method) == (model, task, "icl")]
+    held = [c for c in data.heldout.values() if (c.model, c.task, c.method) == (model, task, ICL)]
     if held:
         return max(held, key=lambda c: (c.accuracy, -c.shots)).shots, HELDOUT
-    for variant in ("clean", "misleading"):
-        cells = data.cells_for(model, task, variant, "icl")
+    for variant in VARIANTS:  # clean first
+        cells = data.cells_for(model, task, variant, ICL)
         if cells:
             return max(cells, key=lambda c: (c.accuracy, -c.shots)).shots, ON_TEST
     return None
@@ -52,7 +53,7 @@ def best_icl_shots(data: RunData, model: str, task: str) -> tuple[int, str] | No
 def fixed_icl_shots(data: RunData, model: str, task: str) -> int | None:
     """The k fixed before looking at any item: the config's ``fixed_shots`` when it was
     evaluated, else the largest evaluated k. ``None``: no ICL cells."""
-    ks = sorted({c.shots for c in data.cells_for(model, task, method="icl")})
+    ks = sorted({c.shots for c in data.cells_for(model, task, method=ICL)})
     if not ks:
         return None
     want = data.config.get("fixed_shots")
@@ -70,13 +71,13 @@ def headline(data: RunData, model: str, task: str) -> list[HeadlineEntry]:
         if clean or mis:
             out.append(HeadlineEntry(model, task, label, method, shots, clean, mis))
 
-    add("baseline", "baseline", 0)
+    add(BASELINE, BASELINE, 0)
     best, fixed = best_icl_shots(data, model, task), fixed_icl_shots(data, model, task)
     if best is not None:
         k, basis = best
-        add(f"ICL (k={k}, {basis}" + (", = fixed k)" if k == fixed else ")"), "icl", k)
+        add(f"ICL (k={k}, {basis}" + (", = fixed k)" if k == fixed else ")"), ICL, k)
     if fixed is not None and (best is None or fixed != best[0]):
-        add(f"ICL (k={fixed}, fixed)", "icl", fixed)
+        add(f"ICL (k={fixed}, fixed)", ICL, fixed)
     for m in data.ft_methods(model):
         add(m, m, 0)
     return out
@@ -130,8 +131,8 @@ def sentence(
         return f"{where}, nothing was evaluated."
     main = "clean" if any(e.clean for e in entries) else "misleading"
     have = [e for e in entries if e.get(main)]
-    base = next((e for e in have if e.method == "baseline"), None)
-    icl = next((e for e in have if e.method == "icl"), None)
+    base = next((e for e in have if e.method == BASELINE), None)
+    icl = next((e for e in have if e.method == ICL), None)
     fts = [e for e in have if is_finetune(e.method)]
     ft = max(fts, key=lambda e: e.get(main).accuracy) if fts else None  # type: ignore[union-attr]
 
@@ -139,9 +140,9 @@ def sentence(
         return fmt(e.get(v).accuracy)  # type: ignore[union-attr]
 
     def name(e: HeadlineEntry) -> str:
-        if e.method == "icl":
+        if e.method == ICL:
             return f"ICL (k={e.shots})"
-        if e.method == "baseline":
+        if e.method == BASELINE:
             return "the 0-shot baseline"
         return f"the best fine-tuning ({e.label})" if len(fts) > 1 else f"fine-tuning ({e.label})"
 
@@ -182,7 +183,7 @@ def sentence(
     if main == "clean" and lead.misleading is not None and lead.clean is not None:
         m = lead.misleading
         c = compare(m, lead.clean)
-        who = "ICL" if lead.method == "icl" else name(lead)
+        who = "ICL" if lead.method == ICL else name(lead)
         if c < 0:
             text = f"on misleading items {who} drops to {fmt(m.accuracy)}"
         elif c > 0:
