@@ -768,27 +768,38 @@ def run_similarity(
     track: Track | None = None,
     loaded: Any = None,
 ) -> SimilarityResult:
-    """Record ZSL, ICL, GD, layer-causal GD and the controls (random updates, and the untrained
-    model), compute the metrics with intervals and write ``out_dir/{similarity.json,
-    similarity_per_layer.png, manifest.json}``; returns it as a
-    :class:`~iclft.records.SimilarityResult`. ``loaded`` may be an already loaded
-    ``LoadedModel`` (tests)."""
-    from iclft.icl.engine import context_limit
+    """``iclft analyze similarity``: load the model (``loaded`` may be an already loaded
+    ``LoadedModel``: tests, the runner), :func:`measure_similarity`, then
+    :func:`write_similarity` into ``out_dir``; returns the record."""
     from iclft.models import load_model
+    from iclft.store import ensure_writable_dir
+
+    spec.check()
+    out_dir = ensure_writable_dir(Path(out_dir))
+    started = time.time()
+    t0 = time.time()
+    lm = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+    timings = {"load_s": round(time.time() - t0, 3)}
+    report = measure_similarity(spec, lm, track, timings)
+    write_similarity(report, out_dir, started=started, timings=timings, lm=lm)
+    return report
+
+
+def measure_similarity(
+    spec: SimilaritySpec, lm: Any, track: Track | None = None, timings: dict | None = None
+) -> SimilarityResult:
+    """Record ZSL, ICL, GD, layer-causal GD and the controls (random updates, and the untrained
+    model) on the loaded model ``lm`` and compute the metrics with intervals; returns the
+    record (``timings`` gets the seconds of each part). Writes nothing
+    (:func:`write_similarity` does)."""
+    from iclft.icl.engine import context_limit
     from iclft.models.anatomy import anatomy
-    from iclft.store import ensure_writable_dir, write_json_atomic, write_manifest
 
     spec.check()
     track = track or _no_track
-    out_dir = ensure_writable_dir(Path(out_dir))
-    started = time.time()
-    timings: dict[str, float] = {}
-
-    t0 = time.time()
-    lm = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+    timings = {} if timings is None else timings
     base, tok = lm.model, lm.tokenizer
     an = anatomy(base)
-    timings["load_s"] = round(time.time() - t0, 3)
 
     n_heldout = spec.heldout if len(spec.lrs) > 1 else 0
     queries, skipped = choose_queries(
@@ -872,13 +883,24 @@ def run_similarity(
             "correct": correct,
         },
     )
+    return report
+
+
+def write_similarity(
+    report: SimilarityResult, out_dir: Path, *, started: float, timings: dict, lm: Any
+) -> None:
+    """The one writer of a similarity result: ``similarity.json``, the per-layer figure
+    (``similarity_per_layer.png``) and ``manifest.json`` (``lm``: the ``LoadedModel``)."""
+    from iclft.store import write_json_atomic, write_manifest
+
+    spec = report.spec  # the SimilaritySpec it ran with, as a dict
     write_json_atomic(out_dir / "similarity.json", report)
     label = lm.resolved.alias or lm.resolved.spec
     plot_similarity(
-        metrics,
-        f"{spec.task} · {label} · {spec.shots} shots · lr "
-        + " / ".join(f"{u} {lr:g}" for u, lr in lr_choice["chosen"].items())
-        + f" · {len(queries)} queries",
+        report.metrics,
+        f"{spec['task']} · {label} · {spec['shots']} shots · lr "
+        + " / ".join(f"{u} {lr:g}" for u, lr in report.lr["chosen"].items())
+        + f" · {report.n_queries} queries",
         out_dir / "similarity_per_layer.png",
     )
     write_manifest(
@@ -887,19 +909,18 @@ def run_similarity(
         started=started,
         model=lm.describe(),
         seeds={
-            "queries": spec.seed,
-            "demonstrations": spec.seed,
-            "random_update": f"seed_of({spec.seed}, model, update, draw)",
-            "untrained_init": seed_of(spec.seed, 1),
-            "bootstrap": seed_of(spec.seed, 2),
+            "queries": spec["seed"],
+            "demonstrations": spec["seed"],
+            "random_update": f"seed_of({spec['seed']}, model, update, draw)",
+            "untrained_init": seed_of(spec["seed"], 1),
+            "bootstrap": seed_of(spec["seed"], 2),
         },
         device=str(lm.device),
         dtype=str(lm.dtype),
         torch_threads=torch.get_num_threads(),
-        spec=asdict(spec),
+        spec=spec,
         timings=timings,
     )
-    return report
 
 
 def protocol(spec: SimilaritySpec) -> dict[str, str]:
