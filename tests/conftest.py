@@ -59,6 +59,20 @@ def tiny_model_factory():
     return make_tiny_model
 
 
+@pytest.fixture(scope="session")
+def save_tiny(tiny_tokenizer):
+    """``save_tiny(directory, arch="llama", seed=0, **config)``: a tiny random model and the
+    task tokenizer saved as a model directory (safetensors), as a user's local model is."""
+
+    def save(directory, arch: str = "llama", seed: int = 0, **overrides):
+        model = make_tiny_model(arch, len(tiny_tokenizer), seed=seed, **overrides)
+        model.save_pretrained(directory)
+        tiny_tokenizer.save_pretrained(directory)
+        return directory
+
+    return save
+
+
 def _hooks_left(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

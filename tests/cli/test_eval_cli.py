@@ -28,12 +28,8 @@ def _one_line_error(proc, *needles):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
-    d = tmp_path_factory.mktemp("tiny-eval")
-    model = tiny_model_factory("llama", len(tiny_tokenizer), max_position_embeddings=160)
-    model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def tiny_dir(tmp_path_factory, save_tiny):
+    return save_tiny(tmp_path_factory.mktemp("tiny-eval"), max_position_embeddings=160)
 
 
 def test_eval_writes_results_predictions_and_manifest(tiny_dir, tmp_path):

@@ -17,12 +17,8 @@ CPU_CONFIG = Path(__file__).parents[2] / "configs" / "accelerate" / "cpu-2-proce
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
-    d = tmp_path_factory.mktemp("tiny-dp-model")
-    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=11)
-    model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def tiny_dir(tmp_path_factory, save_tiny):
+    return save_tiny(tmp_path_factory.mktemp("tiny-dp-model"), seed=11)
 
 
 def _free_port() -> int:

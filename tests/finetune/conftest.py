@@ -4,13 +4,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
+def tiny_model_dir(tmp_path_factory, save_tiny):
     """A tiny llama saved as a model directory (safetensors + tokenizer)."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=3)
-    model.save_pretrained(d, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -159,9 +159,7 @@ def test_in_memory_gd_equals_trainer_demonstrations_mode(tiny_model_dir, tmp_pat
     assert any(not torch.equal(base[n], p.detach()) for n, p in new.named_parameters())
 
 
-def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(
-    tmp_path, tiny_tokenizer, tiny_model_factory
-):
+def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(tmp_path, save_tiny):
     """Neither path clips (the reference uses no clipping): with K/V gradient norms ~10, a
     clipped path (max_grad_norm=1) would move the weights several times less than the other."""
     from iclft.finetune.data import TokenizedTexts, demonstration_texts
@@ -169,10 +167,7 @@ def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(
     from iclft.finetune.methods import kv_parameters
     from iclft.models import load_model
 
-    d = tmp_path / "big-init"
-    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=3, initializer_range=1.0)
-    model.save_pretrained(d, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(d)
+    d = save_tiny(tmp_path / "big-init", seed=3, initializer_range=1.0)
     lm = load_model(str(d))
     kv = {p.name for p in kv_parameters(lm.model)}
     rows = TokenizedTexts(demonstration_texts("boolean", 4, 0), lm.tokenizer, "full", 10_000).rows

@@ -46,11 +46,8 @@ def test_auto_halves_until_the_batch_fits(monkeypatch, tiny_models, tiny_tokeniz
         Engine(model, tiny_tokenizer, batch_size="auto").generate(texts[:2])
 
 
-def test_eval_records_the_batch_size_it_used(tmp_path, monkeypatch, iclft_main, tiny_tokenizer,
-                                             tiny_model_factory):  # fmt: skip
-    d = tmp_path / "m"
-    tiny_model_factory("llama", len(tiny_tokenizer)).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
+def test_eval_records_the_batch_size_it_used(tmp_path, monkeypatch, iclft_main, save_tiny):
+    d = save_tiny(tmp_path / "m")
     monkeypatch.setenv(OOM_ENV, "400")
     code, err = iclft_main("eval", "--model", str(d), "--task", "boolean", "--shots", "0,2", "-n",
                            "4", "--batch-size", "auto", "-o", str(tmp_path / "e"))  # fmt: skip

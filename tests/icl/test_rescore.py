@@ -9,12 +9,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def eval_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
+def eval_dir(tmp_path_factory, save_tiny):
     from iclft.icl.evaluate import EvalSpec, run_eval
 
-    d = tmp_path_factory.mktemp("rescore-model")
-    tiny_model_factory("llama", len(tiny_tokenizer), seed=2).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
+    d = save_tiny(tmp_path_factory.mktemp("rescore-model"), seed=2)
     out = tmp_path_factory.mktemp("rescore-eval")
     spec = EvalSpec(tasks=("boolean", "expression"), shots=(0, 1), n=3, seed=1, scoring="auto",
                     demo_sets=2).check()  # fmt: skip

@@ -25,14 +25,11 @@ def _prompts(task_name="boolean", shots=(0, 2), n=3):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
+def model_dirs(tmp_path_factory, save_tiny):
     """Two tiny models with different weights, saved (so each has a weights hash)."""
     dirs = []
     for seed in (0, 1):
-        d = tmp_path_factory.mktemp(f"cache-model-{seed}")
-        tiny_model_factory("llama", len(tiny_tokenizer), seed=seed).save_pretrained(d)
-        tiny_tokenizer.save_pretrained(d)
-        dirs.append(d)
+        dirs.append(save_tiny(tmp_path_factory.mktemp(f"cache-model-{seed}"), seed=seed))
     return dirs
 
 

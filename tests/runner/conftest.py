@@ -14,12 +14,8 @@ import yaml
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
-    d = tmp_path_factory.mktemp("tiny-run-model")
-    model = tiny_model_factory("llama", len(tiny_tokenizer), seed=8)
-    model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def tiny_dir(tmp_path_factory, save_tiny):
+    return save_tiny(tmp_path_factory.mktemp("tiny-run-model"), seed=8)
 
 
 def run_config(tiny_dir, **over) -> dict:
