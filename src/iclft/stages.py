@@ -127,6 +127,8 @@ class RunContext:
             return None
         from iclft.icl.cache import ResponseCache
 
+        if self.shard is not None:  # rank 0 creates the file before the others open it
+            self.shard.on_main(lambda: ResponseCache.for_model(self.cache_path, loaded).close())
         return ResponseCache.for_model(self.cache_path, loaded)
 
 

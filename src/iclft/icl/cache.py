@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,29 @@ class ResponseCache:
         self.path = Path(path)
         self.model_key = model_key
         self.hits = self.misses = 0
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-            self._db.commit()
-        except (OSError, sqlite3.Error) as exc:
-            raise UserError(f"cannot open the response cache {str(self.path)!r}: {exc}") from None
+        # switching a new file to WAL can fail at once with "database is locked" while another
+        # process is setting it up too (SQLite's busy handler does not cover it): try again
+        # until that process is done, up to the busy timeout
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(_SCHEMA)
+                self._db.commit()
+                break
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise UserError(
+                        f"cannot open the response cache {str(self.path)!r}: {exc}"
+                    ) from None
+                time.sleep(0.05)
+            except (OSError, sqlite3.Error) as exc:
+                raise UserError(
+                    f"cannot open the response cache {str(self.path)!r}: {exc}"
+                ) from None
 
     @classmethod
     def for_model(cls, path: Path | str, loaded) -> ResponseCache:

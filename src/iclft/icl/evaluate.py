@@ -399,6 +399,8 @@ def run_eval(
     if cache is not None:
         from iclft.icl.cache import ResponseCache
 
+        if shard is not None:  # rank 0 creates the file before the others open it
+            shard.on_main(lambda: ResponseCache.for_model(cache, loaded).close())
         responses = ResponseCache.for_model(cache, loaded)
     engine = Engine(
         loaded.model,
