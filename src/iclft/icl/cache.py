@@ -50,7 +50,10 @@ class ResponseCache:
         # process is setting it up too (SQLite's busy handler does not cover it): try again
         # until that process is done, up to the busy timeout
         deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        self._db = None
         while True:
+            if self._db is not None:  # a failed attempt's connection
+                self._db.close()
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S)
