@@ -202,6 +202,12 @@ class CellResult(Record):
     conflict_n: int | None = None
     conflict_shortcut_rate: float | None = None
     parse_failures: int | None = None
+    #: prompts whose output parses to a valid answer of the task (``None``: old runs)
+    well_formed_rate: float | None = None
+    #: the chance reference: the answer right on most of the cell's items, and its accuracy
+    #: there (:func:`iclft.icl.metrics.constant_answer`)
+    constant_answer: str | None = None
+    constant_accuracy: float | None = None
     # added by the runner: the stage that wrote the row; fine-tuned models: the optimizer
     # steps trained for, the examples seen, the run's directory and the checkpoint's
     # (``None``: the final model)
@@ -238,8 +244,10 @@ class CellResult(Record):
         floats = (
             "shots_used_mean", "set_sd", "ci_low", "ci_high", "substring_accuracy",
             "shortcut_rate", "shortcut_only_accuracy", "conflict_shortcut_rate",
+            "well_formed_rate", "constant_accuracy",
         )  # fmt: skip
-        strs = ("demos", "chat_template", "scoring", "protocol", "interval", "stage", "ft_dir")
+        strs = ("demos", "chat_template", "scoring", "protocol", "interval", "stage", "ft_dir",
+                "constant_answer")  # fmt: skip
         return cls(
             model=str(d["model"]),
             task=str(d["task"]),
@@ -261,10 +269,30 @@ class CellResult(Record):
         )
 
 
+#: the level at which a comparison decides (two-sided), and its intervals' confidence
+ALPHA = 0.05
+#: the setting a claim of learning must beat besides the baseline: always giving the answer
+#: that is right on most of the items (a ``b_method`` of comparisons)
+CONSTANT = "constant"
+
+
+def format_p(p: float) -> str:
+    """A p-value for tables: ``<0.001`` below 0.001 (never ``0``), else two significant
+    digits."""
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def p_text(p: float, name: str = "p") -> str:
+    """``p=0.031`` or ``p<0.001``."""
+    text = format_p(p)
+    return f"{name}{text}" if text.startswith("<") else f"{name}={text}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Comparison(Record):
     """One paired comparison of setting ``a`` with setting ``b`` on the same items: a row of
-    ``comparisons.jsonl`` (how it is computed: :mod:`iclft.icl.compare`)."""
+    ``comparisons.jsonl`` (how it is computed: :mod:`iclft.icl.compare`). Rows of older
+    runs lack the fields after ``p_values_per_set`` and decide on ``p_value``."""
 
     model: str
     task: str
@@ -277,13 +305,16 @@ class Comparison(Record):
     accuracy_a: float
     accuracy_b: float
     diff: float
+    #: 95% interval of ``diff``: the values the test below does not reject
     ci_low: float
     ci_high: float
     a_only: int
     b_only: int
+    #: the test's two-sided p-value of "no difference" (unadjusted)
     p_value: float
     seeds: list[int]
-    n_boot: int
+    #: bootstrap replicates (rows of older runs, whose test resampled)
+    n_boot: int | None = omit_unset()
     #: how the interval and the p-value were made, in words
     interval: str
     test: str
@@ -292,6 +323,13 @@ class Comparison(Record):
     b_sets: int = 1
     #: with several sets: the exact McNemar p-value of each set of the side that has them
     p_values_per_set: list[float] | None = None
+    #: the test's short name for sentences and tables (``paired t``, ``crossed t``)
+    test_name: str | None = None
+    #: one set per side: the exact McNemar p-value on the discordant items, for reference
+    p_mcnemar: float | None = None
+    #: ``p_value`` adjusted for every comparison of the run, and how (the decision uses it)
+    p_adjusted: float | None = None
+    adjustment: str | None = None
 
     def flipped(self) -> Comparison:
         """The same test seen from ``b``'s side (``diff`` = acc_b - acc_a)."""
@@ -313,18 +351,36 @@ class Comparison(Record):
         )
 
     @property
+    def name(self) -> str:
+        """The test's short name (older rows: McNemar, or their bootstrap with sets)."""
+        if self.test_name:
+            return self.test_name
+        return "McNemar" if max(self.a_sets, self.b_sets) == 1 else "bootstrap"
+
+    @property
+    def decision_p(self) -> float:
+        """The p-value that decides: the adjusted one where the row has it."""
+        return self.p_value if self.p_adjusted is None else self.p_adjusted
+
+    @property
     def sign(self) -> int:
-        """1 / -1 when the paired interval lies wholly above / below 0, else 0."""
-        return 1 if self.ci_low > 0 else -1 if self.ci_high < 0 else 0
+        """1 / -1 when the deciding p-value is below :data:`ALPHA` and ``a`` scores higher /
+        lower than ``b``; 0 when the test does not decide."""
+        if self.decision_p >= ALPHA or self.diff == 0:
+            return 0
+        return 1 if self.diff > 0 else -1
 
     def text(self) -> str:
-        """``paired difference +0.25 [0.10, 0.40], McNemar p=0.003`` (``bootstrap p`` where
-        a side has several demonstration sets)."""
-        test = "McNemar" if max(self.a_sets, self.b_sets) == 1 else "bootstrap"
-        return (
+        """``paired difference +0.25 [+0.10, +0.40], paired t p=0.003, adjusted p=0.04 (holm
+        over 144 comparisons)``: the test that decides, with its interval."""
+        out = (
             f"paired difference {self.diff:+.2f} [{self.ci_low:+.2f}, {self.ci_high:+.2f}], "
-            f"{test} p={self.p_value:.2g}"
+            f"{p_text(self.p_value, self.name + ' p')}"
         )
+        if self.p_adjusted is not None:
+            out += f", {p_text(self.p_adjusted, 'adjusted p')}"
+            out += f" ({self.adjustment})" if self.adjustment else ""
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,8 @@ Run directory::
     results.jsonl          one row per evaluated cell (all stages); a fine-tuned model's rows
                            carry the ``step`` it was trained for, and ``checkpoint`` (its
                            directory) where it is a checkpoint rather than the final model
-    comparisons.jsonl      paired tests: ICL vs baseline and each fine-tuned model, same items
+    comparisons.jsonl      paired tests on the same items: ICL vs baseline and each fine-tuned
+                           model, both vs the constant answer; Holm-adjusted over all of them
     stages/<key>.json      completion record of each stage, with its rows
     predictions/<key>.jsonl  per-item predictions of each evaluation stage
     finetune/<model>/<method>/   fine-tuned models, curves.csv, checkpoints
@@ -133,9 +134,9 @@ def rebuild_results(run_dir: Path, stages: list[Stage]) -> list[dict]:
     return rows
 
 
-def rebuild_comparisons(run_dir: Path, stages: list[Stage], seed: int) -> list[dict]:
+def rebuild_comparisons(run_dir: Path, stages: list[Stage]) -> list[dict]:
     """``comparisons.jsonl``: paired tests (:mod:`iclft.icl.compare`) over the predictions of
-    every completed evaluation stage, in plan order (atomically)."""
+    every completed evaluation stage, in plan order, Holm-adjusted as one family (atomically)."""
     from iclft.icl.compare import paired_comparisons
     from iclft.store import read_jsonl
 
@@ -144,7 +145,7 @@ def rebuild_comparisons(run_dir: Path, stages: list[Stage], seed: int) -> list[d
         if (run_dir / "stages" / f"{st.key}.json").exists():
             f = run_dir / "predictions" / f"{st.key}.jsonl"
             preds += [Prediction.from_json(d, f"{f}:{i}") for i, d in enumerate(read_jsonl(f), 1)]
-    rows = [c.to_json() for c in paired_comparisons(preds, seed=seed)]
+    rows = [c.to_json() for c in paired_comparisons(preds)]
     write_jsonl_atomic(run_dir / "comparisons.jsonl", rows)
     return rows
 
@@ -347,7 +348,7 @@ def _run_locked(
     if not main:
         return RunSummary(run_dir, len(stages), ran, skipped, round(time.time() - started, 1))
     rows = rebuild_results(run_dir, stages)
-    comparisons = rebuild_comparisons(run_dir, stages, cfg.seeds[0])
+    comparisons = rebuild_comparisons(run_dir, stages)
     write_manifest(
         run_dir,
         **manifest_fields(),

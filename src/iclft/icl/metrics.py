@@ -1,19 +1,30 @@
 """Metrics over a cell's judged predictions (the metric half of inspect_ai's scorer/metric
 split; the scorers that judge each prediction are in :mod:`iclft.icl.scoring`), and the
 accuracy intervals they use: the Wilson score interval of one binomial proportion, and the
-two-level bootstrap over demonstration sets and items.
+crossed-design interval over demonstration sets and items.
 
 A metric is a registered function ``metric(rows) -> value`` over the predictions of one cell
 (every demonstration set's), named after the field of :class:`~iclft.records.CellResult` it
 fills; :func:`cell_metrics` computes them all, and :func:`iclft.icl.evaluate.cell_result`
 composes them into the cell's results row. ``interval`` fills three fields at once.
+
+**Crossed design.** Every demonstration set answers the same items, so a cell is an
+``(sets, items)`` table of 0/1 answers and its accuracy varies with both the items drawn and
+the sets drawn. The two-way ANOVA of the table (:func:`mean_squares`) splits the variance of
+the mean into an item part ``(MS_items - MS_res) / (n S)`` (``n - 1`` degrees of freedom) and a
+set part ``MS_sets / (n S)`` (``S - 1`` degrees of freedom; it carries the set-by-item residual,
+so the small-sample part is an exact scaled chi-square under normality and nothing is counted
+twice). The two parts are combined by Banerjee's rule (:func:`banerjee_half_width`): each
+part is scaled by the squared t quantile of its own degrees of freedom, which is conservative
+for any ratio of the parts (Banerjee 1961, the Behrens-Fisher problem); Welch-Satterthwaite's
+single pooled df was measured too permissive with 3 sets.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,13 +32,12 @@ import numpy as np
 
 from iclft.records import Prediction
 
-#: bootstrap replicates of every interval iclft draws by resampling
-N_BOOT = 2000
 #: how a results row's interval was made (its ``interval`` field)
 WILSON = "wilson over items (one demonstration set)"
-TWO_LEVEL = (
-    "two-level bootstrap: demonstration sets, then items (95% percentile), widened to the "
-    "Wilson interval of the mean over the items"
+CROSSED = (
+    "crossed-design t over demonstration sets and items (two-way ANOVA, Banerjee's t "
+    "quantile per part, on the logit scale), widened to the Wilson interval of the mean over "
+    "the items"
 )
 
 
@@ -72,13 +82,75 @@ def two_level_means(matrix, n_boot: int, rng: np.random.Generator) -> np.ndarray
     return np.einsum("bs,sn,bn->b", w, m, v) / (s * n)  # (B,)
 
 
-def two_level_interval(
-    matrix, n_boot: int, rng: np.random.Generator, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Percentile interval of :func:`two_level_means`."""
-    means = two_level_means(matrix, n_boot, rng)
-    lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)])
-    return (float(lo), float(hi))
+def mean_squares(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(MS_sets, MS_items, MS_res)`` of the two-way ANOVA (one observation per cell) of a
+    ``(..., S, n)`` table of sets by items; ``MS_sets`` and ``MS_res`` are 0 with one set.
+
+    ``E[MS_sets] = s2_res + n s2_set``, ``E[MS_items] = s2_res + S s2_item``,
+    ``E[MS_res] = s2_res`` (sets and items random, crossed)."""
+    m = np.asarray(table, dtype=float)
+    s, n = m.shape[-2:]
+    grand = m.mean(axis=(-2, -1), keepdims=True)  # (..., 1, 1)
+    rows = m.mean(axis=-1, keepdims=True)  # (..., S, 1) set means
+    cols = m.mean(axis=-2, keepdims=True)  # (..., 1, n) item means
+    ss_sets = n * ((rows - grand) ** 2).sum(axis=(-2, -1))
+    ss_items = s * ((cols - grand) ** 2).sum(axis=(-2, -1))
+    ss_res = ((m - rows - cols + grand) ** 2).sum(axis=(-2, -1))
+    ms_sets = ss_sets / (s - 1) if s > 1 else np.zeros_like(ss_sets)
+    ms_items = ss_items / (n - 1) if n > 1 else np.zeros_like(ss_items)
+    ms_res = ss_res / ((s - 1) * (n - 1)) if s > 1 and n > 1 else np.zeros_like(ss_res)
+    return ms_sets, ms_items, ms_res
+
+
+def t_quantile(alpha: np.ndarray | float, df: float) -> np.ndarray:
+    """Two-sided critical value ``t_{df}(1 - alpha/2)``."""
+    from scipy.stats import t
+
+    return np.asarray(t.isf(np.asarray(alpha) / 2, df))
+
+
+#: a variance part of a mean and its degrees of freedom
+Part = tuple[np.ndarray, float]
+
+
+def banerjee_half_width(parts: Sequence[Part], alpha: np.ndarray | float) -> np.ndarray:
+    """Half-width ``sqrt(sum_j t_{f_j}(1 - alpha/2)^2 v_j)`` of Banerjee's interval for a mean
+    whose variance is the sum of independent parts ``v_j`` with ``f_j`` degrees of freedom
+    (parts that are 0 add nothing, whatever their quantile)."""
+    total = np.zeros(np.broadcast_shapes(*(np.shape(v) for v, _ in parts), np.shape(alpha)))
+    for v, df in parts:
+        v = np.asarray(v, dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = total + np.where(v > 0, t_quantile(alpha, df) ** 2 * v, 0.0)
+    return np.sqrt(total)
+
+
+def crossed_parts(table: np.ndarray) -> list[Part]:
+    """The item and set parts of the variance of the mean of a ``(..., S, n)`` table
+    (module docstring); with one set, the item part alone (the binomial variance over n)."""
+    m = np.asarray(table, dtype=float)
+    s, n = m.shape[-2:]
+    ms_sets, ms_items, ms_res = mean_squares(m)
+    parts: list[Part] = [(np.maximum(ms_items - ms_res, 0.0) / (n * s), n - 1)]
+    if s > 1:
+        parts.append((ms_sets / (n * s), s - 1))
+    return parts
+
+
+def crossed_interval(table: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, ...]:
+    """``(low, high)`` of the mean of a ``(..., S, n)`` 0/1 table: Banerjee's interval of the
+    crossed parts, made on the logit scale by the delta method (``se / (p (1 - p))``) so that
+    it stays inside [0, 1] and follows the skew of accuracies near 0 or 1. A mean of 0 or 1
+    gives the point itself (the caller widens it, :func:`accuracy_interval`)."""
+    m = np.asarray(table, dtype=float)
+    p = m.mean(axis=(-2, -1))
+    half = banerjee_half_width(crossed_parts(m), 1 - confidence)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.log(p / (1 - p))
+        hz = half / (p * (1 - p))
+        lo, hi = 1 / (1 + np.exp(-(z - hz))), 1 / (1 + np.exp(-(z + hz)))
+    edge = (p <= 0) | (p >= 1)
+    return np.where(edge, p, lo), np.where(edge, p, hi)
 
 
 # ----- metrics over one cell's predictions ----------------------------------------------------
@@ -125,12 +197,6 @@ def set_matrix(rows: Sequence[Prediction]) -> tuple[list[int], list[str], np.nda
     return sets, ids, m
 
 
-def bootstrap_rng(seed: int, *parts: str | int) -> np.random.Generator:
-    """The seeded random stream of one cell's bootstrap (a pure function of its key)."""
-    key = [int(seed)] + [zlib.crc32(str(p).encode()) for p in parts]
-    return np.random.default_rng(key)
-
-
 @metric("n")
 def n_items(rows: Sequence[Prediction]) -> int:
     """Distinct items of the cell (every demonstration set answers each)."""
@@ -175,20 +241,16 @@ def accuracy(rows: Sequence[Prediction]) -> float:
 @metric("interval")
 def accuracy_interval(rows: Sequence[Prediction]) -> tuple[float, float, str]:
     """95% interval of the accuracy and how it was made: Wilson over the items with one
-    demonstration set; with several, the two-level bootstrap (seeded by the cell's key),
-    never narrower than the Wilson interval of the mean over the items the sets share (a
-    percentile bootstrap of all-0 or all-1 answers is a point)."""
-    first = rows[0]
+    demonstration set; with several, the crossed-design interval (:func:`crossed_interval`),
+    never narrower than the Wilson interval of the mean over the items the sets share (which
+    also keeps an all-0 or all-1 cell from being a point)."""
     _, ids, m = set_matrix(rows)
     n, n_sets, correct = len(ids), m.shape[0], int(m.sum())
     if n_sets == 1:
         return (*wilson_interval(correct, n), WILSON)
-    rng = bootstrap_rng(
-        first.seed, first.model, first.task, first.variant, first.shots, first.split
-    )
-    lo, hi = two_level_interval(m, N_BOOT, rng)
+    lo, hi = crossed_interval(m)
     wlo, whi = wilson_interval(correct / n_sets, n)
-    return (min(lo, wlo), max(hi, whi), TWO_LEVEL)
+    return (min(float(lo), wlo), max(float(hi), whi), CROSSED)
 
 
 @metric("substring_accuracy")
@@ -240,3 +302,41 @@ def shots_used_mean(rows: Sequence[Prediction]) -> float:
 def truncated(rows: Sequence[Prediction]) -> int:
     """Prompts that held fewer demonstrations than the cell's shots."""
     return sum(r.shots_used < r.shots for r in rows)
+
+
+def constant_answer_of(targets: Sequence[str | None]) -> str | None:
+    """The answer a constant predictor gives: the most frequent target (for a choice task its
+    majority label, for free answers the most frequent gold answer), ties to the first in
+    sorted order; ``None`` when a target is unknown (rows of old runs)."""
+    if not targets or any(t is None for t in targets):
+        return None
+    counts = Counter(targets)
+    top = max(counts.values())
+    return min(t for t, c in counts.items() if c == top)  # type: ignore[type-var]
+
+
+def _item_targets(rows: Sequence[Prediction]) -> list[str | None]:
+    """Each distinct item's target, in item order."""
+    return list({r.id: r.target for r in sorted(rows, key=lambda r: r.id)}.values())
+
+
+@metric("constant_answer")
+def constant_answer(rows: Sequence[Prediction]) -> str | None:
+    """The chance reference of the cell: the answer that is right on most of its items."""
+    return constant_answer_of(_item_targets(rows))
+
+
+@metric("constant_accuracy")
+def constant_accuracy(rows: Sequence[Prediction]) -> float | None:
+    """What always answering :func:`constant_answer` scores on these very items (chosen on
+    them, so it flatters the constant predictor: a claim of learning must beat it)."""
+    targets = _item_targets(rows)
+    answer = constant_answer_of(targets)
+    return None if answer is None else sum(t == answer for t in targets) / len(targets)
+
+
+@metric("well_formed_rate")
+def well_formed_rate(rows: Sequence[Prediction]) -> float:
+    """Prompts whose output parses to a valid answer of the task (a choice of a choice task,
+    an integer of a free-answer task); loglik scoring always answers a choice."""
+    return sum(r.prediction is not None for r in rows) / len(rows)

@@ -288,7 +288,7 @@ def rescore_run(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
         _rescore_stage(source, out_dir, st.key, record, spec, protocol)
         rescored.append(st.key)
     rows = rebuild_results(out_dir, stages)
-    comparisons = rebuild_comparisons(out_dir, stages, cfg.seeds[0])
+    comparisons = rebuild_comparisons(out_dir, stages)
     write_json_atomic(out_dir / "config.json", {**raw, "protocol": protocol})
     _copy_report_inputs(source, out_dir)
     try:

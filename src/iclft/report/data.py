@@ -7,7 +7,7 @@ final model's rows, so that the headline compares settings chosen before looking
 the checkpoints' rows are pooled apart (:attr:`RunData.checkpoints`), one cell per step.
 
 Interval of a cell: with one seed, the row's own interval (the 95% Wilson interval of its
-items, or with several demonstration sets the two-level bootstrap over sets and items); with
+items, or with several demonstration sets the crossed-design t interval over sets and items); with
 several seeds and one demonstration set, the Wilson interval of the pooled items widened to
 cover every seed's accuracy, so the band shows the spread between seeds and never claims more
 certainty than the items give. With several seeds *and* demonstration sets, seeds are
@@ -108,6 +108,11 @@ class Cell:
     set_sd: float | None = None
     set_min: float | None = None
     set_max: float | None = None
+    #: the chance reference (mean over seeds): always answering the answer right on most
+    #: items, that answer (when every seed has the same), and the share of well-formed outputs
+    constant_accuracy: float | None = None
+    constant_answer: str | None = None
+    well_formed_rate: float | None = None
 
     @property
     def key(self) -> CellKey:
@@ -185,6 +190,7 @@ def _pool(key: CellKey, seeds: Mapping[int, CellResult]) -> Cell:
     pf = [r.parse_failures for r in rs]
     trains = {t for t in map(train_examples, rs) if t is not None}
     steps = {r.step for r in rs if r.step is not None}
+    answers = {r.constant_answer for r in rs}
     return Cell(
         *key,
         accuracy=mean,
@@ -210,6 +216,9 @@ def _pool(key: CellKey, seeds: Mapping[int, CellResult]) -> Cell:
         set_sd=statistics.stdev(set_accs) if len(set_accs) > 1 else None,
         set_min=min(set_accs) if len(set_accs) > 1 else None,
         set_max=max(set_accs) if len(set_accs) > 1 else None,
+        constant_accuracy=mean_known(r.constant_accuracy for r in rs),
+        constant_answer=answers.pop() if len(answers) == 1 else None,
+        well_formed_rate=mean_known(r.well_formed_rate for r in rs),
     )
 
 

@@ -230,8 +230,8 @@ def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile 
         _save(fig, path)
     caption = (
         f"{model}: accuracy against the number of in-context demonstrations k, per task. Bands: "
-        "95% interval (Wilson over items; with several demonstration sets the two-level "
-        "bootstrap over sets and items; across seeds widened to the seed range). Horizontal "
+        "95% interval (Wilson over items; with several demonstration sets the crossed-design "
+        "t interval over sets and items; across seeds widened to the seed range). Horizontal "
         "lines: 0-shot "
         "baseline and each fine-tuned model (dashed clean, dotted misleading)."
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iclft.records import ICL
+from iclft.records import CONSTANT, ICL, format_p
 from iclft.report.data import Cell, RunData, fmt
 from iclft.report.figures import FigureFile
 from iclft.report.tables import headline, sentences
@@ -76,6 +76,13 @@ def _spread(c: Cell | None) -> str:
     return f"{fmt(c.set_min)}–{fmt(c.set_max)} ({c.demo_sets} sets)"
 
 
+def _constant(c: Cell | None) -> str:
+    """``0.52 ("True")``: the constant answer's accuracy on a cell's items, and the answer."""
+    if c is None or c.constant_accuracy is None:
+        return "–"
+    return fmt(c.constant_accuracy) + (f' ("{c.constant_answer}")' if c.constant_answer else "")
+
+
 def headline_tables(data: RunData) -> list[Table]:
     """One headline table per model: baseline / best ICL / each FT, clean and misleading."""
     cols = (
@@ -86,6 +93,8 @@ def headline_tables(data: RunData) -> list[Table]:
         "shortcut rate (misleading)",
         "substring acc. (clean / misl.)",
         "set spread (clean / misl.)",
+        "constant answer (clean / misl.)",
+        "well-formed (clean / misl.)",
         "n",
         "seeds",
     )
@@ -97,6 +106,8 @@ def headline_tables(data: RunData) -> list[Table]:
                 c, m = e.clean, e.misleading
                 subs = " / ".join(fmt(x.substring_accuracy) if x else "–" for x in (c, m))
                 spread = " / ".join(_spread(x) for x in (c, m))
+                chance = " / ".join(_constant(x) for x in (c, m))
+                formed = " / ".join(fmt(x.well_formed_rate) if x else "–" for x in (c, m))
                 n = next((x.n for x in (c, m) if x is not None and x.n is not None), None)
                 seeds = max(x.n_seeds for x in (c, m) if x is not None)
                 rows.append(
@@ -108,6 +119,8 @@ def headline_tables(data: RunData) -> list[Table]:
                         fmt(m.shortcut_rate) if m else "–",
                         subs,
                         spread,
+                        chance,
+                        formed,
                         "–" if n is None else str(n),
                         str(seeds),
                     ]
@@ -201,40 +214,56 @@ def comparisons_section(data: RunData) -> Section:
         return s
     s.paragraphs.append(
         "Settings scored on the same test items, compared item by item: the difference in "
-        "accuracy (A - B) with a 95% paired bootstrap interval (items resampled in pairs) and "
-        "the exact McNemar p-value on the items only one of the two gets right. Where a side "
-        "was evaluated over several demonstration sets, its score on an item is the mean over "
-        "the sets, the interval is the two-level paired bootstrap (sets, then items) and p its "
-        "bootstrap p-value (the per-set McNemar p-values are in comparisons.jsonl). ICL is "
-        "shown at the headline's k; comparisons.jsonl holds every shot count."
+        "accuracy (A - B), its 95% interval and the two-sided p-value of one test, the interval "
+        "being the differences the test does not reject (so it excludes 0 exactly when p < "
+        "0.05). With one demonstration set per side the test is the paired t test on items "
+        "(asymptotically McNemar; the exact McNemar p is in comparisons.jsonl as p_mcnemar). "
+        "Where a side was evaluated over several demonstration sets, its score on an item is "
+        "the mean over the sets and the test is the crossed-design t: the variance of the "
+        "difference is an item part plus each side's set part (a two-way ANOVA of its sets × "
+        "items table), each with the t quantile of its own degrees of freedom (Banerjee's "
+        "rule), so a few sets widen the interval as much as they should. Each ICL shot count "
+        "and fine-tuned model is also compared with the constant answer (always giving the "
+        "answer right on most of these items). p-values are adjusted by Holm's method over "
+        "every comparison of the run (the 'adjusted p' column); the summary's sentences decide "
+        "on the adjusted p at 0.05. ICL is shown at the headline's k; comparisons.jsonl holds "
+        "every shot count."
     )
-    cols = ("task", "variant", "A vs B", "diff [95% CI]", "A only / B only", "p", "test", "n")
+    cols = ("task", "variant", "A vs B", "diff [95% CI]", "A only / B only", "test", "p",
+            "adjusted p", "n")  # fmt: skip
     for model in data.models:
         rows = []
         for task in data.tasks:
             entries = headline(data, model, task)
             icl = [e for e in entries if e.method == ICL]
             keep = {(ICL, e.shots) for e in icl} | {(e.method, 0) for e in entries}
+            keep.add((CONSTANT, 0))
             for c in data.comparisons:
                 a, b = (c.a_method, c.a_shots), (c.b_method, c.b_shots)
                 if (c.model, c.task) != (model, task) or a not in keep or b not in keep:
                     continue
-                name = lambda m, k: f"ICL (k={k})" if m == ICL else m  # noqa: E731
                 rows.append(
                     (
                         task,
                         c.variant,
-                        f"{name(*a)} vs {name(*b)}",
+                        f"{_setting_name(*a)} vs {_setting_name(*b)}",
                         f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
                         f"{c.a_only} / {c.b_only}",
-                        f"{c.p_value:.2g}",
-                        "McNemar" if max(c.a_sets, c.b_sets) == 1 else "bootstrap",
+                        c.name,
+                        format_p(c.p_value),
+                        "–" if c.p_adjusted is None else format_p(c.p_adjusted),
                         str(c.n),
                     )
                 )
         if rows:
             s.tables.append((f"paired comparisons: {model}", cols, rows))
     return s
+
+
+def _setting_name(method: str, shots: int) -> str:
+    if method == ICL:
+        return f"ICL (k={shots})"
+    return "constant answer" if method == CONSTANT else method
 
 
 def scoring_section(data: RunData) -> Section:
@@ -261,13 +290,16 @@ def scoring_section(data: RunData) -> Section:
             "next newline, and the first non-empty line is parsed."
         )
         + " Intervals are 95% Wilson score intervals over items with one demonstration set, "
-        "and with several (demo_sets) the two-level bootstrap: demonstration sets resampled, "
-        "then items, so the interval includes how much the result depends on which "
+        "and with several (demo_sets) the crossed-design t interval on the logit scale: the "
+        "variance of the accuracy is an item part plus a demonstration-set part (two-way "
+        "ANOVA of the sets × items table), each with the t quantile of its own degrees of "
+        "freedom, so the interval includes how much the result depends on which "
         "demonstrations were drawn; with several seeds, the pooled interval widened to cover "
-        "every seed's accuracy. Sentences compare settings scored on "
-        "the same items by their paired test (the paired bootstrap interval of the difference "
-        "excludes 0), and other pairs (clean vs misleading, or runs without paired tests) only "
-        "when their intervals do not overlap."
+        "every seed's accuracy. Sentences compare settings scored on the same items by their "
+        "paired test, deciding on its Holm-adjusted p-value (see Paired comparisons), and "
+        "other pairs (clean vs misleading, or runs without paired tests) only when their "
+        "intervals do not overlap. A sentence that says ICL or fine-tuning wins also says "
+        "whether it beats the constant answer on the same items."
     )
     if data.manifest.get("command") == "rescore":
         gen = data.manifest.get("outputs_generated_with") or {}
@@ -295,10 +327,13 @@ def build_sections(
         "at a k fixed in advance (the config's fixed_shots, else the largest k); and each "
         "fine-tuned model evaluated 0-shot. Accuracy is exact match with its 95% interval (mean "
         "over seeds and their standard deviation, sd, when there are several); with several "
-        "demonstration sets, the interval is the two-level bootstrap over sets and items and "
-        "'set spread' the range of the sets' accuracies; n is the number of test items per "
+        "demonstration sets, the interval is the crossed-design t interval over sets and items "
+        "and 'set spread' the range of the sets' accuracies; n is the number of test items per "
         "seed; the shortcut rate is the share of misleading items answered with the shortcut's "
-        "answer."
+        "answer. 'Constant answer' is the chance reference: the accuracy of always giving the "
+        "answer right on most of these items (a choice task's majority label), with that "
+        "answer; 'well-formed' is the share of outputs that parse to a valid answer of the "
+        "task."
     )
     head.tables = headline_tables(data)
     steps = checkpoint_tables(data)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.records import BASELINE, ICL, Comparison, is_finetune
+from iclft.records import BASELINE, CONSTANT, ICL, Comparison, is_finetune, p_text
 from iclft.report.data import Cell, RunData, fmt
 from iclft.store import atomic_writer
 from iclft.tasks import VARIANTS
@@ -104,12 +104,37 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-#: ``paired(a, b, variant)``: the paired test of two headline settings on the same items
-Paired = Callable[["HeadlineEntry", "HeadlineEntry", str], Comparison | None]
+#: a setting: ``(method, shots)``
+Setting = tuple[str, int]
+#: ``paired(a, b, variant)``: the paired test of two settings on the same items
+Paired = Callable[[Setting, Setting, str], Comparison | None]
 
 
-def _no_pairs(a: HeadlineEntry, b: HeadlineEntry, variant: str) -> Comparison | None:
+def _no_pairs(a: Setting, b: Setting, variant: str) -> Comparison | None:
     return None
+
+
+def _short(test: Comparison) -> str:
+    """``paired t p=0.003, adjusted p=0.04``: the deciding test without its interval."""
+    text = p_text(test.p_value, test.name + " p")
+    if test.p_adjusted is not None:
+        text += ", " + p_text(test.p_adjusted, "adjusted p")
+    return text
+
+
+def beats_constant(e: HeadlineEntry, variant: str, paired: Paired) -> str:
+    """The clause a claim that ``e`` learned needs: whether it beats always giving the answer
+    right on most items (its paired test, adjusted with the others); '' without one."""
+    test = paired((e.method, e.shots), (CONSTANT, 0), variant)
+    if test is None:
+        return ""
+    cell = e.get(variant)
+    answer = cell.constant_answer if cell is not None else None
+    what = f'always answering "{answer}"' if answer is not None else "the constant answer"
+    on = f"{fmt(test.accuracy_b)} on these items; {_short(test)}"
+    if test.sign > 0:
+        return f", and beats {what} ({on})"
+    return f", but does not beat {what} ({on})"
 
 
 def sentence(
@@ -124,8 +149,10 @@ def sentence(
     clean accuracy is compared with the best fine-tuning (by clean accuracy) or the baseline,
     then its misleading accuracy with its clean one, with the rate of shortcut answers.
     Settings scored on the same items are compared by their paired test when the run has one
-    (the paired bootstrap interval of the difference excludes 0), else by whether their
-    intervals overlap; misleading vs clean (different items) always by intervals."""
+    (its adjusted p-value below :data:`iclft.records.ALPHA` decides, and is printed with the
+    test), else by whether their intervals overlap; misleading vs clean (different items)
+    always by intervals. A setting that wins (ICL or a fine-tuned model) must also beat the
+    constant answer on the same items, and the sentence says whether it does."""
     where = f"On {task}" + (f" ({model})" if model else "")
     if not entries:
         return f"{where}, nothing was evaluated."
@@ -156,18 +183,24 @@ def sentence(
         parts.append(f"{where}, only {name(lead)} was evaluated: {acc(lead)} {main}")
     else:
         b = other.get(main)
-        test = paired(lead, other, main)
+        test = paired((lead.method, lead.shots), (other.method, other.shots), main)
         c = test.sign if test else compare(a, b)  # type: ignore[arg-type]
         why = f" ({test.text()})" if test else ""
+        winner = lead if c > 0 else other if c < 0 else None
+        chance = (
+            beats_constant(winner, main, paired)
+            if winner is not None and winner.method != BASELINE
+            else ""
+        )
         if c > 0:
             parts.append(
                 f"{where}, {name(lead)} reaches {acc(lead)} {main} vs {acc(other)} for "
-                f"{name(other)}{why}"
+                f"{name(other)}{why}{chance}"
             )
         elif c < 0:
             parts.append(
                 f"{where}, {name(other)} reaches {acc(other)} {main} vs {acc(lead)} for "
-                f"{name(lead)}{why}"
+                f"{name(lead)}{why}{chance}"
             )
         else:
             parts.append(
@@ -203,7 +236,7 @@ def sentence(
         parts.append(text)
         if lead is icl and ft is not None and ft.misleading is not None:
             fm = ft.misleading
-            test = paired(lead, ft, "misleading")
+            test = paired((lead.method, lead.shots), (ft.method, ft.shots), "misleading")
             c2 = test.sign if test else compare(m, fm)
             rel = {
                 1: "below ICL",
@@ -222,8 +255,8 @@ def sentences(data: RunData) -> list[tuple[str, str, str]]:
     many = len(data.models) > 1
 
     def paired(model: str, task: str) -> Paired:
-        def test(a: HeadlineEntry, b: HeadlineEntry, variant: str) -> Comparison | None:
-            return data.comparison(model, task, variant, (a.method, a.shots), (b.method, b.shots))
+        def test(a: Setting, b: Setting, variant: str) -> Comparison | None:
+            return data.comparison(model, task, variant, a, b)
 
         return test
 
@@ -254,6 +287,9 @@ CELL_COLUMNS = (
     "shortcut_rate",
     "shortcut_only_accuracy",
     "parse_failures",
+    "well_formed_rate",
+    "constant_answer",
+    "constant_accuracy",
     "train_examples",
     "scoring",
 )
@@ -271,7 +307,7 @@ def cell_values(c: Cell) -> list[Any]:
         c.model, c.task, c.variant, c.method, c.shots, c.step,
         c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n,
         c.substring_accuracy, c.shortcut_rate, c.shortcut_only_accuracy, c.parse_failures,
-        c.train_examples, c.scoring,
+        c.well_formed_rate, c.constant_answer, c.constant_accuracy, c.train_examples, c.scoring,
     ]  # fmt: skip
 
 
