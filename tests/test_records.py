@@ -78,16 +78,27 @@ def test_a_result_row_of_an_old_run_reads_with_defaults():
     )  # fmt: skip
     assert (r.shots, r.seed, r.split, r.demo_sets, r.correct) == (4, 0, "test", 1, 10)
     assert r.set_accuracies == [0.5] and r.train_examples is None
+    assert (r.well_formed_rate, r.constant_answer, r.constant_accuracy) == (None, None, None)
+    new = CellResult.from_json({**r.to_json(), "well_formed_rate": "0.75",
+                                "constant_answer": "True", "constant_accuracy": 0.5})  # fmt: skip
+    assert (new.well_formed_rate, new.constant_answer, new.constant_accuracy) == (0.75, "True", 0.5)
 
 
 def test_a_comparison_round_trips_and_flips():
     c = Comparison(model="m", task="t", variant="clean", a_method="icl", a_shots=4,
                    b_method="baseline", b_shots=0, n=10, accuracy_a=0.6, accuracy_b=0.2,
                    diff=0.4, ci_low=0.1, ci_high=0.7, a_only=4, b_only=0, p_value=0.125,
-                   seeds=[0], n_boot=200, interval="i", test="t")  # fmt: skip
-    assert list(c.to_json())[-3:] == ["a_sets", "b_sets", "p_values_per_set"]
+                   seeds=[0], interval="i", test="t", p_mcnemar=0.125, p_adjusted=0.5,
+                   adjustment="holm over 4 comparisons")  # fmt: skip
+    assert list(c.to_json())[-4:] == ["test_name", "p_mcnemar", "p_adjusted", "adjustment"]
+    assert "n_boot" not in c.to_json()  # only rows of older runs, whose test resampled
     assert Comparison.from_json(c.to_json()) == c
     assert c.flipped().flipped() == c and c.flipped().diff == -0.4
+    # decided on the adjusted p: 0.125 raw, 0.5 adjusted, no decision either way
+    assert (c.decision_p, c.sign) == (0.5, 0)
+    assert c.replace(p_adjusted=0.01).sign == 1 and c.replace(p_adjusted=0.01).flipped().sign == -1
+    assert c.text().endswith("McNemar p=0.12, adjusted p=0.5 (holm over 4 comparisons)")
+    assert "p<0.001" in c.replace(p_value=0.0).text()
 
 
 def test_curve_points_write_the_csv_columns_and_read_back_from_strings():

@@ -9,7 +9,7 @@ import pytest
 
 from iclft.errors import UserError
 from iclft.icl.evaluate import EvalSpec, cell_result
-from iclft.icl.metrics import METRICS, TWO_LEVEL, WILSON, cell_metrics, wilson_interval
+from iclft.icl.metrics import CROSSED, METRICS, WILSON, cell_metrics, wilson_interval
 from iclft.icl.scoring import SCORERS, Score, get_scorer
 from iclft.records import SCORINGS, CellResult, Prediction
 from iclft.tasks import get_task
@@ -70,12 +70,14 @@ def test_a_cell_row_is_its_key_the_spec_and_every_metric():
     row = cell_result(rows, spec, model_label="m", task="expression", scoring="generate")
     assert (row.n, row.n_scored, row.demo_sets, row.correct) == (3, 6, 2, 3)
     assert row.accuracy == 0.5 and row.set_accuracies == pytest.approx([2 / 3, 1 / 3])
-    assert row.interval == TWO_LEVEL and row.ci_low <= 0.5 <= row.ci_high
+    assert row.interval == CROSSED and row.ci_low <= 0.5 <= row.ci_high
     assert row.substring_accuracy == pytest.approx(4 / 6)
     assert row.shortcut_rate == pytest.approx(3 / 6)
     assert row.shortcut_only_accuracy == pytest.approx(2 / 6)
     assert (row.conflict_n, row.conflict_shortcut_rate) == (2, 0.25)
     assert (row.parse_failures, row.truncated, row.shots_used_mean) == (1, 2, pytest.approx(5 / 3))
+    assert row.well_formed_rate == pytest.approx(5 / 6)  # q2 of set 0 did not parse
+    assert (row.constant_answer, row.constant_accuracy) == ("1", 1.0)  # every target is "1"
     assert (row.demos, row.protocol, row.scoring, row.seed) == ("per-query", "exact", "generate", 3)
     # every field is the cell's key, the spec's, a registered metric's or the runner's
     key = {"model", "task", "variant", "method", "shots", "split"}
