@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -242,38 +243,78 @@ def test_compare_is_symmetric_and_zero_on_overlap():
     assert not math.isnan(a.low)
 
 
-def pred_row(method, shots, seed, i, correct, variant="clean"):
+def pred_row(method, shots, seed, i, correct, variant="clean", target=None):
     return Prediction(model="m", task="expression", variant=variant, method=method,
                       shots=shots, seed=seed, id=f"expression-{variant}-{seed}-{i}",
-                      correct=correct)  # fmt: skip
+                      correct=correct, target=target)  # fmt: skip
 
 
-def test_sentence_uses_the_paired_test_where_the_run_has_one(tmp_path):
-    """Intervals of n=20 overlap (0.60 vs 0.30), but on the same items ICL is never worse and
-    six items better: the sentence says so, with the test, instead of hedging."""
+def _paired_run(tmp_path, icl_right, *, targets=None, n=20):
+    """A run of ICL (right on the first ``icl_right`` items), fine-tuning (first 6) and the
+    baseline (first 2) on the same n items, with its comparisons.jsonl."""
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     rows = [
-        result_row("m", "expression", "clean", "baseline", 0, 0, 2, 20),
-        result_row("m", "expression", "clean", "icl", 8, 0, 12, 20),
-        result_row("m", "expression", "clean", "ft-full", 0, 0, 6, 20),
+        result_row("m", "expression", "clean", "baseline", 0, 0, 2, n),
+        result_row("m", "expression", "clean", "icl", 8, 0, icl_right, n),
+        result_row("m", "expression", "clean", "ft-full", 0, 0, 6, n),
     ]
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    preds = [pred_row("icl", 8, 0, i, i < 12) for i in range(20)]
-    preds += [pred_row("ft-full", 0, 0, i, i < 6) for i in range(20)]
-    preds += [pred_row("baseline", 0, 0, i, i < 2) for i in range(20)]
-    comps = paired_comparisons(preds, n_boot=2000)
+    t = targets or [None] * n
+    preds = [pred_row("icl", 8, 0, i, i < icl_right, target=t[i]) for i in range(n)]
+    preds += [pred_row("ft-full", 0, 0, i, i < 6, target=t[i]) for i in range(n)]
+    preds += [pred_row("baseline", 0, 0, i, i < 2, target=t[i]) for i in range(n)]
+    comps = paired_comparisons(preds)
     (run / "comparisons.jsonl").write_text("".join(json.dumps(c.to_json()) + "\n" for c in comps))
+    return run, comps
+
+
+def test_sentence_decides_on_the_printed_adjusted_p_of_its_paired_test(tmp_path):
+    """ICL right on 12 of 20 items, fine-tuning on 6 of them: the Wilson intervals overlap,
+    and the paired t rejects at 0.05 (p=0.028) but not after Holm over the run's 3
+    comparisons (0.055): the sentence hedges and prints both. With 15 right, both decide."""
+    run, comps = _paired_run(tmp_path, 12)
     ((_, _, text),) = sentences(load_run(run))
+    c = next(c for c in comps if (c.a_method, c.b_method) == ("icl", "ft-full"))
+    assert c.p_value < 0.05 < c.p_adjusted and c.ci_low > 0  # raw test and its interval agree
     assert text.startswith(
-        "On expression, ICL (k=8) reaches 0.60 clean vs 0.30 for fine-tuning (ft-full) "
-        "(paired difference +0.30 [+0."
+        "On expression, ICL (k=8) (0.60 clean) and fine-tuning (ft-full) (0.30) are not "
+        "distinguishable (paired difference +0.30 [+0."
     )
-    assert "McNemar p=0.031" in text  # 6 discordant pairs, all one way: 2 / 2**6
+    assert "paired t p=0.028, adjusted p=0.055 (holm over 3 comparisons)" in text
     # the same numbers without the paired test hedge: the Wilson intervals overlap
     (run / "comparisons.jsonl").unlink()
     ((_, _, hedged),) = sentences(load_run(run))
     assert "are not distinguishable at n=20" in hedged
+    run, comps = _paired_run(tmp_path / "more", 15)
+    ((_, _, text),) = sentences(load_run(run))
+    assert text.startswith(
+        "On expression, ICL (k=8) reaches 0.75 clean vs 0.30 for fine-tuning (ft-full) "
+        "(paired difference +0.45 [+0."
+    )
+    assert not re.search(r"p=0(?![.\d])", text) and "adjusted p=0.017" in text
+
+
+def test_a_win_must_also_beat_the_constant_answer(tmp_path):
+    """ICL right on 14 of 20 items beats fine-tuning (6), but 16 of the 20 targets are "1":
+    always answering "1" scores 0.80, and the sentence says ICL does not beat it. When the
+    targets are balanced it does, and the sentence says so."""
+    targets = ["1"] * 16 + ["0"] * 4
+    rows = [
+        result_row("m", "expression", "clean", "baseline", 0, 0, 2, 20),
+        result_row("m", "expression", "clean", "icl", 8, 0, 14, 20),
+        result_row("m", "expression", "clean", "ft-full", 0, 0, 6, 20),
+    ]
+    rows[1].update(constant_answer="1", constant_accuracy=0.8)
+    run, comps = _paired_run(tmp_path, 14, targets=targets)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ((_, _, text),) = sentences(load_run(run))
+    assert text.startswith("On expression, ICL (k=8) reaches 0.70 clean vs 0.30 for fine-tuning")
+    assert ', but does not beat always answering "1" (0.80 on these items; paired t p=' in text
+    assert {c.adjustment for c in comps} == {"holm over 5 comparisons"}
+    run, comps = _paired_run(tmp_path / "balanced", 20, targets=["1", "0"] * 10)
+    ((_, _, text),) = sentences(load_run(run))
+    assert ", and beats the constant answer (0.50 on these items; paired t p=" in text
 
 
 def test_checkpoints_pool_per_step_and_cells_keep_the_final_model(tmp_path, make_run):
