@@ -36,17 +36,20 @@ def test_plan_and_full_run(tiny_dir, tmp_path):
     comps = [json.loads(x) for x in (tmp_path / "r" / "comparisons.jsonl").open()]
     pairs = {((c["a_method"], c["a_shots"]), (c["b_method"], c["b_shots"])) for c in comps}
     others = [("baseline", 0), ("ft-kv", 0), ("ft-lora", 0)]
+    learners = [("icl", 1), ("icl", 2), ("ft-kv", 0), ("ft-lora", 0)]
     assert pairs == {(("icl", k), o) for k in (1, 2) for o in others} | {
         (("ft-kv", 0), ("baseline", 0)),
         (("ft-lora", 0), ("baseline", 0)),
-    }
+    } | {(x, ("constant", 0)) for x in learners}
     acc = {(r["task"], r["variant"], r["method"], r["shots"]): r["accuracy"] for r in rows}
+    acc.update({(r["task"], r["variant"], "constant", 0): r["constant_accuracy"] for r in rows})
     for c in comps:
         assert c["n"] == 3 and c["seeds"] == [0]
         a = acc[(c["task"], c["variant"], c["a_method"], c["a_shots"])]
         b = acc[(c["task"], c["variant"], c["b_method"], c["b_shots"])]
         assert c["diff"] == pytest.approx(a - b) and c["ci_low"] <= c["diff"] <= c["ci_high"]
-        assert 0 <= c["p_value"] <= 1
+        assert 0 < c["p_value"] <= c["p_adjusted"] <= 1
+        assert c["adjustment"] == f"holm over {len(comps)} comparisons"
     again = run_experiment(cfg, tmp_path / "r", show_progress=False)
     assert (again.ran, again.skipped) == (0, 5)
     assert _rows(tmp_path / "r") == rows
