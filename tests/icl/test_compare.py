@@ -50,7 +50,9 @@ def _one_set(a_only, b_only, both, neither):
     return np.array([a], float), np.array([b], float)
 
 
-@pytest.mark.parametrize("a_only,b_only,both,neither", [(12, 4, 30, 54), (3, 0, 10, 7), (9, 9, 1, 1)])
+@pytest.mark.parametrize(
+    "a_only,b_only,both,neither", [(12, 4, 30, 54), (3, 0, 10, 7), (9, 9, 1, 1)]
+)
 def test_one_set_is_the_paired_t_about_zero_mcnemars_statistic(a_only, b_only, both, neither):
     """With one set per side, t = mean(d) / sqrt(sum d_i^2 / (n (n-1))): McNemar's statistic
     (b - c) / sqrt(b + c) times sqrt((n-1)/n), referred to t with n-1 df."""
@@ -294,10 +296,16 @@ def test_set_aware_comparison_widens_with_set_variance_and_keeps_per_set_mcnemar
     rng = np.random.default_rng(5)
     a, b = _crossed_pair(rng, 1, 6, 80, 0.5, 0.0)
     icl, base = a[0], b[0]
-    answers = lambda m: {(0, f"q{i}"): {s: bool(m[s, i]) for s in range(m.shape[0])}  # noqa: E731
-                         for i in range(m.shape[1])}  # fmt: skip
-    c = compare_settings("m", "t", "clean", ("icl", 4, answers(icl)), ("baseline", 0, answers(base)))
-    assert c is not None and (c.a_sets, c.b_sets, c.test, c.test_name) == (6, 1, TEST_SETS, CROSSED_T)
+
+    def answers(m):
+        return {(0, f"q{i}"): {s: bool(m[s, i]) for s in range(m.shape[0])}
+                for i in range(m.shape[1])}  # fmt: skip
+
+    c = compare_settings(
+        "m", "t", "clean", ("icl", 4, answers(icl)), ("baseline", 0, answers(base))
+    )
+    assert c is not None and (c.a_sets, c.b_sets, c.test_name) == (6, 1, CROSSED_T)
+    assert c.test == TEST_SETS
     assert c.diff == pytest.approx(icl.mean() - base.mean()) and c.p_mcnemar is None
     assert c.p_values_per_set is not None and len(c.p_values_per_set) == 6
     one = compare_settings(

@@ -21,10 +21,10 @@ the items' set means rejects too (so that a set part estimated near 0 by chance 
 the test surer than treating the drawn sets as the only ones). The p-value is the level at
 which the half-width equals ``|d - delta|`` (the larger of the two tests'), and the 95%
 interval is the set of ``delta`` the test does not reject (in closed form), so the interval
-excludes 0 exactly when p < 0.05. With one set per side this is the paired t test on items about ``delta``
-(at ``delta = 0``, McNemar's statistic with a t reference); the exact McNemar p-value is kept
-beside it (``p_mcnemar``). With several sets, the exact McNemar p of each set against the
-other side is kept in ``p_values_per_set``.
+excludes 0 exactly when p < 0.05. With one set per side this is the paired t test on items
+about ``delta`` (at ``delta = 0``, McNemar's statistic with a t reference); the exact
+McNemar p-value is kept beside it (``p_mcnemar``). With several sets, the exact McNemar p
+of each set against the other side is kept in ``p_values_per_set``.
 
 Every setting that can claim to have learned (ICL, each fine-tuned model) is also compared
 with the **constant answer** on the same items (:data:`iclft.records.CONSTANT`): always
