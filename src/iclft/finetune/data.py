@@ -31,6 +31,7 @@ class TrainText:
     task: str
     prompt: str  # the part without loss under loss_on="target"
     answer: str  # " target\n"
+    question: str = ""  # the item's question (kept apart from every scored question)
 
     @property
     def text(self) -> str:
@@ -57,7 +58,7 @@ def task_texts(
             skipped[name] = skips
         for ex in items:
             _, prompt = render_prompt(task, ex, [])
-            out.append(TrainText(name, prompt, f" {ex.target}\n"))
+            out.append(TrainText(name, prompt, f" {ex.target}\n", ex.question))
     order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(len(out))
     return [out[i] for i in order]
 
@@ -75,7 +76,7 @@ def demonstration_texts(
     prompt."""
     task = get_task(task_name)
     demos = demonstrations(task_name, k, seed, avoid)
-    return [TrainText(task_name, "", task.render_demo(d) + "\n") for d in demos]
+    return [TrainText(task_name, "", task.render_demo(d) + "\n", d.question) for d in demos]
 
 
 @dataclass
@@ -100,7 +101,7 @@ def training_data(cfg) -> TrainingData:
         name = cfg.tasks[0]
         avoid = splits.scored_questions(get_task(name), cfg.seed, **sizes)
         texts = demonstration_texts(name, cfg.shots, cfg.seed, avoid)
-        demos = {d.question for d in demonstrations(name, cfg.shots, cfg.seed, avoid)}
+        demos = {t.question for t in texts}
         curve = {}
         for t in curve_tasks:
             task = get_task(t)
