@@ -240,7 +240,7 @@ class FinetuneConfig(TrainingSettings, _Run):
         1000,
         ge=0,
         description="Test items per task and variant (the -n you evaluate with, at most) whose "
-        "questions no training text or curve item repeats.",
+        "questions no training text, demonstration or curve item repeats.",
     )
     heldout_n: int = Field(
         1000,
