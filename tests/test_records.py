@@ -11,6 +11,7 @@ from iclft.errors import UserError
 from iclft.finetune.methods import METHOD_NAMES as METHODS
 from iclft.records import (
     CURVE_FIELDS,
+    CURVE_ITEMS,
     CellResult,
     CircuitsResult,
     Comparison,
@@ -102,15 +103,20 @@ def test_a_comparison_round_trips_and_flips():
 
 
 def test_curve_points_write_the_csv_columns_and_read_back_from_strings():
+    # the columns of older curves come first, in their order; the new ones follow
     assert CURVE_FIELDS == ["step", "examples_seen", "loss", "learning_rate", "task",
-                            "variant", "accuracy", "correct", "n"]  # fmt: skip
+                            "variant", "accuracy", "correct", "n", "items", "scoring",
+                            "protocol"]  # fmt: skip
     p = CurvePoint(step=5, examples_seen=80, loss=1.25, learning_rate=1e-05, task="t",
-                   variant="clean", accuracy=0.3, correct=6, n=20)  # fmt: skip
+                   variant="clean", accuracy=0.3, correct=6, n=20, items=CURVE_ITEMS,
+                   scoring="loglik", protocol="exact")  # fmt: skip
     assert list(p.to_json()) == CURVE_FIELDS
     as_csv = {k: "" if v is None else str(v) for k, v in p.to_json().items()}
     assert CurvePoint.from_json(as_csv) == p
     start = CurvePoint.from_json({"step": "0", "loss": "", "task": "t", "variant": "clean"})
     assert (start.examples_seen, start.loss, start.learning_rate) == (0, None, None)
+    # a row of an older curve (scored on test items): no items, scoring or protocol
+    assert (start.items, start.scoring, start.protocol) == (None, None, None)
     with pytest.raises(UserError, match="needs step, task and variant"):
         CurvePoint.from_json({"step": "1", "task": "t"})
 

@@ -11,7 +11,8 @@ data file (``<name>.jsonl``), plus ``utils.py`` (the scoring) and ``README.md`` 
   lm-eval's own few-shot sampler cannot reproduce);
 * the same request types: ``loglik`` cells are ``multiple_choice`` (the total log-probability of
   ``" " + choice`` after the prompt; ``acc`` is the argmax, as iclft's), ``generate`` cells are
-  ``generate_until`` with greedy decoding, the same token budget, and no stop string;
+  ``generate_until`` with greedy decoding, the same token budget, and no stop string (lm-eval
+  counts a lone leading space token against the paper protocol's budget, iclft does not);
 * the same scoring: ``utils.process_results`` keeps the continuation up to the first newline
   after its answer began (iclft's stop rule, applied after generation because lm-eval's
   ``until`` would also stop on a newline *before* the answer) and judges it with iclft's own
@@ -28,8 +29,8 @@ import json
 from pathlib import Path
 
 from iclft.errors import UserError
-from iclft.icl.evaluate import EvalSpec, demo_sets_for, scoring_for
-from iclft.icl.prompts import DemoPool, build_prompt
+from iclft.icl.evaluate import EvalSpec, demo_pools, demo_sets_for, new_tokens, scoring_for
+from iclft.icl.prompts import build_prompt
 from iclft.icl.scoring import PROTOCOLS
 from iclft.store import (
     ensure_writable_dir,
@@ -128,9 +129,7 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
         task = get_task(tname)
         scoring = scoring_for(task, spec.scoring, spec.protocol)
         queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
-        pools = [
-            DemoPool(task, spec.seed, spec.demos, max(spec.shots), s) for s in range(spec.demo_sets)
-        ]
+        pools = demo_pools(task, spec)
         for k in spec.shots:
             for s in demo_sets_for(spec, k):
                 for v in spec.variants:
@@ -149,7 +148,7 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
                         docs.append(doc)
                     data = out_dir / f"{name}.jsonl"
                     write_jsonl_atomic(data, docs)
-                    config = _yaml(name, data, scoring, spec.max_new_tokens)
+                    config = _yaml(name, data, scoring, new_tokens(task, spec))
                     write_text_atomic(out_dir / f"{name}.yaml", config)
                     names.append(name)
     write_text_atomic(out_dir / "utils.py", _UTILS)

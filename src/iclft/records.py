@@ -184,6 +184,9 @@ class CellResult(Record):
     set_sd: float | None = None
     scoring: str | None = None
     protocol: str | None = None
+    #: generate scoring: the token budget of an answer (the paper protocol's is per task);
+    #: absent in rows of loglik cells and of runs written before rows carried it
+    max_new_tokens: int | None = omit_unset()
     seed: int = 0
     n: int | None = None
     #: prompts scored (items x demonstration sets); ``correct`` counts over all of them
@@ -240,7 +243,7 @@ class CellResult(Record):
         set_accuracies = None
         if isinstance(sets_acc, list):
             set_accuracies = [v for v in map(opt_float, sets_acc) if v is not None] or None
-        ints = ("truncated", "n_scored", "conflict_n", "parse_failures", "step")
+        ints = ("truncated", "n_scored", "conflict_n", "parse_failures", "step", "max_new_tokens")
         floats = (
             "shots_used_mean", "set_sd", "ci_low", "ci_high", "substring_accuracy",
             "shortcut_rate", "shortcut_only_accuracy", "conflict_shortcut_rate",
@@ -387,7 +390,12 @@ class Comparison(Record):
 class CurvePoint(Record):
     """One row of a fine-tuning run's ``curves.csv``: 0-shot accuracy of one task and variant
     at a training step, beside the training loss and learning rate logged at that step (empty
-    before the first step)."""
+    before the first step).
+
+    ``items`` says what was scored: ``curve`` (the curve's own held-out items,
+    :func:`iclft.tasks.splits.curve_items`, judged by the run's ``scoring`` and ``protocol``);
+    empty in curves written before (iclft's item layout 1), which scored the first ``n`` test
+    items with generation and exact match."""
 
     step: int
     examples_seen: int
@@ -398,6 +406,9 @@ class CurvePoint(Record):
     accuracy: float | None = None
     correct: int | None = None
     n: int | None = None
+    items: str | None = None
+    scoring: str | None = None
+    protocol: str | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> CurvePoint:
@@ -416,9 +427,14 @@ class CurvePoint(Record):
             accuracy=opt_float(d.get("accuracy")),
             correct=opt_int(d.get("correct")),
             n=opt_int(d.get("n")),
+            items=d.get("items") or None,
+            scoring=d.get("scoring") or None,
+            protocol=d.get("protocol") or None,
         )
 
 
+#: a curve point's ``items`` (and its predictions' ``split``): the curve's own held-out items
+CURVE_ITEMS = "curve"
 #: the columns of ``curves.csv``, in order
 CURVE_FIELDS = [f.name for f in fields(CurvePoint)]
 
@@ -529,6 +545,9 @@ class StageRecord(Record):
 
     stage: dict[str, Any]
     seconds: float
+    #: the item layout the stage was run under (:data:`iclft.tasks.splits.ITEM_LAYOUT`);
+    #: absent in records written before it was recorded (layout 1)
+    item_layout: int | None = omit_unset()
     results: list[CellResult] | None = omit_unset()
     finetune: dict[str, Any] | None = omit_unset()
     analysis: dict[str, Any] | None = omit_unset()

@@ -57,6 +57,7 @@ from iclft.store import (
     write_jsonl_atomic,
     write_manifest,
 )
+from iclft.tasks.splits import ITEM_LAYOUT, ITEM_LAYOUT_KEY
 
 
 def plan(cfg: ExperimentConfig) -> list[Stage]:
@@ -90,12 +91,36 @@ def _config_json(cfg: ExperimentConfig) -> dict:
     return json.loads(cfg.model_dump_json())
 
 
+def _stale_stages(run_dir: Path) -> list[str]:
+    """Completed stages drawn under another item layout (:data:`ITEM_LAYOUT`; records without
+    one are layout 1): finishing the run beside them would mix two layouts."""
+    stale = []
+    for f in sorted((run_dir / "stages").glob("*.json")):
+        try:
+            layout = json.loads(f.read_text()).get(ITEM_LAYOUT_KEY) or 1
+        except (OSError, ValueError):
+            continue
+        if layout != ITEM_LAYOUT:
+            stale.append(f.stem)
+    return stale
+
+
 def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
-    """Refuse a directory holding a different config (unless ``force``: then start over)."""
+    """Refuse a directory holding a different config, or stages of another item layout (unless
+    ``force``: then start over)."""
     saved = run_dir / "config.json"
     if saved.exists():
         old = json.loads(saved.read_text())
-        if old != _config_json(cfg):
+        stale = _stale_stages(run_dir)
+        if stale and not force:
+            raise UserError(
+                f"run directory {str(run_dir)!r} holds {len(stale)} stages (e.g. {stale[0]}) "
+                "drawn under an older item layout of iclft (fine-tuning curves on test items, "
+                "training texts and demonstrations not kept apart from the scored questions); this "
+                f"version draws layout {ITEM_LAYOUT} and does not mix them: use another "
+                "directory or --force to start over"
+            )
+        if old != _config_json(cfg) or stale:
             if not force:
                 diff = sorted(
                     k
@@ -285,7 +310,10 @@ def _run_locked(
                 write_jsonl_atomic(run_dir / "predictions" / f"{stage.key}.jsonl", preds)
             kill_point(f"stage-outputs:{stage.key}")
             done = run_dir / "stages" / f"{stage.key}.json"
-            write_json_atomic(done, StageRecord(stage=asdict(stage), seconds=seconds, **out))
+            record = StageRecord(
+                stage=asdict(stage), seconds=seconds, item_layout=ITEM_LAYOUT, **out
+            )
+            write_json_atomic(done, record)
 
         def attempt(stage: Stage) -> tuple[dict[str, Any], float]:
             t0 = time.time()

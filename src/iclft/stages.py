@@ -276,6 +276,14 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
         tasks=list(cfg.tasks),
         seed=st.seed,
         device=cfg.device,  # under DDP the Trainer puts each process on its own device
+        # the items the run's evaluations score (kept out of the training texts) and how its
+        # cells are scored (the curve is scored alike)
+        test_n=cfg.n,
+        heldout_n=cfg.heldout_n,
+        scoring=cfg.scoring,
+        protocol=cfg.protocol,
+        max_new_tokens=cfg.max_new_tokens,
+        chat_template=cfg.chat_template,
         **settings,
     )
     out = ctx.ft_dir(st)

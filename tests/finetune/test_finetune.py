@@ -13,6 +13,10 @@ from transformers import TrainerCallback
 
 from iclft.errors import UserError
 from iclft.finetune import make_config, run_finetune
+from iclft.finetune.data import demonstrations
+from iclft.finetune.train import saved_settings
+from iclft.tasks import get_task
+from iclft.tasks.splits import scored_questions
 
 
 def _cfg(model_dir, **kw):
@@ -137,7 +141,7 @@ def test_checks_happen_before_the_model_loads(tiny_model_dir, tmp_path, monkeypa
         run_finetune(bad, tmp_path / "l", show_progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "train_config.json").write_text(
-        json.dumps(json.loads(_cfg(tiny_model_dir, lr=0.5).model_dump_json()))
+        json.dumps(saved_settings(_cfg(tiny_model_dir, lr=0.5)))
     )
     with pytest.raises(UserError, match="different fine-tuning run"):
         run_finetune(_cfg(tiny_model_dir), tmp_path / "other", show_progress=False)
@@ -151,7 +155,10 @@ def test_in_memory_gd_equals_trainer_demonstrations_mode(tiny_model_dir, tmp_pat
                eval_every=0, loss_on="full")  # fmt: skip
     run_finetune(cfg, tmp_path / "t", show_progress=False)
     lm = load_model(str(tiny_model_dir))
-    new = sgd_on_demonstrations(lm.model, lm.tokenizer, "boolean", 4, 0, 0.05)
+    # the run's demonstrations skip its scored questions (here one of them is one)
+    avoid = scored_questions(get_task("boolean"), 0, test_n=cfg.test_n, heldout_n=cfg.heldout_n)
+    assert demonstrations("boolean", 4, 0, avoid) != demonstrations("boolean", 4, 0)
+    new = sgd_on_demonstrations(lm.model, lm.tokenizer, "boolean", 4, 0, 0.05, avoid=avoid)
     trained = _weights(tmp_path / "t")
     for name, p in new.named_parameters():
         torch.testing.assert_close(p.detach(), trained[name], rtol=1e-5, atol=1e-6)
@@ -179,8 +186,9 @@ def test_trainer_and_in_memory_gd_agree_when_gradients_are_far_above_one(tmp_pat
         assert norm**0.5 > 5
     lm.model.zero_grad()
 
+    # no scored questions to skip: the run's demonstrations are the pool's first four
     cfg = _cfg(d, data="demonstrations", shots=4, method="kv", lr=0.01, eval_every=0,
-               loss_on="full")  # fmt: skip
+               loss_on="full", test_n=0, heldout_n=0)  # fmt: skip
     run_finetune(cfg, tmp_path / "t", show_progress=False)
     new = sgd_on_demonstrations(lm.model, lm.tokenizer, "boolean", 4, 0, 0.01)
     trained, base = _weights(tmp_path / "t"), _weights(d)

@@ -31,6 +31,45 @@ def test_generate_parses_then_judges_by_the_protocol():
     assert exact(task, item, " ???") == Score(None, False, False, False)
 
 
+@pytest.mark.parametrize("protocol", ["exact", "paper"])
+def test_the_lenient_judge_is_never_below_exact_match(protocol):
+    # the parser reads a choice word in any case and a number with a sign or leading zeros;
+    # the seed's verbatim substring test misses those, the lenient judge does not
+    boolean, expression = get_task("boolean"), get_task("expression")
+    true_item = next(q for q in boolean.generate("clean", 8, 0) if q.target == "True")
+    neg = next(q for q in expression.generate("clean", 50, 0) if q.target.startswith("-"))
+    score = get_scorer("generate", protocol)
+    for task, item, output in [
+        (boolean, true_item, " true"),
+        (boolean, true_item, " TRUE and more"),
+        (expression, neg, " -0" + neg.target[1:]),
+    ]:
+        judged = score(task, item, output)
+        assert judged.prediction == item.target and item.target not in output
+        assert judged.substring_correct  # exact match holds, so the lenient judge does too
+        assert judged.correct  # exact: the parse; paper: the lenient judge
+    outputs = [" True", " true", " False", " 12", " 012", "-3", " x True", ""]
+    for task, item in [(boolean, true_item), (expression, neg)]:
+        for out in outputs:
+            judged = get_scorer("generate", "exact")(task, item, out)
+            assert judged.substring_correct >= judged.correct
+
+
+def test_paper_protocol_budgets_are_the_seed_codes_per_task():
+    from iclft.icl.evaluate import new_tokens
+    from iclft.icl.scoring import PAPER_NEW_TOKENS, token_budget
+
+    # the seed's test.py: generation_len of test_expression 3, test_code 2, test_relation 2,
+    # test_bool 1 (parity is ours: one word, as boolean)
+    assert PAPER_NEW_TOKENS == {
+        "expression": 3, "code": 2, "relation": 2, "boolean": 1, "parity": 1,
+    }  # fmt: skip
+    spec = EvalSpec(tasks=("boolean",), protocol="paper", max_new_tokens=16)
+    assert new_tokens(get_task("boolean"), spec) == 1
+    assert token_budget("exact", "boolean", 16) == 16
+    assert token_budget("paper", "not-a-seed-task", 16) == 16
+
+
 def test_loglik_takes_the_likeliest_choice_as_the_answer():
     task = get_task("boolean")
     item = next(q for q in task.generate("misleading", 20, 0) if q.target != q.shortcut_target)
@@ -79,9 +118,10 @@ def test_a_cell_row_is_its_key_the_spec_and_every_metric():
     assert row.well_formed_rate == pytest.approx(5 / 6)  # q2 of set 0 did not parse
     assert (row.constant_answer, row.constant_accuracy) == ("1", 1.0)  # every target is "1"
     assert (row.demos, row.protocol, row.scoring, row.seed) == ("per-query", "exact", "generate", 3)
+    assert row.max_new_tokens == spec.max_new_tokens
     # every field is the cell's key, the spec's, a registered metric's or the runner's
     key = {"model", "task", "variant", "method", "shots", "split"}
-    from_spec = {"demos", "chat_template", "scoring", "protocol", "seed"}
+    from_spec = {"demos", "chat_template", "scoring", "protocol", "max_new_tokens", "seed"}
     metric_fields = set(cell_metrics(rows))
     assert metric_fields == (set(METRICS) - {"interval"}) | {"ci_low", "ci_high", "interval"}
     names = {f.name for f in fields(CellResult)}

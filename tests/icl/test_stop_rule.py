@@ -15,15 +15,12 @@ from iclft.icl.prompts import build_prompt
 from iclft.tasks import get_task
 
 
-@pytest.fixture(scope="module")
-def next_line_model(tiny_tokenizer, tiny_model_factory):
+def _bigram(tok, factory, default: str, after: dict[str, str]):
     """A bigram Llama: one-hot embeddings, every block's output zeroed (the residual stream is
-    the embedding), and an unembedding that maps token t to the row of f(t)."""
-    tok = tiny_tokenizer
+    the embedding), and an unembedding that maps token t to the row of f(t): ``after[t]``,
+    else ``default`` (byte-level token names: "Ċ" is a newline, "Ġ" a space)."""
     vocab = len(tok)
-    nl, five = tok.convert_tokens_to_ids(["Ċ", "5"])  # byte-level "\n" and "5"
-    assert tok.decode([nl]) == "\n" and tok.decode([five]) == "5"
-    model = tiny_model_factory(
+    model = factory(
         "llama", vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
         tie_word_embeddings=False,
@@ -33,13 +30,32 @@ def next_line_model(tiny_tokenizer, tiny_model_factory):
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        nxt = torch.full((vocab,), nl)
-        nxt[nl] = five
+        nxt = torch.full((vocab,), tok.convert_tokens_to_ids(default))
+        for t, n in after.items():
+            nxt[tok.convert_tokens_to_ids(t)] = tok.convert_tokens_to_ids(n)
         head = torch.zeros(vocab, vocab)
         head[nxt, torch.arange(vocab)] = 1.0
         model.lm_head.weight.copy_(head)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id)
     return model
+
+
+@pytest.fixture(scope="module")
+def next_line_model(tiny_tokenizer, tiny_model_factory):
+    """Writes "\n5\n5\n...": a newline after any token, "5" after a newline."""
+    tok = tiny_tokenizer
+    assert tok.decode(tok.convert_tokens_to_ids(["Ċ", "5"])) == "\n5"
+    return _bigram(tok, tiny_model_factory, "Ċ", {"Ċ": "5"})
+
+
+@pytest.fixture(scope="module")
+def spaced_model(tiny_tokenizer, tiny_model_factory):
+    """Writes " 123\n 123...": a lone space token first, as a tokenizer that splits the space
+    from the digits after our answer lead does (smollm2, Qwen)."""
+    tok = tiny_tokenizer
+    assert tok.decode(tok.convert_tokens_to_ids(["Ġ", "1", "2", "3", "Ċ"])) == " 123\n"
+    after = {"Ġ": "1", "1": "2", "2": "3", "3": "Ċ"}
+    return _bigram(tok, tiny_model_factory, "Ġ", after)
 
 
 def test_finished_skips_leading_whitespace():
@@ -93,14 +109,33 @@ def test_the_paper_protocol_is_a_fixed_continuation_scored_by_substring(
     ).check()  # fmt: skip
     out = evaluate_task(eng, get_task("expression"), spec, model_label="bigram")
     for p in out.predictions:
-        assert p.output == "\n5\n5\n5"  # six tokens, no stop
-        assert p.correct == (p.target in p.output)
+        assert p.output == "\n5\n"  # the seed's 3 tokens for expression (not 6), no stop
+        assert p.correct == (p.target in p.output or p.prediction == p.target)
     row = out.results[0]
-    assert row.protocol == "paper"
-    assert row.accuracy == sum(p.target in p.output for p in out.predictions) / 12
+    assert row.protocol == "paper" and row.max_new_tokens == 3
+    assert row.accuracy == sum(p.correct for p in out.predictions) / 12
     boolean = EvalSpec(tasks=("boolean",), shots=(0,), n=2, scoring="auto", protocol="paper")
     res = evaluate_task(eng, get_task("boolean"), boolean.check(), model_label="bigram")
     assert {r.scoring for r in res.results} == {"generate"}  # the paper generated for all
+
+
+@pytest.mark.parametrize("shots", [0, 2])  # padded and packed layouts
+def test_the_paper_budget_counts_from_the_answer_not_a_lone_leading_space(
+    spaced_model, tiny_tokenizer, shots
+):
+    # the seed's prompts end with the space before the answer, ours leave it to the answer:
+    # a lone first space token does not count, so code's 2 tokens read "12", not "1"
+    eng = Engine(spaced_model, tiny_tokenizer, batch_size=8)
+    for task, budget, expected in [("code", 2, " 12"), ("expression", 3, " 123"),
+                                   ("boolean", 1, " 1")]:  # fmt: skip
+        spec = EvalSpec(tasks=(task,), variants=("clean",), shots=(shots,), n=3, protocol="paper")
+        out = evaluate_task(eng, get_task(task), spec.check(), model_label="bigram")
+        assert {p.output for p in out.predictions} == {expected}
+        assert out.results[0].max_new_tokens == budget
+    # every token counts under "none", and a non-space first token counts under "budget"
+    prompt = build_prompt(get_task("code"), get_task("code").generate("clean", 1, 0)[0], [], 0)
+    assert eng.generate([prompt.text], max_new_tokens=2, stop="none") == [" 1"]
+    assert eng.generate([prompt.text + " "], max_new_tokens=2, stop="budget") == ["12"]
 
 
 def test_unknown_protocol_and_loglik_with_the_paper_protocol_are_refused(iclft_main, tmp_path):

@@ -16,24 +16,23 @@ from iclft.errors import UserError
 from iclft.faults import kill_point
 from iclft.finetune.config import check_eval_checkpoints
 from iclft.icl.engine import Engine
-from iclft.icl.evaluate import EvalSpec, evaluate_task
-from iclft.records import CURVE_FIELDS, CurvePoint
+from iclft.icl.evaluate import evaluate_task
+from iclft.records import CURVE_FIELDS, CURVE_ITEMS, CurvePoint
 from iclft.store import write_text_atomic
 from iclft.tasks import get_task
 
 
 class CurveCallback(TrainerCallback):
     """Every ``eval_every`` steps (and before and after training) evaluate 0-shot accuracy on
-    held-out clean and misleading items of each task with the batched engine, next to that
-    step's logged loss and learning rate, and rewrite ``curves.csv`` atomically at once, so an
-    interrupted run keeps its curve and a resumed one continues it. Rank 0 only. Nothing is
-    recorded once ``guard`` has stopped training on non-finite values."""
+    the curve's held-out items (``items``: task -> variant -> items, their own index range,
+    :func:`iclft.tasks.splits.curve_items`) with the batched engine and the run's scoring
+    (``spec``), next to that step's logged loss and learning rate, and rewrite ``curves.csv``
+    atomically at once, so an interrupted run keeps its curve and a resumed one continues it.
+    Rank 0 only. Nothing is recorded once ``guard`` has stopped training on non-finite values.
+    Step 0 is the base model scored as the baseline cell scores it, on the same items."""
 
-    def __init__(
-        self, path: Path, tokenizer, tasks, eval_n, seed, eval_every, examples_per_step, guard
-    ):
-        self.path, self.tok = Path(path), tokenizer
-        self.spec = EvalSpec(tasks=tuple(tasks), shots=(0,), n=eval_n, seed=seed).check()
+    def __init__(self, path: Path, tokenizer, spec, items, examples_per_step, eval_every, guard):
+        self.path, self.tok, self.spec, self.items = Path(path), tokenizer, spec.check(), items
         self.eval_every, self.per_step, self.guard = eval_every, examples_per_step, guard
         self.rows: list[CurvePoint] = []
         if self.path.exists():  # resumed run: keep what is there, skip steps already written
@@ -49,10 +48,17 @@ class CurveCallback(TrainerCallback):
     def evaluate(self, model, step: int, loss=None, lr=None) -> list[CurvePoint]:
         was_training = model.training
         model.eval()
-        engine = Engine(model, self.tok, batch_size=16)
+        engine = Engine(model, self.tok, batch_size=16, max_new_tokens=self.spec.max_new_tokens)
         rows = []
         for name in self.spec.tasks:
-            cell = evaluate_task(engine, get_task(name), self.spec, model_label="training")
+            cell = evaluate_task(
+                engine,
+                get_task(name),
+                self.spec,
+                model_label="training",
+                items=self.items[name],
+                split=CURVE_ITEMS,
+            )
             for r in cell.results:
                 rows.append(
                     CurvePoint(
@@ -65,6 +71,9 @@ class CurveCallback(TrainerCallback):
                         accuracy=r.accuracy,
                         correct=r.correct,
                         n=r.n,
+                        items=CURVE_ITEMS,
+                        scoring=r.scoring,
+                        protocol=r.protocol,
                     )
                 )
         if was_training:

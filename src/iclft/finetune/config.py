@@ -23,6 +23,9 @@ from pydantic import (
 
 from iclft.errors import UnknownNameError, UserError
 from iclft.finetune.methods import METHOD_NAMES, PARAM_SET_NAMES, Method, get_method
+from iclft.icl.prompts import CHAT_MODES
+from iclft.icl.scoring import PROTOCOLS
+from iclft.records import SCORINGS
 from iclft.validation import Strict
 
 #: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
@@ -233,7 +236,57 @@ class FinetuneConfig(TrainingSettings, _Run):
     LoRA settings nested as ``lora: {rank, alpha, dropout, target_modules}``)."""
 
     eval_tasks: list[str] | None = Field(None, description="Curve tasks (default: --tasks).")
+    test_n: int = Field(
+        1000,
+        ge=0,
+        description="Test items per task and variant (the -n you evaluate with, at most) whose "
+        "questions no training text, demonstration or curve item repeats.",
+    )
+    heldout_n: int = Field(
+        1000,
+        ge=0,
+        description="Held-out items per task (the --heldout-n you evaluate with, at most) kept "
+        "apart likewise.",
+    )
+    scoring: Literal[SCORINGS] = Field(  # type: ignore[valid-type]
+        "generate", description="How curve items are scored (as iclft eval's --scoring)."
+    )
+    protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
+        "exact", description="Curve protocol (as iclft eval's --protocol)."
+    )
+    max_new_tokens: int = Field(10, gt=0, description="Curve generation budget, in tokens.")
+    chat_template: Literal[CHAT_MODES] = Field(  # type: ignore[valid-type]
+        "none", description="Curve prompts in the chat template (as iclft eval's)."
+    )
     device: str = Field("auto", description="auto, cpu, cuda, mps.")
+
+    @field_validator("scoring", "protocol", "chat_template", mode="before")
+    @classmethod
+    def _curve_names(cls, v: Any, info) -> Any:
+        allowed = get_args(cls.model_fields[info.field_name].annotation)
+        if v not in allowed:
+            raise UnknownNameError(info.field_name.replace("_", " "), v, allowed)
+        return v
+
+    @model_validator(mode="after")
+    def _curve_spec(self) -> FinetuneConfig:
+        self.curve_spec()  # e.g. loglik scoring of a free-answer task is refused here
+        return self
+
+    def curve_spec(self):
+        """How the curve's items are evaluated: 0-shot, with the run's scoring settings."""
+        from iclft.icl.evaluate import EvalSpec
+
+        return EvalSpec(
+            tasks=tuple(self.eval_tasks or self.tasks),
+            shots=(0,),
+            n=self.eval_n,
+            seed=self.seed,
+            scoring=self.scoring,
+            max_new_tokens=self.max_new_tokens,
+            protocol=self.protocol,
+            chat=self.chat_template,
+        ).check()
 
     @field_validator("method")
     @classmethod

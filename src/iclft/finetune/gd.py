@@ -17,6 +17,7 @@ fp32 result to its evaluation dtype (see :func:`cast_like`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -37,12 +38,13 @@ def sgd_on_demonstrations(
     layer_causal: bool = False,
     params: str = "kv",
     master: bool = False,
+    avoid: Collection[str] = (),
 ) -> nn.Module:
     """A copy of ``model`` after one epoch of batch-1 SGD over the k demonstrations of the
-    shared k-shot prompt of (task, seed), loss on all tokens, no gradient clipping; ``model`` is
-    left unchanged. The SGD runs on an fp32 copy; it is returned in fp32 if ``master``, else
-    cast back to ``model``'s dtype."""
-    texts = demonstration_texts(task, k, seed)
+    shared k-shot prompt of (task, seed) (whose pool skips the questions in ``avoid``), loss on
+    all tokens, no gradient clipping; ``model`` is left unchanged. The SGD runs on an fp32
+    copy; it is returned in fp32 if ``master``, else cast back to ``model``'s dtype."""
+    texts = demonstration_texts(task, k, seed, avoid)
     rows = TokenizedTexts(texts, tokenizer, loss_on="full", max_length=10_000).rows
     new = copy.deepcopy(model).float()  # fp32 master weights whatever the evaluation dtype
     new.eval()  # no dropout: the update is a deterministic function of the demonstrations

@@ -53,7 +53,7 @@ from iclft.finetune.config import (
     checkpoint_dir,
     make_config,
 )
-from iclft.finetune.data import TokenizedTexts, demonstration_texts, task_texts
+from iclft.finetune.data import TokenizedTexts, training_data
 from iclft.finetune.methods import Method, trainable_count
 from iclft.models.anatomy import anatomy, family_for
 from iclft.store import (
@@ -65,6 +65,7 @@ from iclft.store import (
     write_json_atomic,
     write_manifest,
 )
+from iclft.tasks.splits import CURVE_BASE, ITEM_LAYOUT, ITEM_LAYOUT_KEY, TRAIN_BASE
 
 #: Dai et al.'s and Deutch et al.'s SGD on the demonstrations (``data: demonstrations``), as
 #: TrainingArguments over the settings: batch 1, one epoch in prompt order, plain SGD at a
@@ -127,8 +128,14 @@ def saved_models(out_dir: Path, eval_checkpoints: Sequence[int]) -> list[SavedMo
     return out + [SavedModel(out_dir, final, final * per_step, final=True)]
 
 
+def saved_settings(cfg: FinetuneConfig) -> dict:
+    """``train_config.json``: the run's settings and the item layout its data was drawn under."""
+    return {**json.loads(cfg.model_dump_json()), ITEM_LAYOUT_KEY: ITEM_LAYOUT}
+
+
 def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
-    """Refuse a directory that holds a different run (or this run, unless resuming)."""
+    """Refuse a directory that holds a different run (or this run, unless resuming), or a run
+    whose items were drawn under another layout (its curve and training texts differ)."""
     saved = out_dir / TRAIN_CONFIG_NAME
     if not saved.exists():
         if dir_entries(out_dir) and not resume:
@@ -139,7 +146,15 @@ def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
             )
         return
     old = json.loads(saved.read_text())
-    new = json.loads(cfg.model_dump_json())
+    layout = old.get(ITEM_LAYOUT_KEY, 1)
+    if layout != ITEM_LAYOUT:
+        raise UserError(
+            f"output directory {str(out_dir)!r} holds a fine-tuning run drawn under iclft's "
+            f"item layout {layout} (its curve scored test items; its training texts could repeat "
+            f"scored questions); this version draws layout {ITEM_LAYOUT} and cannot resume or "
+            "extend it: choose a new directory"
+        )
+    new = saved_settings(cfg)
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise UserError(
@@ -263,7 +278,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         raise UserError("fp16 training needs a GPU; use --precision fp32 or bf16 on CPU")
 
     if rank == 0:
-        write_json_atomic(out_dir / TRAIN_CONFIG_NAME, json.loads(cfg.model_dump_json()))
+        write_json_atomic(out_dir / TRAIN_CONFIG_NAME, saved_settings(cfg))
         # until the new manifest is written, the directory is an unfinished run, not a model
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
@@ -273,11 +288,8 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    if cfg.data == "tasks":
-        texts = task_texts(cfg.tasks, cfg.train_n, cfg.seed, cfg.train_variant)
-    else:
-        texts = demonstration_texts(cfg.tasks[0], cfg.shots, cfg.seed)
-    dataset = TokenizedTexts(texts, tok, cfg.loss_on, cfg.max_length)
+    data = training_data(cfg)
+    dataset = TokenizedTexts(data.texts, tok, cfg.loss_on, cfg.max_length)
 
     method = cfg.strategy
     model = method.select(model, cfg, cfg.seed)
@@ -323,14 +335,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     nan = NanGuard()
     curves = CurveCallback(
-        out_dir / "curves.csv",
-        tok,
-        cfg.eval_tasks or cfg.tasks,
-        cfg.eval_n,
-        cfg.seed,
-        cfg.eval_every,
-        per_step,
-        nan,
+        out_dir / "curves.csv", tok, cfg.curve_spec(), data.curve, per_step, cfg.eval_every, nan
     )
     loggers = []
     if "tensorboard" in cfg.report_to and rank == 0:
@@ -415,6 +420,13 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
             examples_per_step=per_step,
             final_loss=final_loss,
             train_tokens=dataset.n_tokens(),
+            items={
+                ITEM_LAYOUT_KEY: ITEM_LAYOUT,
+                "curve_first_index": CURVE_BASE,
+                "train_first_index": TRAIN_BASE,
+                "scored_questions": {"test_n": cfg.test_n, "heldout_n": cfg.heldout_n},
+                "train_skipped": data.skipped,
+            },
             timings={"train_seconds": round(train_seconds, 3)},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         )

@@ -39,8 +39,10 @@ sweep share long prefixes (the instruction and the demonstrations), so the engin
 5. decodes greedily, one token per step for every live prompt, dropping prompts as they
    finish: an end-of-sequence token, or (``stop="newline"``, the default) a newline *after the
    answer has started* (leading whitespace and newlines are skipped, so a model that answers on
-   the next line is read, not scored empty); ``stop="none"`` runs to ``max_new_tokens`` (the
-   seed paper's fixed-length continuation).
+   the next line is read, not scored empty); ``stop="none"`` runs to ``max_new_tokens``;
+   ``stop="budget"`` runs to ``max_new_tokens`` counted from the answer: a first token that is
+   a lone space is not counted (the seed paper's fixed-length continuation: its prompts ended
+   with the space that ours leave to the answer, see :data:`iclft.icl.scoring.PAPER_NEW_TOKENS`).
 
 The maths of every forward pass is the model's own; only the bookkeeping is ours.
 """
@@ -63,12 +65,23 @@ from iclft.models.anatomy import known_family, packable_families
 Progress = Callable[[int], None]
 
 #: how a greedy continuation ends (besides end-of-sequence and the token budget)
-STOPS = ("newline", "none")
+STOPS = ("newline", "none", "budget")
 
 
 def finished(text: str, stop: str) -> bool:
     """Whether a continuation is complete: a newline once non-whitespace text has begun."""
     return stop == "newline" and "\n" in text.lstrip()
+
+
+def counted_tokens(first: str, n_tokens: int, stop: str) -> int:
+    """Tokens of a continuation that count against the budget: under ``stop="budget"`` a first
+    token (decoded as ``first``) that is a lone space does not count."""
+    return n_tokens - (stop == "budget" and first == " ")
+
+
+def decode_steps(max_new: int, stop: str) -> int:
+    """The most tokens a continuation may hold (one more under ``stop="budget"``)."""
+    return max_new + (stop == "budget")
 
 
 #: prefix caches are computed in blocks of this many tokens (see ``Engine._prefix_cache``)
@@ -587,7 +600,7 @@ class Engine:
         progress: Progress | None = None,
     ) -> list[str]:
         """Greedy continuation of each prompt, ended by end-of-sequence, the token budget, or
-        ``stop``: "newline" (after the answer began) or "none" (see :data:`STOPS`).
+        ``stop``: "newline" (after the answer began), "none" or "budget" (see :data:`STOPS`).
 
         ``prefixes[i]`` is a hint: text that prompt i starts with and that other prompts share.
         Returns the decoded continuations (including the newline that stopped them)."""
@@ -684,7 +697,7 @@ class Engine:
         return outs
 
     def _advance(
-        self, logits, active: list[int], gen, texts, stop: str
+        self, logits, active: list[int], gen, texts, stop: str, max_new: int
     ) -> tuple[list[int], torch.Tensor]:
         """One greedy step: append each live row's argmax token; return the positions (in
         ``active``) of rows still going and the tokens just chosen."""
@@ -695,7 +708,9 @@ class Engine:
                 continue
             gen[row].append(t)
             texts[row] = self.tok.decode(gen[row], skip_special_tokens=False)
-            if not finished(texts[row], stop):
+            first = self.tok.decode(gen[row][:1]) if stop == "budget" else ""
+            spent = counted_tokens(first, len(gen[row]), stop) >= max_new
+            if not (spent or finished(texts[row], stop)):
                 keep.append(r)
         return keep, nxt
 
@@ -707,9 +722,10 @@ class Engine:
         texts = [""] * B
         active = list(range(B))  # original row of each live row
         last_pos = pos[:, -1]
-        for step in range(max_new):
-            keep, nxt = self._advance(logits, active, gen, texts, stop)
-            if not keep or step == max_new - 1:
+        steps = decode_steps(max_new, stop)
+        for step in range(steps):
+            keep, nxt = self._advance(logits, active, gen, texts, stop, max_new)
+            if not keep or step == steps - 1:
                 break
             if len(keep) < len(active):
                 sel = torch.tensor(keep, device=self.device)
@@ -735,9 +751,10 @@ class Engine:
         texts = [""] * B
         active = list(range(B))
         last_pos = pos[ends]
-        for step in range(max_new):
-            keep, nxt = self._advance(logits, active, gen, texts, stop)
-            if not keep or step == max_new - 1:
+        steps = decode_steps(max_new, stop)
+        for step in range(steps):
+            keep, nxt = self._advance(logits, active, gen, texts, stop, max_new)
+            if not keep or step == steps - 1:
                 break
             active = [active[r] for r in keep]
             live = torch.tensor(active)

@@ -22,21 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UnknownNameError, UserError
-from iclft.icl.engine import Engine, context_limit
+from iclft.icl.engine import Engine, context_limit, decode_steps
 from iclft.icl.metrics import cell_metrics
 from iclft.icl.prompts import (
     CHAT_MODES,
     DEMO_MODES,
-    HELDOUT_BASE,
     MAX_DEMO_SETS,
     ChatFormat,
     DemoPool,
     Prompt,
     build_prompt,
 )
-from iclft.icl.scoring import PROTOCOLS, get_scorer
+from iclft.icl.scoring import PROTOCOLS, get_scorer, token_budget
 from iclft.records import BASELINE, ICL, SCORINGS, CellResult, Prediction
-from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task
+from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task, splits
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,24 @@ def prompt_count(spec: EvalSpec) -> int:
 
 def heldout_items(task: Task, spec: EvalSpec) -> list[Example]:
     """Clean items from their own index range, minus any whose question is a test item's."""
-    test = {q.question for v in spec.variants for q in task.generate(v, spec.n, spec.seed)}
-    items = task.generate("clean", spec.heldout_n, spec.seed, start=HELDOUT_BASE)
-    return [q for q in items if q.question not in test]
+    test = splits.questions_tested(task, spec.seed, spec.n, spec.variants)
+    return splits.heldout_items(task, spec.seed, spec.heldout_n, test)
+
+
+def demo_pools(task: Task, spec: EvalSpec) -> list[DemoPool]:
+    """The demonstration pool of each set, avoiding every question the spec's test and
+    held-out items hold (of every variant, so a cell's prompts do not depend on which variants
+    a run evaluates)."""
+    avoid = splits.scored_questions(task, spec.seed, test_n=spec.n, heldout_n=spec.heldout_n)
+    return [
+        DemoPool(task, spec.seed, spec.demos, max(spec.shots), s, avoid)
+        for s in range(spec.demo_sets)
+    ]
+
+
+def new_tokens(task: Task, spec: EvalSpec) -> int:
+    """The token budget of one generated answer (see :func:`iclft.icl.scoring.token_budget`)."""
+    return token_budget(spec.protocol, task.name, spec.max_new_tokens)
 
 
 def method_label(spec: EvalSpec, shots: int) -> str:
@@ -214,7 +228,8 @@ def chat_format(engine: Engine, spec: EvalSpec, model: str = "the model") -> Cha
 def check_fit(engine: Engine, task: Task, spec: EvalSpec) -> None:
     """Refuse shot counts that cannot fit the model's context (before any work starts)."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
-    reserve = spec.max_new_tokens if scoring == "generate" else 8
+    stop = PROTOCOLS[spec.protocol][0]
+    reserve = decode_steps(new_tokens(task, spec), stop) if scoring == "generate" else 8
     pool = DemoPool(task, spec.seed, spec.demos, max(spec.shots))
     first = task.generate(spec.variants[0], 1, spec.seed)[0]
     chat = chat_format(engine, spec)
@@ -229,41 +244,49 @@ def evaluate_task(
     *,
     model_label: str,
     progress: Callable[[int], None] | None = None,
+    items: dict[str, list[Example]] | None = None,
+    split: str = "test",
 ) -> Evaluation:
-    """All (variant, shots) cells of one task: one engine call, so caches are shared."""
+    """All (variant, shots) cells of one task: one engine call, so caches are shared.
+
+    ``items``: the queries of each variant instead of the spec's test items (a fine-tuning
+    curve's), scored with the same settings and labelled ``split``."""
     scoring = scoring_for(task, spec.scoring, spec.protocol)
     stop = PROTOCOLS[spec.protocol][0]
     score = get_scorer(scoring, spec.protocol)
-    pools = [
-        DemoPool(task, spec.seed, spec.demos, max(spec.shots), s) for s in range(spec.demo_sets)
-    ]
-    queries = {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
-    heldout = heldout_items(task, spec) if selects_shots(spec) else []
-    reserve = spec.max_new_tokens if scoring == "generate" else 8
+    budget = new_tokens(task, spec)
+    pools = demo_pools(task, spec)
+    queries = (
+        items
+        if items is not None
+        else {v: task.generate(v, spec.n, spec.seed) for v in spec.variants}
+    )
+    heldout = heldout_items(task, spec) if selects_shots(spec) and items is None else []
+    reserve = decode_steps(budget, stop) if scoring == "generate" else 8
     check_fit(engine, task, spec)
     chat = chat_format(engine, spec, model_label)
     prompts: list[Prompt] = []
-    splits: list[str] = []
+    labels: list[str] = []  # each prompt's split
     for k in spec.shots:
         for s in demo_sets_for(spec, k):
-            for v in spec.variants:
+            for v in queries:
                 for i, q in enumerate(queries[v]):
                     prompts.append(
                         _fit_prompts(engine, task, pools[s], q, i, k, reserve, chat=chat)
                     )
-                    splits.append("test")
+                    labels.append(split)
             if k > 0:
                 for i, q in enumerate(heldout):
                     prompts.append(
                         _fit_prompts(engine, task, pools[s], q, i, k, reserve, True, chat)
                     )
-                    splits.append("heldout")
+                    labels.append("heldout")
     texts = [p.text for p in prompts]
     prefixes = [p.prefix for p in prompts]
     scores: list[list[float]] | None = None
     if scoring == "generate":
         outputs = engine.generate(
-            texts, prefixes, max_new_tokens=spec.max_new_tokens, stop=stop, progress=progress
+            texts, prefixes, max_new_tokens=budget, stop=stop, progress=progress
         )
     else:
         choices = list(task.choices or ())
@@ -274,7 +297,7 @@ def evaluate_task(
 
     out = Evaluation()
     cells: dict[tuple[str, str, int], list[Prediction]] = {}
-    for idx, (p, split, o) in enumerate(zip(prompts, splits, outputs)):
+    for idx, (p, label, o) in enumerate(zip(prompts, labels, outputs)):
         q = p.query
         judged = score(task, q, o)
         row = Prediction(
@@ -286,7 +309,7 @@ def evaluate_task(
             shots=p.shots,
             shots_used=p.shots_used,
             demo_set=p.demo_set,
-            split=split,
+            split=label,
             chat_template=spec.chat,
             demo_ids=[d.id for d in p.demos],
             scoring=scoring,
@@ -302,7 +325,7 @@ def evaluate_task(
             scores=None if scores is None else dict(zip(task.choices or (), scores[idx])),
         )
         out.predictions.append(row)
-        cells.setdefault((split, q.variant, p.shots), []).append(row)
+        cells.setdefault((label, q.variant, p.shots), []).append(row)
     for rows in cells.values():
         out.results.append(
             cell_result(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
@@ -327,6 +350,7 @@ def cell_result(
         chat_template=spec.chat,
         scoring=scoring,
         protocol=spec.protocol,
+        max_new_tokens=new_tokens(get_task(task), spec) if scoring == "generate" else None,
         seed=spec.seed,
         **cell_metrics(rows),
     )

@@ -38,36 +38,34 @@ Demonstration sets: ``demo_set`` s draws an independent list (shared) or indepen
 per-query draws (per-query) from its own index range; set 0 is the list iclft always used, so
 one set reproduces earlier runs.
 
-Demonstrations come from index ranges that queries never use, and any demonstration whose
-question equals the query's is skipped, so a prompt never shows its own query's answer.
+Demonstrations come from index ranges that queries never use (the map of every range is in
+:mod:`iclft.tasks.splits`), and skip any question in the pool's ``avoid`` (every question the
+evaluation scores, :func:`iclft.icl.evaluate.demo_pools`) or equal to the query's, drawing the
+next item instead, so a prompt never shows a scored question's answer:
 
-Index ranges of one (task, seed), all clean items unless said otherwise (fine-tuning data
-starts at ``iclft.finetune.data.TRAIN_INDEX_BASE``):
-
-* ``0 .. n-1``: test queries (each variant);
-* ``HELDOUT_BASE ..``: held-out clean queries on which the report chooses the best k;
 * ``_SHARED_BASE + s * _SHARED_SET_STRIDE ..``: demonstration set s, shared mode;
 * ``_PER_QUERY_BASE * (1 + variant) + s * _PER_QUERY_SET_STRIDE + query * stride ..``:
   demonstration set s of one query, per-query mode (held-out queries use the variant slot
-  after the last).
+  after the last); skipped items are replaced from ``_PER_QUERY_SPILL`` above that slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from iclft.errors import UnknownNameError, UserError
 from iclft.tasks.base import VARIANTS, Example, Task
+from iclft.tasks.splits import draw
 
 DEMO_MODES = ("shared", "per-query")
 CHAT_MODES = ("none", "turns", "single")
 SEP = "\n\n"
 _SHARED_BASE = 1_000_000  # demonstration indices live far from query indices (0 .. n-1)
 _SHARED_SET_STRIDE = 100_000
-HELDOUT_BASE = 5_000_000
 _PER_QUERY_BASE = 10_000_000
 _PER_QUERY_SET_STRIDE = 100_000_000
+_PER_QUERY_SPILL = 5_000_000  # within a variant's slot: replacements for skipped items
 #: the most demonstration sets a cell may draw (their index ranges stay disjoint)
 MAX_DEMO_SETS = 32
 
@@ -145,24 +143,43 @@ class ChatFormat:
 
 
 class DemoPool:
-    """Where demonstrations come from, for one task and seed."""
+    """Where demonstrations come from, for one task and seed; ``avoid``: questions no
+    demonstration may have (the scored ones), each replaced by the next item."""
 
-    def __init__(self, task: Task, seed: int, mode: str, max_shots: int, demo_set: int = 0):
+    def __init__(
+        self,
+        task: Task,
+        seed: int,
+        mode: str,
+        max_shots: int,
+        demo_set: int = 0,
+        avoid: Collection[str] = frozenset(),
+    ):
         if mode not in DEMO_MODES:
             raise UnknownNameError("demonstration mode", mode, DEMO_MODES)
         if not 0 <= demo_set < MAX_DEMO_SETS:
             raise ValueError(f"demo_set must be in 0..{MAX_DEMO_SETS - 1}, got {demo_set}")
         self.task, self.seed, self.mode, self.demo_set = task, seed, mode, demo_set
         self.stride = max(max_shots, 1) + 4  # spare items replace ones equal to a query
+        self.avoid = frozenset(avoid)
         self._shared: list[Example] | None = None
 
     def _shared_list(self) -> list[Example]:
         if self._shared is None:
             base = _SHARED_BASE + self.demo_set * _SHARED_SET_STRIDE
-            self._shared = [
-                self.task.make_example("clean", self.seed, base + i) for i in range(self.stride)
-            ]
+            self._shared = draw(self.task, "clean", self.seed, base, self.stride, self.avoid)
         return self._shared
+
+    def _per_query_list(self, slot: int, query_index: int) -> list[Example]:
+        """The block of ``stride`` items of one query, skipped items replaced from the spill."""
+        base = _PER_QUERY_BASE * (1 + slot) + self.demo_set * _PER_QUERY_SET_STRIDE
+        start = base + query_index * self.stride
+        block = [self.task.make_example("clean", self.seed, start + j) for j in range(self.stride)]
+        kept = [d for d in block if d.question not in self.avoid]
+        if len(kept) < self.stride:
+            spill = base + _PER_QUERY_SPILL + query_index * self.stride
+            kept += draw(self.task, "clean", self.seed, spill, self.stride - len(kept), self.avoid)
+        return kept
 
     def candidates(self, query: Example, query_index: int, heldout: bool = False) -> list[Example]:
         """The ordered demonstration list for this query (before choosing k); ``heldout``
@@ -175,14 +192,7 @@ class DemoPool:
                 if heldout or query.variant not in VARIANTS
                 else VARIANTS.index(query.variant)
             )
-            base = (
-                _PER_QUERY_BASE * (1 + v)
-                + self.demo_set * _PER_QUERY_SET_STRIDE
-                + query_index * self.stride
-            )
-            pool = [
-                self.task.make_example("clean", self.seed, base + j) for j in range(self.stride)
-            ]
+            pool = self._per_query_list(v, query_index)
         return [d for d in pool if d.question != query.question]
 
     def demos(

@@ -26,7 +26,20 @@ from iclft.tasks.base import Task
 #: target occurs anywhere in the response (the seed paper's code)
 EXACT_MATCH, SUBSTRING = "exact match", "substring"
 #: protocol -> (how generation stops, see ``Engine.generate``; how an item is judged)
-PROTOCOLS = {"exact": ("newline", EXACT_MATCH), "paper": ("none", SUBSTRING)}
+PROTOCOLS = {"exact": ("newline", EXACT_MATCH), "paper": ("budget", SUBSTRING)}
+#: the paper protocol's token budget per task: the seed code's ``generation_len`` (its
+#: test.py: expression 3, code 2, relation 2, boolean 1), counted from the answer's first
+#: token (the seed's prompts end with the space before the answer, ours leave it to the
+#: answer: a lone leading space is not counted, ``stop="budget"``). Parity is not in the seed:
+#: one token, as for boolean (its answer is one word). Other tasks: ``max_new_tokens``.
+PAPER_NEW_TOKENS = {"expression": 3, "code": 2, "relation": 2, "boolean": 1, "parity": 1}
+
+
+def token_budget(protocol: str, task: str, max_new_tokens: int) -> int:
+    """New tokens a generated answer of ``task`` may take under ``protocol``."""
+    if protocol == "paper":
+        return PAPER_NEW_TOKENS.get(task, max_new_tokens)
+    return max_new_tokens
 
 
 class Item(Protocol):
@@ -48,7 +61,8 @@ class Score:
     prediction: str | None
     #: right under the protocol's judge
     correct: bool
-    #: the target occurs in the response (the paper's judge, kept beside every protocol)
+    #: the lenient judge, kept beside every protocol: the target occurs in the response (the
+    #: paper's judge) or the parsed answer equals it (so it is never below exact match)
     substring_correct: bool
     #: the answer is the item's shortcut answer
     shortcut_answer: bool
@@ -70,12 +84,18 @@ def scorer(name: str) -> Callable[[Callable[[str], ScoreFn]], Callable[[str], Sc
 
 
 def judge(answer: str | None, response: str, item: Item, how: str) -> Score:
-    """The judgement every scorer shares, once the answer is read from the response."""
-    substring = item.target in response
+    """The judgement every scorer shares, once the answer is read from the response.
+
+    The lenient (substring) judge also accepts a parsed answer equal to the target: the parser
+    reads a choice word in any case (``true``) and a number with a sign or leading zeros
+    (``-05``), which the seed's verbatim ``str(target) in output`` would miss, so lenient
+    accuracy is never below exact match on the same output."""
+    exact = answer == item.target
+    lenient = exact or item.target in response
     return Score(
         prediction=answer,
-        correct=substring if how == SUBSTRING else answer == item.target,
-        substring_correct=substring,
+        correct=lenient if how == SUBSTRING else exact,
+        substring_correct=lenient,
         shortcut_answer=answer == item.shortcut_target,
     )
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclft.finetune.methods import METHOD_NAMES
-from iclft.records import BASELINE, ICL, CurvePoint, ft_arm, is_finetune
+from iclft.records import BASELINE, CURVE_ITEMS, ICL, CurvePoint, ft_arm, is_finetune
 from iclft.report.data import (
     AnalysisFigure,
     Cell,
@@ -389,6 +389,19 @@ def _test_evaluations(ax, data: RunData, model: str, method: str, tasks, colours
     return marked
 
 
+def curve_items_text(runs) -> str:
+    """What the curves of ``runs`` scored, in words: their own held-out items, or (curves of
+    iclft's item layout 1, whose points carry no ``items``) the first test items."""
+    points = [p for r in runs for p in r.curve]
+    if points and all(p.items == CURVE_ITEMS for p in points):
+        how = sorted({f"{p.scoring}, {p.protocol} protocol" for p in points})
+        return f"held-out items of their own (never trained on; scored {'; '.join(how)})"
+    return (
+        "the first test items (curves written by an older iclft, before curves had items of "
+        "their own; scored by generation and exact match whatever the run's scoring)"
+    )
+
+
 def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | None:
     """Per fine-tuning method of one model: training loss over steps (left) and 0-shot accuracy
     over steps per task and variant (right) (the paper's Figure 4), with the steps whose saved
@@ -471,8 +484,9 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
         fig.suptitle(f"{model}: fine-tuning curves", fontsize=12)
         _save(fig, path)
     caption = (
-        f"{model}: training loss and 0-shot accuracy on held-out items over fine-tuning steps, "
-        "per method; solid lines clean, dash-dot misleading. Dotted vertical lines (where the "
+        f"{model}: training loss and 0-shot accuracy on {curve_items_text(runs)} over "
+        "fine-tuning steps, per method; solid lines clean, dash-dot misleading. Dotted vertical "
+        "lines (where the "
         "results record steps): the steps whose saved model was evaluated 0-shot on the test "
         "items (each checkpoint listed in eval_checkpoints, and the final model), with those "
         "accuracies as crosses (checkpoints) and diamonds (final model), filled clean, hollow "
