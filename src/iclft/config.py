@@ -22,6 +22,7 @@ from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS, arms, is_finetune
+from iclft.stats import N_PERMUTATIONS
 from iclft.validation import FLOAT32_MAX, Strict
 
 
@@ -64,6 +65,9 @@ class CircuitsSettings(Strict):
         None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
     )
     n_splits: int = Field(N_SPLITS, ge=0, description="split-halves for each shift's noise floor")
+    n_perm: int = Field(
+        N_PERMUTATIONS, ge=0, description="permutations of each shift's test of 'no shift'"
+    )
     per_position: list[Literal[PER_POSITION_KINDS]] = Field(
         default_factory=list, description="kinds also patched one position at a time (exact)"
     )

@@ -393,8 +393,10 @@ class CircuitsResult(Record):
     positions: str | None = None
     #: setting (base, icl, ft) -> its gap check, identification, effects, circuit, checks
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: one entry per pair of settings compared (circuit shift with its noise floor)
+    #: one entry per pair of settings compared (circuit shift with its noise floor and test)
     shifts: list[dict[str, Any]] = field(default_factory=list)
+    #: is ICL's shift from base larger than fine-tuning's (``None``: no fine-tuned model)
+    shift_comparison: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> CircuitsResult:
@@ -415,6 +417,7 @@ class CircuitsResult(Record):
             positions=_opt_str(d.get("positions")),
             settings=settings,
             shifts=shifts,
+            shift_comparison=_as_dict(d.get("shift_comparison")) or None,
         )
 
 
