@@ -82,7 +82,7 @@ class SimilaritySettings(Strict):
         1e-3, description="one learning rate, or a grid chosen from by held-out accuracy"
     )
     heldout: int = Field(16, gt=0, description="held-out queries that choose from an lr grid")
-    keys: Literal[KEY_SETS] = "query"  # type: ignore[valid-type]
+    keys: Literal[KEY_SETS] = "reference"  # type: ignore[valid-type]
     random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
     untrained: bool = Field(True, description="also measure a randomly initialised model")
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples of the 95% intervals")

@@ -450,6 +450,8 @@ class SimilarityResult(Record):
     #: what casting each fp32 update to the evaluation dtype kept (``None``: nothing cast)
     update_cast: dict[str, Any] | None = None
     per_query: dict[str, Any] = field(default_factory=dict)
+    #: the layers SimAM and SimAM_delta average over (``None`` in older files: every layer)
+    simam_layers: list[int] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> SimilarityResult:
@@ -461,6 +463,9 @@ class SimilarityResult(Record):
             n_queries=opt_int(d.get("n_queries")),
             skipped=[dict(x) for x in d.get("skipped") or [] if isinstance(x, Mapping)],
             update_cast=_as_dict(d.get("update_cast")) or None,
+            simam_layers=[int(x) for x in d["simam_layers"]]
+            if isinstance(d.get("simam_layers"), list)
+            else None,
             **{k: _as_dict(d.get(k)) for k in dicts},
         )
 

@@ -194,10 +194,11 @@ def similarity_command(
         0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
     ),
     keys: str = typer.Option(
-        "query",
+        "reference",
         "--keys",
-        help="SimAM's keys: query (the query's own tokens, as the reference) or "
-        "instruction+query (BOS and instruction too).",
+        help="SimAM's keys: reference (the query's own tokens, the reference's c_len "
+        "boundary), query+separator (also the separator tokens before the query: iclft's "
+        "earlier default) or instruction+query (BOS and instruction too).",
     ),
     random_draws: int = typer.Option(
         5, "--random-draws", help="Draws of each norm-matched random update (>= 1)."
