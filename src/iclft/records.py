@@ -396,7 +396,7 @@ class CircuitsResult(Record):
     #: one entry per pair of settings compared (circuit shift with its noise floor and test)
     shifts: list[dict[str, Any]] = field(default_factory=list)
     #: is ICL's shift from base larger than fine-tuning's (``None``: no fine-tuned model)
-    shift_comparison: dict[str, Any] | None = None
+    shift_comparison: dict[str, Any] | None = omit_unset()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> CircuitsResult:
@@ -451,7 +451,7 @@ class SimilarityResult(Record):
     update_cast: dict[str, Any] | None = None
     per_query: dict[str, Any] = field(default_factory=dict)
     #: the layers SimAM and SimAM_delta average over (``None`` in older files: every layer)
-    simam_layers: list[int] | None = None
+    simam_layers: list[int] | None = omit_unset()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> SimilarityResult:

@@ -159,6 +159,7 @@ def _three(rng, n, s_icl, s_ft, sigma_icl=1.0, sigma_ft=1.0, tails=None):
 @pytest.mark.parametrize(
     "n, shift, sigma_icl, sigma_ft, tails",
     [
+        (3, 0.8, 2.0, 0.5, None),  # the fewest pairs the jackknife takes
         (8, 0.8, 1.0, 1.0, None),  # equal shifts, equal noise
         (16, 0.8, 2.0, 0.5, None),  # equal shifts, ICL noisier
         (16, 0.0, 2.0, 0.5, None),  # no shift at all, ICL noisier: plain distances differ
