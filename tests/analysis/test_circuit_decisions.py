@@ -45,10 +45,16 @@ def _profile(rng: np.random.Generator) -> np.ndarray:
     return rng.normal(size=C) * (rng.random(C) < 0.3) * 2 + 0.1
 
 
+#: the components shifts are measured on (residual streams are left out)
+KEEP = np.array([not n.endswith("RESID") for n in NAMES])
+
+
 def _orthogonal(rng: np.random.Generator, *against: np.ndarray) -> np.ndarray:
-    """A unit direction orthogonal to every vector in ``against``."""
-    v = rng.normal(size=C)
+    """A unit direction over heads and MLPs orthogonal there to every vector in ``against``
+    (so that two such moves of the same size are shifts of the same size)."""
+    v = rng.normal(size=C) * KEEP
     for a in against:
+        a = a * KEEP
         v -= (v @ a) / (a @ a) * a
     return v / np.linalg.norm(v)
 
@@ -148,7 +154,7 @@ def _three(rng, n, s_icl, s_ft, sigma_icl=1.0, sigma_ft=1.0, tails=None):
     u = _shared(rng, n)
     di = _orthogonal(rng, e)
     df = _orthogonal(rng, e, di)  # ICL and FT move in different directions
-    scale = np.linalg.norm(e)
+    scale = np.linalg.norm(e * KEEP)
     return (
         _table(rng, e, u, tails=tails),
         _table(rng, e + s_icl * scale * di, u, sigma=sigma_icl, gap_scale=2.0, tails=tails),
