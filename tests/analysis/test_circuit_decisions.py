@@ -136,7 +136,7 @@ def test_the_shift_record_carries_its_test():
     t = d["test"]
     assert t["statistic"] == "cosine_distance" and t["n_permutations"] == 200
     assert t["groups"]["all"]["statistic"] == d["cosine_distance"]["value"]
-    assert 1 / 201 <= t["p_value"] <= 1 and set(t["groups"]) == {"all", "attention", "mlp"}
+    assert 1 / 201 - 1e-6 <= t["p_value"] <= 1 and set(t["groups"]) == {"all", "attention", "mlp"}
     assert d["cosine_distance_debiased"] is not None
     again = circuit_shift(a, b, names=("base", "icl"), n_boot=20, n_splits=5, n_perm=200,
                           rng=np.random.default_rng(0)).to_dict()  # fmt: skip
