@@ -24,7 +24,11 @@ cos(a, b) = a·b / (‖a‖ ‖b‖) (0 when either vector is 0):
     Rec2FTP       = |(C_ICL ∩ C_FT) \\ C_ZSL| / |C_FT \\ C_ZSL|
 
 Each per-layer metric's single number is its mean over layers (= the mean over queries of each
-query's mean over layers, which the 95% bootstrap interval resamples). C_s is the set of queries
+query's mean over layers, which the 95% bootstrap interval resamples); SimAM and SimAM_Δ average
+layers 1.. on rotary models (:func:`simam_layers`: ICL cannot change layer 0's scores to the
+query's own tokens there), which similarity.json records as ``simam_layers``. The key boundary
+is the reference's (``--keys reference``): the first token holding a character of the query,
+so the separator before it is context (:func:`key_positions`). C_s is the set of queries
 that setting s answers right, judged by the evaluator's scorers (:mod:`iclft.icl.scoring`): the
 task's parser and exact match on greedy generation, or the choice with the highest
 log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
