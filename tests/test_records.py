@@ -148,6 +148,13 @@ def test_analysis_results_round_trip_and_read_partial_files():
     assert list(s.to_json())[-1] == "per_query"
     assert SimilarityResult.from_json(json.loads(json.dumps(s.to_json()))) == s
     assert SimilarityResult.from_json({"metrics": None}).metrics == {}
+    # written only when set (older files have neither), and read back
+    c2 = c.replace(shift_comparison={"a": "icl", "b": "ft", "p_value": 0.01})
+    assert list(c2.to_json())[-1] == "shift_comparison"
+    assert CircuitsResult.from_json(json.loads(json.dumps(c2.to_json()))) == c2
+    s2 = s.replace(simam_layers=[1, 2])
+    assert SimilarityResult.from_json(json.loads(json.dumps(s2.to_json()))) == s2
+    assert SimilarityResult.from_json({"simam_layers": "x"}).simam_layers is None
 
 
 def test_stage_record_round_trips_with_its_rows():

@@ -22,6 +22,7 @@ from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS, arms, is_finetune
+from iclft.stats import N_PERMUTATIONS
 from iclft.validation import FLOAT32_MAX, Strict
 
 
@@ -64,6 +65,9 @@ class CircuitsSettings(Strict):
         None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
     )
     n_splits: int = Field(N_SPLITS, ge=0, description="split-halves for each shift's noise floor")
+    n_perm: int = Field(
+        N_PERMUTATIONS, ge=0, description="permutations of each shift's test of 'no shift'"
+    )
     per_position: list[Literal[PER_POSITION_KINDS]] = Field(
         default_factory=list, description="kinds also patched one position at a time (exact)"
     )
@@ -78,7 +82,7 @@ class SimilaritySettings(Strict):
         1e-3, description="one learning rate, or a grid chosen from by held-out accuracy"
     )
     heldout: int = Field(16, gt=0, description="held-out queries that choose from an lr grid")
-    keys: Literal[KEY_SETS] = "query"  # type: ignore[valid-type]
+    keys: Literal[KEY_SETS] = "reference"  # type: ignore[valid-type]
     random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
     untrained: bool = Field(True, description="also measure a randomly initialised model")
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples of the 95% intervals")

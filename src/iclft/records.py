@@ -465,8 +465,10 @@ class CircuitsResult(Record):
     positions: str | None = None
     #: setting (base, icl, ft) -> its gap check, identification, effects, circuit, checks
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: one entry per pair of settings compared (circuit shift with its noise floor)
+    #: one entry per pair of settings compared (circuit shift with its noise floor and test)
     shifts: list[dict[str, Any]] = field(default_factory=list)
+    #: is ICL's shift from base larger than fine-tuning's (``None``: no fine-tuned model)
+    shift_comparison: dict[str, Any] | None = omit_unset()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> CircuitsResult:
@@ -487,6 +489,7 @@ class CircuitsResult(Record):
             positions=_opt_str(d.get("positions")),
             settings=settings,
             shifts=shifts,
+            shift_comparison=_as_dict(d.get("shift_comparison")) or None,
         )
 
 
@@ -519,6 +522,8 @@ class SimilarityResult(Record):
     #: what casting each fp32 update to the evaluation dtype kept (``None``: nothing cast)
     update_cast: dict[str, Any] | None = None
     per_query: dict[str, Any] = field(default_factory=dict)
+    #: the layers SimAM and SimAM_delta average over (``None`` in older files: every layer)
+    simam_layers: list[int] | None = omit_unset()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "") -> SimilarityResult:
@@ -530,6 +535,9 @@ class SimilarityResult(Record):
             n_queries=opt_int(d.get("n_queries")),
             skipped=[dict(x) for x in d.get("skipped") or [] if isinstance(x, Mapping)],
             update_cast=_as_dict(d.get("update_cast")) or None,
+            simam_layers=[int(x) for x in d["simam_layers"]]
+            if isinstance(d.get("simam_layers"), list)
+            else None,
             **{k: _as_dict(d.get(k)) for k in dicts},
         )
 

@@ -368,6 +368,7 @@ def _circuits(ctx: RunContext, st: Stage) -> dict[str, Any]:
         top_k=c.top_k,
         verify=c.verify,
         n_splits=c.n_splits,
+        n_perm=c.n_perm,
         per_position=tuple(c.per_position),
     )
     base, *ft = _base_and_first_ft(ctx.cfg, st, ctx.run_dir)

@@ -85,6 +85,13 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         floor = values["noise_floor"]
         assert floor["half_size"] == 1 and floor["n_splits"] == 100
         assert floor["all"]["jaccard_distance"]["floor"]["value"] is not None
+        test = values["test"]  # 3 pairs: all 2^3 swaps, and p can never go below 2/8
+        assert test["exact"] and test["n_permutations"] == 8 and test["p_value"] >= 0.25
+        assert ("p_holm" in test) == both and test.get("shifted") in (None, False)
+    cmp_ = data["shift_comparison"]
+    assert (cmp_["a"], cmp_["b"], cmp_["n_pairs"]) == ("icl", "ft", 3)
+    assert cmp_["p_value"] is None or 0 < cmp_["p_value"] <= 1
+    assert cmp_["p_value"] is not None or cmp_["reason"]
     for name in ("base", "icl", "ft"):
         png = tmp_path / f"heatmap_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,6 +111,7 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         (["--task", "parity", "--ft-model", "/no/such/dir"], "is not a directory"),
         (["--task", "parity", "--verify", "-1"], "--verify must be"),
         (["--task", "parity", "--splits", "-2"], "--splits must be"),
+        (["--task", "parity", "--permutations", "-1"], "--permutations must be"),
         (["--task", "parity", "--per-position", "heads"], "unknown per-position kind"),
     ],
 )

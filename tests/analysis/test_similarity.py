@@ -191,8 +191,12 @@ def _with_bos(tokenizer):
 @pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize("task", ["expression", "code", "boolean", "relation", "parity"])
 def test_keys_are_exactly_the_query_tokens(task, bos, tiny_tokenizer):
+    """(With this tokenizer the separator never tokenises apart from the query, so the
+    reference boundary and query+separator agree: test_similarity_keys.py has one where not.)"""
     tok = _with_bos(tiny_tokenizer) if bos else tiny_tokenizer
     queries, skipped = choose_queries(tok, task, shots=2, n=3, seed=0)
+    old, _ = choose_queries(tok, task, shots=2, n=3, seed=0, keys="query+separator")
+    assert [q.icl_keys for q in old] == [q.icl_keys for q in queries]
     assert len(queries) == 3
     for q in queries:
         z0 = query_start(tok, q.zsl_text, q.zsl_prefix)
@@ -215,7 +219,8 @@ def test_the_old_key_set_is_a_named_option(tiny_tokenizer):
     assert list(q.zsl_keys) == list(range(len(q.zsl_ids)))  # BOS, instruction and query
     assert [q.icl_ids[k] for k in q.icl_keys] == list(q.zsl_ids)
     assert len(q.icl_ids) > len(q.icl_keys)  # demonstration positions dropped
-    with pytest.raises(UserError, match="allowed: instruction\\+query, query"):
+    with pytest.raises(UserError, match="allowed: instruction\\+query, query\\+separator, "
+                       "reference"):  # fmt: skip
         choose_queries(tok, "parity", shots=2, n=1, seed=0, keys="all")
     with pytest.raises(UserError, match="SimAM key set"):
         SimilaritySpec(task="parity", shots=1, n=1, lr=0.1, keys="all").check()
@@ -288,7 +293,10 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
             for setting, st in per_metric[name].items():
                 assert -1 <= st["ci_low"] <= st["value"] <= st["ci_high"] <= 1, (name, setting)
                 assert len(st["per_layer"]) == 2
-                assert abs(st["value"] - sum(st["per_layer"]) / 2) < 1e-5
+                # rotary (llama): the SimAM metrics average layer 1 only
+                layers = data["simam_layers"] if name.startswith("simam") else [0, 1]
+                mean = sum(st["per_layer"][j] for j in layers) / len(layers)
+                assert abs(st["value"] - mean) < 1e-5
             for u in UPDATES:
                 rnd = per_metric[name][RANDOM[u]]
                 assert len(rnd["draws"]) == 3 and rnd["sd"] > 0  # spread over draws
@@ -322,6 +330,7 @@ def test_run_similarity_writes_everything(tmp_path, tiny_model_factory, tiny_tok
             not a and b and d for a, b, d in zip(c["zsl"], c["icl"], c[u])
         )
     assert "DIFFERS" in data["protocol"]["position"]
+    assert data["simam_layers"] == [1] and "layer 0 left out" in data["protocol"]["simam_layers"]
     assert any(d.startswith("untrained lcgd") for d in calls)
     assert sum(d.startswith("trained random_gd[") for d in calls) == 3
     png = tmp_path / "similarity_per_layer.png"
@@ -362,7 +371,7 @@ def test_cli_writes_the_report(tmp_path, monkeypatch, tiny_model_factory, tiny_t
     assert "SimAOU_norm" in result.output and "random (LCGD norms)" in result.output
     data = json.loads((out / "similarity.json").read_text())
     assert data["spec"] == {
-        "task": "expression", "shots": 1, "n": 2, "lr": 0.01, "seed": 0, "keys": "query",
+        "task": "expression", "shots": 1, "n": 2, "lr": 0.01, "seed": 0, "keys": "reference",
         "random_draws": 2, "untrained": False, "n_boot": 1000, "heldout": 16,
     }  # fmt: skip
     assert set(data["metrics"]) == {"trained"}

@@ -25,10 +25,34 @@ Controls, since a distance alone has no reference for "no change":
   under one setting (averaged over ``n_splits`` splits and over both settings), i.e. the
   distance that pair-sampling noise alone produces. A half holds n/2 pairs, so the floor is
   that of an n/2-pair comparison; ``half_shift`` is the shift measured like-for-like (setting a
-  on one half, b on the other, same splits), and ``half_shift / floor`` the fair ratio.
-* The gap guard: a setting whose mean clean-corrupt gap ``m_clean - m_corrupt`` has a bootstrap
-  interval over pairs that reaches 0 or below has no identified circuit (its effects divide by
-  a gap indistinguishable from 0); a shift from or to it is not reported.
+  on one half, b on the other, same splits), and ``half_shift / floor`` the fair ratio. These
+  are descriptions: a distance is positive even without a shift, so its bootstrap interval
+  always excludes 0, and a ratio to the floor carries no uncertainty. Neither decides.
+* The shift test (:func:`shift_test`) decides "shifted": a paired permutation test of
+  T = 1 - cos(e_a, e_b) over all heads and MLPs. Each pair's normalised effects
+  r_s[p] = raw_s[p] / mean_p gap_s (so e_s = mean_p r_s[p]) are swapped between the two
+  settings with probability 1/2, independently per pair; under "no shift" (the two settings'
+  effects exchangeable within a pair) every swap is as likely as the observed labelling, so
+  p = (1 + #{T* >= T}) / (1 + B) over B random swaps (every one of the 2^n swaps, and
+  p = #{T* >= T} / 2^n, when 2^n <= B). Its null distribution is the noise floor at the full
+  n pairs. Attention-only and MLP-only p-values come from the same swaps (descriptive).
+* ICL's shift against fine-tuning's (:func:`compare_shifts`, the paper's claim that circuits
+  move more under ICL than under FT): D = d(base, ICL) - d(base, FT) on the pairs common to
+  the three settings, with d the *debiased* cosine distance (below), tested by the jackknife
+  over pairs: pseudo-values n D - (n - 1) D_(-p), a t test with n - 1 degrees of freedom,
+  two-sided. The plain distance is inflated by each setting's noise (a noisier ICL looks more
+  shifted: on synthetic data where only the noise differed, a bootstrap test of the plain
+  difference rejected the true null 22-93% of the time at nominal 5%); the debiased one
+  estimates the same population value without that bias, and the jackknife removes what
+  remains to first order.
+* Debiased cosine distance: 1 - U_ab / sqrt(U_aa U_bb), U_xy = sum_{p != q} r_x[p].r_y[q] /
+  (n (n - 1)), an unbiased estimate of E_x . E_y (the products of a pair with itself, which
+  carry the noise, left out); undefined (``null``) when U_aa or U_bb is not positive.
+* The gap guard: a setting whose mean clean-corrupt gap ``m_clean - m_corrupt`` is not above 0
+  by a one-sided t test over pairs (level (1 - 0.95) / 2 = 2.5%, the lower end of the 95% t
+  interval above 0) has no identified circuit (its effects divide by a gap indistinguishable
+  from 0); a shift from or to it is neither reported nor tested. (The percentile bootstrap it
+  replaces called a zero gap identified 13% of the time at 3 pairs.)
 * Attribution checked against exact patching: :class:`Agreement` compares the two on the
   components that exact patching re-measured (Spearman, top-k overlap, scale).
 """
@@ -45,6 +69,7 @@ import numpy as np
 from iclft.analysis.patching import PairEffects, PositionEffects
 from iclft.errors import UserError
 from iclft.models.anatomy import Component, parse_component
+from iclft.stats import N_PERMUTATIONS
 
 
 @dataclass(frozen=True)
@@ -162,6 +187,12 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 6)
 
 
+def _p(v: float | None) -> float | None:
+    """A p-value for JSON: 4 significant digits (a small p keeps its digits), ``None`` if
+    unknown."""
+    return None if v is None or not np.isfinite(v) else float(f"{float(v):.4g}")
+
+
 def _percentiles(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Column-wise ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles, ignoring NaN (an
     all-NaN column stays NaN; no samples: NaN)."""
@@ -180,16 +211,25 @@ def _percentiles(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
 # The gap guard
 
 
+#: how the gap guard decides, in words (written into every gap check)
+GAP_TEST = (
+    "one-sided t test over pairs of mean(m_clean - m_corrupt) > 0; identified when the "
+    "lower end of the two-sided t interval at `level` is above 0"
+)
+
+
 @dataclass(frozen=True)
 class GapCheck:
-    """Is a setting's circuit identified? Its mean clean-corrupt gap over pairs with a
-    percentile bootstrap interval; identified when the interval lies above 0."""
+    """Is a setting's circuit identified? Its mean clean-corrupt gap over pairs with a t
+    interval; identified when the interval lies above 0 (a one-sided t test at level
+    (1 - ``level``) / 2, whose size holds with 3 pairs where a percentile bootstrap's did not)."""
 
     mean: float
     ci_low: float
     ci_high: float
     n_pairs: int
-    n_boot: int
+    #: one-sided p of "mean gap > 0" (``nan`` with fewer than 2 pairs)
+    p_value: float = float("nan")
     level: float = 0.95
 
     @property
@@ -203,7 +243,7 @@ class GapCheck:
         if self.n_pairs < 2:
             return "fewer than 2 pairs: no interval for the clean-corrupt gap"
         return (
-            f"the {self.level:.0%} interval of the clean-corrupt gap over pairs "
+            f"the {self.level:.0%} t interval of the clean-corrupt gap over pairs "
             f"[{self.ci_low:.3g}, {self.ci_high:.3g}] is not above 0"
         )
 
@@ -215,22 +255,28 @@ class GapCheck:
             "gap_ci_low": _num(self.ci_low),
             "gap_ci_high": _num(self.ci_high),
             "n_pairs": self.n_pairs,
-            "bootstrap": {"n": self.n_boot, "level": self.level},
+            "p_value": _p(self.p_value),
+            "test": GAP_TEST,
+            "level": self.level,
         }
 
 
-def gap_check(
-    gap: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, rng: np.random.Generator
-) -> GapCheck:
-    """Percentile bootstrap of ``mean(gap)`` over pairs (``gap[p] = m_clean - m_corrupt``)."""
+def gap_check(gap: np.ndarray, *, level: float = 0.95) -> GapCheck:
+    """The t interval of ``mean(gap)`` over pairs (``gap[p] = m_clean - m_corrupt``) and the
+    one-sided t test of mean > 0 (equal gaps: a zero-width interval)."""
+    from scipy import stats
+
     gap = np.asarray(gap, dtype=np.float64)  # [pairs]
-    if gap.size < 2 or n_boot < 1:
-        return GapCheck(
-            float(gap.mean()) if gap.size else np.nan, np.nan, np.nan, gap.size, 0, level
-        )
-    idx = rng.integers(0, gap.size, size=(n_boot, gap.size))  # [n_boot, pairs]
-    lo, hi = _percentiles(gap[idx].mean(axis=1), level)
-    return GapCheck(float(gap.mean()), float(lo[0]), float(hi[0]), gap.size, n_boot, level)
+    n = gap.size
+    mean = float(gap.mean()) if n else float("nan")
+    if n < 2 or not np.all(np.isfinite(gap)):
+        return GapCheck(mean, np.nan, np.nan, n, float("nan"), level)
+    se = float(gap.std(ddof=1)) / np.sqrt(n)
+    if se == 0:
+        return GapCheck(mean, mean, mean, n, 0.0 if mean > 0 else 1.0, level)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * se
+    p = float(stats.t.sf(mean / se, n - 1))
+    return GapCheck(mean, mean - half, mean + half, n, p, level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +394,246 @@ def noise_floor(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Tests: is there a shift (permutation), is ICL's larger than FT's (jackknife)
+
+#: the component groups each shift test reports (decided on "all")
+TEST_GROUPS = ("all", "attention", "mlp")
+SHIFT_TEST = (
+    "paired permutation: each pair's normalised effects swapped between the two settings "
+    "with probability 1/2; p = (1 + #{T* >= T}) / (1 + B), or #{T* >= T} / 2^n over every "
+    "swap when 2^n <= B; T = 1 - cos over all heads and MLPs"
+)
+COMPARE_TEST = (
+    "jackknife over pairs of D = d(base, icl) - d(base, ft), d the debiased cosine distance "
+    "over heads and MLPs; t test on the pseudo-values, n - 1 degrees of freedom, two-sided"
+)
+
+
+def normalised_effects(t: EffectTable, idx: np.ndarray) -> np.ndarray:
+    """``r[p, c] = raw[p, c] / mean_p gap[p]`` over pairs ``idx`` (rows), so that
+    ``r.mean(0)`` is :meth:`EffectTable.effects` (NaN when the mean gap is 0)."""
+    gap = t.gap[idx].mean()
+    raw = t.raw[idx]
+    return raw / gap if gap != 0 else np.full(raw.shape, np.nan)
+
+
+def _cos_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1 - cos(x, y) along the last axis (NaN where either is 0)."""
+    nx, ny = np.linalg.norm(x, axis=-1), np.linalg.norm(y, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((nx > 0) & (ny > 0), 1.0 - (x * y).sum(-1) / (nx * ny), np.nan)
+
+
+def _swaps(n: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """``[B, n]`` 0/1 swap indicators: every one of the 2^n when 2^n <= ``n_perm`` (exact),
+    else ``n_perm`` random ones."""
+    if n < 31 and 2**n <= n_perm:
+        codes = np.arange(2**n)[:, None]
+        return ((codes >> np.arange(n)) & 1).astype(np.float64), True
+    return rng.integers(0, 2, size=(n_perm, n)).astype(np.float64), False
+
+
+@dataclass(frozen=True)
+class ShiftTest:
+    """The paired permutation test of one shift (see the module docstring), per group of
+    components (:data:`TEST_GROUPS`); the decision is taken on ``all``."""
+
+    observed: dict[str, float]
+    p_value: dict[str, float]
+    null_mean: dict[str, float]
+    null_q95: dict[str, float]
+    n_pairs: int
+    n_perm: int
+    exact: bool
+
+    def to_dict(self) -> dict:
+        groups = {
+            g: {
+                "statistic": _num(self.observed[g]),
+                "p_value": _p(self.p_value[g]),
+                "null_mean": _num(self.null_mean[g]),
+                "null_q95": _num(self.null_q95[g]),
+            }
+            for g in TEST_GROUPS
+        }
+        return {
+            "method": SHIFT_TEST,
+            "statistic": "cosine_distance",
+            "p_value": _p(self.p_value["all"]),
+            "n_pairs": self.n_pairs,
+            "n_permutations": self.n_perm,
+            "exact": self.exact,
+            "groups": groups,
+        }
+
+
+def shift_test(
+    ra: np.ndarray,
+    rb: np.ndarray,
+    names: Sequence[str],
+    *,
+    n_perm: int = N_PERMUTATIONS,
+    rng: np.random.Generator,
+) -> ShiftTest | None:
+    """The paired permutation test of "no shift" from per-pair normalised effects ``ra``,
+    ``rb`` ``[pairs, components]`` (:func:`normalised_effects` of the same pairs); ``None``
+    when nothing can be tested (no pairs, no permutations, undefined effects)."""
+    n = len(ra)
+    if n == 0 or n_perm < 1 or not (np.all(np.isfinite(ra)) and np.all(np.isfinite(rb))):
+        return None
+    lay = _layout(tuple(names))
+    masks = {"all": lay.keep, "attention": lay.heads, "mlp": lay.mlps}
+    swap, exact = _swaps(n, n_perm, rng)  # [B, n]
+    d = rb - ra  # [n, C]
+    moved = swap @ d / n  # [B, C]: how the swapped pairs move each mean
+    ea, eb = ra.mean(0), rb.mean(0)
+    out: dict[str, dict[str, float]] = {k: {} for k in ("obs", "p", "mean", "q95")}
+    for g, m in masks.items():
+        t_obs = float(_cos_rows(ea[m], eb[m])) if m.any() else float("nan")
+        t_null = _cos_rows((ea + moved)[:, m], (eb - moved)[:, m]) if m.any() else np.array([])
+        t_null = t_null[np.isfinite(t_null)]
+        if not np.isfinite(t_obs) or t_null.size == 0:
+            p = mean = q95 = float("nan")
+        else:
+            hits = int((t_null >= t_obs - 1e-12 * max(1.0, abs(t_obs))).sum())
+            p = hits / t_null.size if exact else (1 + hits) / (1 + t_null.size)
+            mean, q95 = float(t_null.mean()), float(np.quantile(t_null, 0.95))
+        out["obs"][g], out["p"][g], out["mean"][g], out["q95"][g] = t_obs, p, mean, q95
+    return ShiftTest(out["obs"], out["p"], out["mean"], out["q95"], n, len(swap), exact)
+
+
+def debiased_cosine_distance(ra: np.ndarray, rb: np.ndarray) -> float:
+    """1 - U_ab / sqrt(U_aa U_bb) from per-pair rows ``[pairs, components]`` (module
+    docstring); NaN with fewer than 2 pairs or when U_aa or U_bb is not positive."""
+    return float(_debiased(ra[None], rb[None])[0])
+
+
+def _debiased(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    """:func:`debiased_cosine_distance` of each ``[k, pairs, components]`` slice, ``[k]``."""
+    n = ra.shape[1]
+    if n < 2:
+        return np.full(ra.shape[0], np.nan)
+    sa, sb = ra.sum(1), rb.sum(1)  # [k, C]
+
+    def u(x: np.ndarray, y: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+        return ((sx * sy).sum(-1) - (x * y).sum((1, 2))) / (n * (n - 1))
+
+    uab, uaa, ubb = u(ra, rb, sa, sb), u(ra, ra, sa, sa), u(rb, rb, sb, sb)
+    ok = (uaa > 0) & (ubb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, 1.0 - uab / np.sqrt(np.where(ok, uaa * ubb, 1.0)), np.nan)
+
+
+def _leave_one_out(r: np.ndarray) -> np.ndarray:
+    """``[n, n - 1, C]``: ``r`` without each of its n rows in turn."""
+    n = len(r)
+    keep = ~np.eye(n, dtype=bool)
+    return np.stack([r[keep[i]] for i in range(n)])
+
+
+@dataclass(frozen=True)
+class ShiftComparison:
+    """Is the shift from ``base`` to ``a`` larger than to ``b``? (see the module docstring)"""
+
+    a: str
+    b: str
+    n_pairs: int
+    #: plain and debiased cosine distances of each shift
+    shift_a: float
+    shift_b: float
+    debiased_a: float
+    debiased_b: float
+    #: the jackknife estimate of D (debiased a minus debiased b), its standard error, t, p
+    diff: float
+    se: float
+    t: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    level: float = 0.95
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "from": "base",
+            "a": self.a,
+            "b": self.b,
+            "question": f"does the circuit move more from base to {self.a} than to {self.b}?",
+            "method": COMPARE_TEST,
+            "n_pairs": self.n_pairs,
+            "cosine_distance": {self.a: _num(self.shift_a), self.b: _num(self.shift_b)},
+            "debiased_cosine_distance": {
+                self.a: _num(self.debiased_a),
+                self.b: _num(self.debiased_b),
+            },  # fmt: skip
+            "diff": _num(self.diff),
+            "se": _num(self.se),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "level": self.level,
+            "t": _num(self.t),
+            "df": self.n_pairs - 1 if self.n_pairs > 1 else None,
+            "p_value": _p(self.p_value),
+            "reason": self.reason,
+        }
+
+
+def compare_shifts(
+    base: EffectTable,
+    a: EffectTable,
+    b: EffectTable,
+    *,
+    names: tuple[str, str] = ("icl", "ft"),
+    level: float = 0.95,
+) -> ShiftComparison:
+    """The jackknife t test of D = d(base, a) - d(base, b) (debiased cosine distances over
+    heads and MLPs) on the pairs the three settings share; ``p_value`` NaN with a ``reason``
+    when it cannot be made."""
+    from scipy import stats
+
+    if not base.components == a.components == b.components:
+        raise ValueError("settings were patched over different components")
+    common = [p for p in base.pair_ids if p in set(a.pair_ids) & set(b.pair_ids)]
+    n = len(common)
+    keep = _layout(tuple(base.components)).keep
+    rows = [
+        normalised_effects(t, np.array([t.pair_ids.index(p) for p in common], dtype=int))[:, keep]
+        if n
+        else np.zeros((0, int(keep.sum())))
+        for t in (base, a, b)
+    ]
+    r0, ra, rb = rows
+    plain_a = float(_cos_rows(r0.mean(0), ra.mean(0))) if n else float("nan")
+    plain_b = float(_cos_rows(r0.mean(0), rb.mean(0))) if n else float("nan")
+    da, db = debiased_cosine_distance(r0, ra), debiased_cosine_distance(r0, rb)
+    nan = float("nan")
+
+    def result(diff=nan, se=nan, t=nan, p=nan, lo=nan, hi=nan, reason=None) -> ShiftComparison:
+        return ShiftComparison(names[0], names[1], n, plain_a, plain_b, da, db, diff, se, t, p,
+                               lo, hi, level, reason)  # fmt: skip
+
+    if n < 3:
+        return result(reason=f"{n} common pairs: the jackknife needs at least 3")
+    if not (np.isfinite(da) and np.isfinite(db)):
+        return result(reason="an effect vector is indistinguishable from pair noise (its "
+                      "debiased squared norm is not positive)")  # fmt: skip
+    loo = [_leave_one_out(r) for r in rows]  # each [n, n - 1, C]
+    d_loo = _debiased(loo[0], loo[1]) - _debiased(loo[0], loo[2])  # [n]
+    if not np.all(np.isfinite(d_loo)):
+        return result(reason="a leave-one-out effect vector is indistinguishable from pair "
+                      "noise")  # fmt: skip
+    pseudo = n * (da - db) - (n - 1) * d_loo
+    est = float(pseudo.mean())
+    se = float(pseudo.std(ddof=1)) / np.sqrt(n)
+    if se == 0:
+        return result(diff=est, se=0.0, reason="the jackknife pseudo-values are all equal")
+    t = est / se
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    return result(est, se, t, p, est - half, est + half)
+
+
 @dataclass(frozen=True)
 class Shift:
     """How much the circuit moves from setting ``a`` to setting ``b``."""
@@ -364,6 +650,10 @@ class Shift:
     floor: NoiseFloor | None = None
     #: the settings of the two whose circuit is not identified (see :class:`GapCheck`)
     not_identified: tuple[str, ...] = ()
+    #: the permutation test of "no shift" (``None``: not made)
+    test: ShiftTest | None = None
+    #: :func:`debiased_cosine_distance` over all heads and MLPs
+    debiased_cosine: float = float("nan")
     extra: dict = field(default_factory=dict)
 
     @property
@@ -380,10 +670,12 @@ class Shift:
         values = {
             "jaccard_distance": self.jaccard.to_dict(),
             "cosine_distance": self.cosine.to_dict(),
+            "cosine_distance_debiased": _num(self.debiased_cosine),
             "per_layer_cosine_distance": [i.to_dict() for i in self.per_layer],
             "attention": {k: v.to_dict() for k, v in self.attention.items()},
             "mlp": {k: v.to_dict() for k, v in self.mlp.items()},
             "noise_floor": self.floor.to_dict(self._point()) if self.floor else None,
+            "test": self.test.to_dict() if self.test else None,
         }
         head = {
             "from": self.a,
@@ -473,12 +765,14 @@ def circuit_shift(
     n_boot: int = 1000,
     level: float = 0.95,
     n_splits: int = 100,
+    n_perm: int = N_PERMUTATIONS,
     not_identified: Sequence[str] = (),
     rng: np.random.Generator,
 ) -> Shift:
-    """Circuit shift from ``a`` to ``b`` with bootstrap intervals over their common pairs and
-    the split-half noise floor (``n_splits`` splits drawn from ``rng`` after the bootstrap;
-    0: none). ``not_identified``: the settings (of ``names``) whose gap guard failed."""
+    """Circuit shift from ``a`` to ``b`` with bootstrap intervals over their common pairs, the
+    split-half noise floor (``n_splits`` splits drawn from ``rng`` after the bootstrap; 0: none)
+    and the permutation test of "no shift" (``n_perm`` swaps drawn after the splits; 0: none).
+    ``not_identified``: the settings (of ``names``) whose gap guard failed."""
     if a.components != b.components:
         raise ValueError("settings were patched over different components")
     common = [p for p in a.pair_ids if p in set(b.pair_ids)]
@@ -498,6 +792,9 @@ def circuit_shift(
     iv = [Interval(float(p), float(lo_), float(hi_)) for p, lo_, hi_ in zip(point, lo, hi)]
     splits = split_halves(len(common), n_splits, rng)
     floor = noise_floor(a, b, ia, ib, splits, top_k=top_k, share=share, level=level)
+    ra, rb = normalised_effects(a, ia), normalised_effects(b, ib)
+    test = shift_test(ra, rb, a.components, n_perm=n_perm, rng=rng)
+    keep = _layout(tuple(a.components)).keep
     return Shift(
         a=names[0],
         b=names[1],
@@ -510,6 +807,8 @@ def circuit_shift(
         level=level,
         floor=floor,
         not_identified=tuple(n for n in names if n in set(not_identified)),
+        test=test,
+        debiased_cosine=debiased_cosine_distance(ra[:, keep], rb[:, keep]),
     )
 
 

@@ -11,7 +11,10 @@ Settings (all on the same clean/corrupt pairs):
 
 Each setting gets the gap guard (is its circuit identified?) and, with attribution patching,
 an exact re-measure of the ``verify`` components attribution ranked highest; each shift gets
-its split-half noise floor (see :mod:`iclft.analysis.circuits`).
+its split-half noise floor and the permutation test of "no shift", and with a fine-tuned model
+ICL's shift is compared with fine-tuning's (see :mod:`iclft.analysis.circuits`). The tests of
+one analysis are one Holm family: each carries its raw and its Holm-adjusted p-value, and a
+decision at :data:`iclft.stats.ALPHA` on the adjusted one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from iclft.errors import UnknownNameError, UserError
 from iclft.records import CircuitsResult
+from iclft.stats import N_PERMUTATIONS
 
 METHOD_NAMES = ("exact", "attribution")
 #: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
@@ -59,6 +63,8 @@ class CircuitSpec:
     verify: int | None = None
     #: random split-half splits for the noise floor of each shift (0: no floor)
     n_splits: int = N_SPLITS
+    #: permutations of each shift test (0: no test)
+    n_perm: int = N_PERMUTATIONS
     #: component kinds (of PER_POSITION_KINDS) also patched exactly one position at a time
     per_position: tuple[str, ...] = ()
 
@@ -104,6 +110,8 @@ class CircuitSpec:
                 raise UnknownNameError("per-position kind", kind, PER_POSITION_KINDS)
         if not isinstance(self.n_splits, int) or self.n_splits < 0:
             raise UserError(f"--splits must be an integer >= 0, got {self.n_splits}")
+        if not isinstance(self.n_perm, int) or self.n_perm < 0:
+            raise UserError(f"--permutations must be an integer >= 0, got {self.n_perm}")
         return self
 
 
@@ -172,6 +180,7 @@ def find_circuits(
         agreement,
         circuit,
         circuit_shift,
+        compare_shifts,
         gap_check,
     )
     from iclft.analysis.pairs import make_pairs
@@ -227,9 +236,8 @@ def find_circuits(
     tables: dict[str, EffectTable] = {}
     results: dict[str, Any] = {}
     gaps: dict[str, Any] = {}
-    # the gap guard and the attribution check draw from their own streams, so the shift
-    # bootstrap (rng below) is the same whether or not they run
-    gap_rng = np.random.default_rng([spec.seed, 1])
+    # the attribution check draws from its own stream, so the shift bootstrap (rng below) is
+    # the same whether or not it runs
     check_rng = np.random.default_rng([spec.seed, 2])
     for name, (which, shots) in settings.items():
         t0 = time.time()
@@ -243,7 +251,7 @@ def find_circuits(
         table = EffectTable.from_pairs(per_pair)
         tables[name] = table
         eff = table.effects()
-        gaps[name] = gap_check(table.gap, rng=gap_rng)
+        gaps[name] = gap_check(table.gap)
         circ = circuit(eff, table.components, top_k=spec.top_k, share=spec.share)
         # attribution checked: its top components re-measured by exact patching, batched
         ranked = circuit(eff, table.components, top_k=len(table.components))
@@ -338,12 +346,20 @@ def find_circuits(
             share=spec.share,
             n_boot=spec.n_boot,
             n_splits=spec.n_splits,
+            n_perm=spec.n_perm,
             not_identified=[s for s in (a, b) if not gaps[s].identified],
             rng=rng,
         ).to_dict()
         for a, b in order
         if a in tables and b in tables
     ]
+    comparison = None
+    if "ft" in tables:
+        missing = [s for s in ("base", "icl", "ft") if not gaps[s].identified]
+        comparison = compare_shifts(tables["base"], tables["icl"], tables["ft"]).to_dict()
+        if missing:
+            comparison.update(p_value=None, reason="not identified: " + ", ".join(missing))
+    decide(shifts, comparison)
     an = anats["base"]
     report = CircuitsResult(
         task=spec.task,
@@ -358,8 +374,33 @@ def find_circuits(
         positions=spec.positions,
         settings=results,
         shifts=shifts,
+        shift_comparison=comparison,
     )
     return report, timings
+
+
+def decide(shifts: list[dict[str, Any]], comparison: dict[str, Any] | None) -> None:
+    """Holm-adjust the p-values of one analysis's tests (every identified shift's permutation
+    test, and ICL's shift against fine-tuning's) as one family, and write into each test its
+    ``p_holm``, the family size and its decision at :data:`iclft.stats.ALPHA`: ``shifted``
+    for a shift, ``larger`` (``a``, ``b`` or ``None``) for the comparison."""
+    from iclft.stats import ALPHA, holm
+
+    tests = [sh["test"] for sh in shifts if sh.get("status") == "identified" and sh.get("test")]
+    if comparison is not None:
+        tests.append(comparison)
+    adjusted = holm([t.get("p_value") for t in tests])
+    family = sum(p is not None for p in adjusted)
+    for t, p in zip(tests, adjusted):
+        t["p_holm"] = None if p is None else float(f"{p:.4g}")
+        t["holm_family"] = family
+        t["alpha"] = ALPHA
+        significant = p is not None and p < ALPHA
+        if t is comparison:
+            d = t.get("diff")
+            t["larger"] = (t["a"] if d > 0 else t["b"]) if significant and d else None
+        else:
+            t["shifted"] = significant
 
 
 def write_circuits(

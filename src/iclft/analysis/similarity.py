@@ -24,7 +24,11 @@ cos(a, b) = a·b / (‖a‖ ‖b‖) (0 when either vector is 0):
     Rec2FTP       = |(C_ICL ∩ C_FT) \\ C_ZSL| / |C_FT \\ C_ZSL|
 
 Each per-layer metric's single number is its mean over layers (= the mean over queries of each
-query's mean over layers, which the 95% bootstrap interval resamples). C_s is the set of queries
+query's mean over layers, which the 95% bootstrap interval resamples); SimAM and SimAM_Δ average
+layers 1.. on rotary models (:func:`simam_layers`: ICL cannot change layer 0's scores to the
+query's own tokens there), which similarity.json records as ``simam_layers``. The key boundary
+is the reference's (``--keys reference``): the first token holding a character of the query,
+so the separator before it is context (:func:`key_positions`). C_s is the set of queries
 that setting s answers right, judged by the evaluator's scorers (:mod:`iclft.icl.scoring`): the
 task's parser and exact match on greedy generation, or the choice with the highest
 log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
@@ -69,6 +73,7 @@ from iclft.analysis.similarity_table import (  # noqa: F401 (re-exported)
     LAYER_METRICS,
     MODELS,
     RANDOM,
+    SIMAM_METRICS,
     UPDATES,
     controls_rows,
 )
@@ -225,27 +230,41 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(d > 0, num.sum(axis=-1) / np.where(d > 0, d, 1), np.nan)
 
 
-def stat_of(values: torch.Tensor, *, n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
+def stat_of(
+    values: torch.Tensor,
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+    layers: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """``{value, ci_low, ci_high, per_layer}`` of a metric given per query and layer ``[N, L]``:
-    value = mean over queries and layers; interval over queries; per-layer means."""
+    value = mean over queries and ``layers`` (default all); interval over queries; per-layer
+    means of every layer."""
     v = values.double().numpy()
-    lo, hi = bootstrap_interval(_mean, [v.mean(1)[None]], n_boot=n_boot, rng=rng)
-    return {"value": _num(v.mean()), "ci_low": _num(lo), "ci_high": _num(hi),
+    avg = v if layers is None else v[:, list(layers)]
+    lo, hi = bootstrap_interval(_mean, [avg.mean(1)[None]], n_boot=n_boot, rng=rng)
+    return {"value": _num(avg.mean()), "ci_low": _num(lo), "ci_high": _num(hi),
             "per_layer": _nums(v.mean(0).tolist())}  # fmt: skip
 
 
 def random_stat_of(
-    draws: Sequence[torch.Tensor], *, n_boot: int, rng: np.random.Generator
+    draws: Sequence[torch.Tensor],
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+    layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The random control over R draws (each ``[N, L]``): :func:`stat_of` of the mean over draws,
     with its interval from the two-level bootstrap over draws, then queries (so it includes
     how much the control depends on the directions drawn), plus each draw's value and their
     spread (sd with ddof 1, min, max)."""
-    out = stat_of(torch.stack(list(draws)).mean(0), n_boot=n_boot, rng=rng)
-    per_query = np.stack([d.double().numpy().mean(1) for d in draws])  # [R, N]
+    out = stat_of(torch.stack(list(draws)).mean(0), n_boot=n_boot, rng=rng, layers=layers)
+    sel = [d.double().numpy() for d in draws]
+    sel = sel if layers is None else [d[:, list(layers)] for d in sel]
+    per_query = np.stack([d.mean(1) for d in sel])  # [R, N]
     lo, hi = bootstrap_interval(_mean, [per_query], n_boot=n_boot, rng=rng)
     out["ci_low"], out["ci_high"] = _num(lo), _num(hi)
-    per_draw = np.array([float(d.double().mean()) for d in draws])
+    per_draw = np.array([float(d.mean()) for d in sel])
     out["draws"] = _nums(per_draw.tolist())
     out["sd"] = _num(per_draw.std(ddof=1)) if len(per_draw) > 1 else None
     out["min"], out["max"] = _num(per_draw.min()), _num(per_draw.max())
@@ -325,10 +344,30 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def query_start(tokenizer: Any, text: str, prefix: str) -> int:
-    """Index of the first token of the query part of ``text`` (= ``prefix`` + query): where the
-    full text's tokens stop agreeing with the prefix's own tokens (a token merged across the
-    boundary counts as query)."""
+    """Index of the first token of the query part of ``text`` (= ``prefix`` + query) with the
+    separator before it: where the full text's tokens stop agreeing with the prefix's own
+    tokens (``SEP`` tokenised alone can differ from ``SEP`` followed by the query, so the
+    separator's tokens can fall after that point; a token merged across it counts as query)."""
     return _lcp(_encode(tokenizer, text), _encode(tokenizer, prefix))
+
+
+def reference_start(tokenizer: Any, text: str, prefix: str) -> int:
+    """Index of the first token that holds a character of the query ``text[len(prefix):]``
+    (by the tokenizer's character offsets): the reference's ``c_len``, which puts every token
+    before the query's own, its separator included, in the context. A token merged across
+    the boundary holds query characters, so it counts as query."""
+    try:
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        raise UserError(
+            "SimAM's reference key boundary (--keys reference) needs a tokenizer that reports "
+            "character offsets (a fast tokenizer); use --keys query+separator with this one"
+        ) from None
+    cut = len(prefix)
+    for j, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > cut and end > start:  # special tokens have no characters
+            return j
+    return len(enc["offset_mapping"])
 
 
 def key_positions(
@@ -337,25 +376,35 @@ def key_positions(
     zsl_prefix: str,
     icl_text: str,
     icl_prefix: str,
-    keys: str = "query",
+    keys: str = "reference",
 ) -> tuple[list[int], list[int]] | None:
     """SimAM's key positions in the ZSL and the ICL prompt, holding the same tokens in both;
-    ``None`` when those tokens differ between the prompts.
+    ``None`` when those tokens (with the separator and the instruction) differ between the
+    prompts.
 
-    ``query``: the query's own tokens (the reference's ``c_len:``; no BOS, no instruction, no
-    demonstrations). ``instruction+query``: every ZSL token (BOS and instruction too) and the
-    same tokens in the ICL prompt, demonstrations dropped (iclft's earlier key set: with rotary
-    positions ICL moves the instruction's scores merely by moving the query further away)."""
+    ``reference``: the query's own tokens (the reference's ``attn_map[:, :, -1, c_len:]``: no
+    BOS, no instruction, no demonstrations, no separator; :func:`reference_start`).
+    ``query+separator``: the same with the separator tokens before the query that the prefix
+    alone tokenises otherwise (:func:`query_start`; iclft's earlier boundary: two ``\\n`` on
+    SmolLM2). ``instruction+query``: every ZSL token (BOS and instruction too) and the same
+    tokens in the ICL prompt, demonstrations dropped (with rotary positions ICL moves the
+    instruction's scores merely by moving the query further away)."""
+    if keys not in KEY_SETS:
+        raise UnknownNameError("SimAM key set", keys, KEY_SETS)
     z, i = _encode(tokenizer, zsl_text), _encode(tokenizer, icl_text)
     a = query_start(tokenizer, zsl_text, zsl_prefix)  # instruction tokens: z[:a]
-    b = query_start(tokenizer, icl_text, icl_prefix)  # query tokens: i[b:]
+    b = query_start(tokenizer, icl_text, icl_prefix)  # separator and query tokens: i[b:]
     if b < a or a >= len(z) or z[a:] != i[b:] or z[:a] != i[:a]:
         return None
-    if keys == "query":
+    if keys == "query+separator":
         return list(range(a, len(z))), list(range(b, len(i)))
     if keys == "instruction+query":
         return list(range(len(z))), [*range(a), *range(b, len(i))]
-    raise UnknownNameError("SimAM key set", keys, KEY_SETS)
+    ra = reference_start(tokenizer, zsl_text, zsl_prefix)
+    rb = reference_start(tokenizer, icl_text, icl_prefix)
+    if ra < a or ra >= len(z) or ra - a != rb - b:
+        return None
+    return list(range(ra, len(z))), list(range(rb, len(i)))
 
 
 @dataclass(frozen=True)
@@ -377,7 +426,7 @@ class Query:
 
 
 def choose_queries(
-    tokenizer: Any, task_name: str, shots: int, n: int, seed: int, keys: str = "query"
+    tokenizer: Any, task_name: str, shots: int, n: int, seed: int, keys: str = "reference"
 ) -> tuple[list[Query], list[dict[str, str]]]:
     """The first ``n`` clean queries of ``seed`` whose instruction and query tokens align in the
     ZSL and ICL prompts, and ``[{id, reason}]`` for the ones skipped on the way."""
@@ -499,7 +548,7 @@ class SimilaritySpec:
     n: int
     lr: float | tuple[float, ...]
     seed: int = 0
-    keys: str = "query"
+    keys: str = "reference"
     random_draws: int = 5
     untrained: bool = True
     n_boot: int = 1000
@@ -681,30 +730,57 @@ def measure(
 
 
 def summarise(
-    m: Measured, spec: SimilaritySpec, rng: np.random.Generator
+    m: Measured, spec: SimilaritySpec, rng: np.random.Generator, layers: Sequence[int]
 ) -> dict[str, dict[str, Any]]:
     """``metric -> setting -> stat`` for one model (module docstring; stats from
-    :func:`stat_of` and :func:`random_stat_of`)."""
+    :func:`stat_of` and :func:`random_stat_of`; the SimAM metrics average ``layers``)."""
     kw = dict(n_boot=spec.n_boot, rng=rng)
     z, i = m.rec["zsl"], m.rec["icl"]
     out: dict[str, dict[str, Any]] = {name: {} for name in LAYER_METRICS}
     for u in UPDATES:
         for name, v in per_query(z, i, m.rec[u]).items():
-            out[name][u] = stat_of(v, **kw)
+            out[name][u] = stat_of(v, **kw, layers=_layers(name, layers))
         rname = RANDOM[u]
         per_draw = [per_query(z, i, d) for d in m.draws[rname]]
         for name in LAYER_METRICS:
-            out[name][rname] = random_stat_of([d[name] for d in per_draw], **kw)
+            out[name][rname] = random_stat_of(
+                [d[name] for d in per_draw], **kw, layers=_layers(name, layers)
+            )
     dai = np.random.default_rng(seed_of(spec.seed, 99))
     out["simaou"]["dai_uniform"] = stat_of(dai_uniform(z, i, dai, normalise=False), **kw)
     out["simaou_norm"]["dai_uniform"] = stat_of(dai_uniform(z, i, dai, normalise=True), **kw)
-    out["simam"]["zsl"] = stat_of(zsl_simam(z, i), **kw)
+    out["simam"]["zsl"] = stat_of(zsl_simam(z, i), **kw, layers=layers)
     return out
+
+
+def _layers(metric: str, simam: Sequence[int]) -> Sequence[int] | None:
+    """The layers a metric's single number averages: :func:`simam_layers` for the SimAM
+    metrics, every layer (``None``) for the others."""
+    return simam if metric in SIMAM_METRICS else None
+
+
+def simam_layers(n_layers: int, rope: bool) -> list[int]:
+    """The layers SimAM and SimAM_Δ average over: every layer but 0 on a model with rotary
+    positions. Layer 0's queries and keys are the tokens' own embeddings, and with relative
+    positions its score from the last token to a query token is the same whatever comes
+    before the query: ICL cannot change it (what it changes is rounding, ~1e-6 relative), so
+    cos(m_ICL - m_ZSL, .) there is the cosine of rounding noise. With learned absolute
+    positions (GPT-2, GPT-Neo) the demonstrations move the query's positions, and layer 0
+    stays."""
+    return list(range(1 if rope and n_layers > 1 else 0, n_layers))
+
+
+def layer0_icl_change(zsl: Recordings, icl: Recordings) -> float | None:
+    """max over queries of ||m_ICL - m_ZSL|| / ||m_ZSL|| at layer 0 (all heads): how much
+    ICL moved the scores that :func:`simam_layers` leaves out."""
+    rel = [float((mi[0] - mz[0]).double().norm() / mz[0].double().norm().clamp_min(EPS))
+           for mz, mi in zip(zsl.m, icl.m)]  # fmt: skip
+    return max(rel) if rel else None
 
 
 def f2t_subset(
     m: Measured, correct: Mapping[str, Sequence[bool]], spec: SimilaritySpec,
-    rng: np.random.Generator,
+    rng: np.random.Generator, layers: Sequence[int],
 ) -> dict[str, Any]:  # fmt: skip
     """Dai et al.'s subset per update: the queries ZSL gets wrong and both ICL and the update
     get right; every layer metric on that subset (``None`` when it is empty)."""
@@ -717,7 +793,8 @@ def f2t_subset(
         if idx:
             vals = per_query(z, i, m.rec[u])
             for name in LAYER_METRICS:
-                row[name] = stat_of(vals[name][idx], n_boot=spec.n_boot, rng=rng)
+                row[name] = stat_of(vals[name][idx], n_boot=spec.n_boot, rng=rng,
+                                    layers=_layers(name, layers))  # fmt: skip
         out[u] = row
     return out
 
@@ -837,13 +914,15 @@ def measure_similarity(
     rng = np.random.default_rng(seed_of(spec.seed, 2))  # every bootstrap, in a fixed order
     tr = measured["trained"]
     correct = tr.correct
-    metrics = {name: summarise(m, spec, rng) for name, m in measured.items()}
+    layers = simam_layers(an.n_layers, an.family.rope)
+    change = layer0_icl_change(tr.rec["zsl"], tr.rec["icl"])
+    metrics = {name: summarise(m, spec, rng, layers) for name, m in measured.items()}
     kw = dict(n_boot=spec.n_boot, rng=rng)
     metrics["trained"]["rec2ftp"] = {
         u: rec2ftp_stat(correct["zsl"], correct["icl"], correct[u], **kw) for u in UPDATES
     }
     accuracy = {s: accuracy_stat(c, **kw) for s, c in correct.items()}
-    f2t = f2t_subset(tr, correct, spec, rng)
+    f2t = f2t_subset(tr, correct, spec, rng, layers)
 
     summary: dict[str, Any] = {"n_queries": len(queries)}
     for mname, per_metric in metrics.items():
@@ -860,7 +939,7 @@ def measure_similarity(
         model=lm.describe(),
         anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
         dtype=str(lm.dtype),
-        protocol=protocol(spec),
+        protocol=protocol(spec, layers, an.n_layers, change),
         n_queries=len(queries),
         skipped=skipped,
         lr=lr_choice,
@@ -876,6 +955,7 @@ def measure_similarity(
             for mname, m in measured.items()
         },
         update_cast={mname: m.cast for mname, m in measured.items() if m.cast} or None,
+        simam_layers=layers,
         per_query={
             "ids": [q.id for q in queries],
             "targets": [q.target for q in queries],
@@ -923,13 +1003,35 @@ def write_similarity(
     )
 
 
-def protocol(spec: SimilaritySpec) -> dict[str, str]:
+def protocol(
+    spec: SimilaritySpec,
+    layers: Sequence[int] = (),
+    n_layers: int = 0,
+    layer0_change: float | None = None,
+) -> dict[str, str]:
     """How every number in similarity.json was made (written into it)."""
     keys = {
-        "query": "the query's own tokens (reference: attn_map[:, :, -1, c_len:]); no BOS, "
-        "instruction or demonstration tokens",
+        "reference": "the query's own tokens, from the first token holding a query character "
+        "(the reference's attn_map[:, :, -1, c_len:]); no BOS, instruction, demonstration or "
+        "separator tokens",
+        "query+separator": "the query's own tokens and the separator tokens before them (NOT "
+        "the reference's boundary: iclft's earlier default)",
         "instruction+query": "BOS, instruction and query tokens (not the reference's key set)",
     }[spec.keys]
+    if len(layers) == n_layers:
+        averaged = f"SimAM and SimAM_delta: mean over all {n_layers} layers"
+    else:
+        left = sorted(set(range(n_layers)) - set(layers))
+        averaged = (
+            f"SimAM and SimAM_delta: mean over layers {layers[0]}-{layers[-1]} (simam_layers); "
+            f"layer {', '.join(map(str, left))} left out (per_layer keeps it): with rotary "
+            "positions ICL cannot change layer-0 scores to the query's own tokens"
+            + (
+                f" (here at most {layer0_change:.2g} relative, rounding)"
+                if layer0_change is not None
+                else ""
+            )
+        )
     return {
         "ft": "plain SGD, batch 1, one epoch over the k demonstrations of the shared k-shot "
         "prompt, loss on all tokens, K/V projections only, no clipping, fp32 master weights "
@@ -951,6 +1053,7 @@ def protocol(spec: SimilaritySpec) -> dict[str, str]:
         "DIFFERS from the reference, which reads at the first candidate label token appended "
         "to the prompt",
         "keys": keys,
+        "simam_layers": averaged,
         "interval": f"95% percentile bootstrap over queries ({spec.n_boot} resamples, seeded); "
         "one demonstration set; random controls: draws resampled, then queries",
         "f2t": "Dai et al.'s subset: queries ZSL gets wrong and both ICL and the update right",

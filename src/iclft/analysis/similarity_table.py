@@ -11,7 +11,11 @@ from iclft.records import SimilarityResult
 UPDATES = ("gd", "lcgd")  # the FT updates, each compared with ICL
 RANDOM = {u: f"random_{u}" for u in UPDATES}  # each update's norm-matched random control
 LAYER_METRICS = ("simaou", "simaou_norm", "simam", "simam_delta")
-KEY_SETS = ("query", "instruction+query")  # SimAM's keys: the reference's, or iclft's old set
+#: SimAM's keys: the reference's (the query's own tokens, from its first character), the query
+#: with the separator tokens before it (iclft's earlier boundary), or instruction and query
+KEY_SETS = ("reference", "query+separator", "instruction+query")
+#: the metrics over attention scores, averaged over :func:`simam_layers` only
+SIMAM_METRICS = ("simam", "simam_delta")
 MODELS = ("trained", "untrained")
 
 #: setting -> column heading of the controls table, in column order

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from iclft.analysis.pipeline import N_SPLITS
+from iclft.stats import N_PERMUTATIONS
 
 app = typer.Typer(
     help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
@@ -69,6 +70,11 @@ def circuits_command(
     n_splits: int = typer.Option(
         N_SPLITS, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
     ),
+    n_perm: int = typer.Option(
+        N_PERMUTATIONS,
+        "--permutations",
+        help="Permutations of each shift's test of 'no shift' (0: no test).",
+    ),
     per_position: str = typer.Option(
         "",
         "--per-position",
@@ -99,6 +105,7 @@ def circuits_command(
         batch_size=batch_size,
         verify=verify,
         n_splits=n_splits,
+        n_perm=n_perm,
         per_position=tuple(k.strip() for k in per_position.split(",") if k.strip()),
     ).check()
     check_ft_model(ft_model)
@@ -140,6 +147,25 @@ def circuits_command(
             + f", 1-cos {c['value']} [{c['ci_low']}, {c['ci_high']}]"
             + (f" (floor {fc['floor']['value']}, x{fc['shift_over_floor']})" if fc else "")
         )
+        t = sh.get("test")
+        if t:
+            verdict = "shifted" if t.get("shifted") else "not shifted"
+            out.print(
+                f"      {verdict}: permutation p={t['p_value']}, Holm p={t.get('p_holm')} "
+                f"(family of {t.get('holm_family')})"
+            )
+    cmp_ = report.shift_comparison
+    if cmp_:
+        if cmp_.get("p_value") is None:
+            out.print(f"ICL shift vs FT shift: not tested ({cmp_.get('reason')})")
+        else:
+            larger = cmp_.get("larger")
+            verdict = f"{larger} moves the circuit more" if larger else "not distinguishable"
+            out.print(
+                f"ICL shift vs FT shift: {verdict}: D = {cmp_['diff']} "
+                f"[{cmp_['ci_low']}, {cmp_['ci_high']}], jackknife t p={cmp_['p_value']}, "
+                f"Holm p={cmp_.get('p_holm')}"
+            )
     out.print(f"wrote {output / 'circuits.json'}")
 
 
@@ -168,10 +194,11 @@ def similarity_command(
         0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
     ),
     keys: str = typer.Option(
-        "query",
+        "reference",
         "--keys",
-        help="SimAM's keys: query (the query's own tokens, as the reference) or "
-        "instruction+query (BOS and instruction too).",
+        help="SimAM's keys: reference (the query's own tokens, the reference's c_len "
+        "boundary), query+separator (also the separator tokens before the query: iclft's "
+        "earlier default) or instruction+query (BOS and instruction too).",
     ),
     random_draws: int = typer.Option(
         5, "--random-draws", help="Draws of each norm-matched random update (>= 1)."

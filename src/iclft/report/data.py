@@ -280,6 +280,8 @@ class RunData:
     analysis_summaries: list[AnalysisSummary] = field(default_factory=list)
     #: paired tests of settings on the same items (``comparisons.jsonl``; empty in old runs)
     comparisons: list[Comparison] = field(default_factory=list)
+    #: every ``circuits.json`` under analysis/: (path relative to the run, its record)
+    circuits: list[tuple[str, CircuitsResult]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # problems met while reading
 
     def comparison(
@@ -473,8 +475,7 @@ def _similarity_summaries(obj: SimilarityResult, rel: str) -> list[AnalysisSumma
     return out
 
 
-def _summaries(path: Path, rel: str, notes: list[str]) -> list[AnalysisSummary]:
-    obj = _read_json(path, notes)
+def _summaries(path: Path, rel: str, obj: Mapping[str, Any]) -> list[AnalysisSummary]:
     if path.name == "similarity.json" and isinstance(obj.get("metrics"), Mapping):
         return _similarity_summaries(SimilarityResult.from_json(obj, rel), rel)
     out = []
@@ -557,10 +558,12 @@ def _circuit_tables(obj: CircuitsResult, rel: str) -> list[AnalysisSummary]:
             if status != "identified":
                 why = ", ".join(str(x) for x in sh.get("not_identified") or [])
                 cells.append(f"not identified ({why})" if why else "not identified")
-                cells += ["–"] * 8
+                cells += ["–"] * 9
                 rows2.append(tuple(cells))
                 continue
             cells.append("identified")
+            test = sh.get("test") if isinstance(sh.get("test"), Mapping) else {}
+            cells.append(f"{test['p_value']:.2g}" if test.get("p_value") is not None else "–")
             for stat in ("jaccard_distance", "cosine_distance"):
                 f = _get(sh, "noise_floor", "all", stat)
                 cells += [
@@ -573,6 +576,7 @@ def _circuit_tables(obj: CircuitsResult, rel: str) -> list[AnalysisSummary]:
         cols2 = (
             "shift",
             "status",
+            "permutation p (1 - cos)",
             "Jaccard distance [95%]",
             "split-half floor",
             "shift / floor",
@@ -625,5 +629,8 @@ def load_run(run_dir: Path) -> RunData:
         for p in sorted(analysis.rglob("*.json")):
             if p.name in ("circuits.json", "similarity.json") or p.name.endswith("summary.json"):
                 rel = p.relative_to(run_dir).as_posix()
-                data.analysis_summaries.extend(_summaries(p, rel, notes))
+                obj = _read_json(p, notes)
+                data.analysis_summaries.extend(_summaries(p, rel, obj))
+                if p.name == "circuits.json" and obj:
+                    data.circuits.append((rel, CircuitsResult.from_json(obj, rel)))
     return data

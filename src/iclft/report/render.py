@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from iclft.records import CONSTANT, ICL, format_p
+from iclft.report.circuits import circuit_sentences
 from iclft.report.data import Cell, RunData, fmt
 from iclft.report.figures import FigureFile
 from iclft.report.tables import headline, sentences
@@ -42,15 +43,21 @@ CIRCUITS_NOTE = (
     "Circuit shift is iclft's own definition (the seed paper released no code for it): the "
     "Jaccard distance between two settings' circuits (top heads and MLPs by |normalised "
     "patching effect|) and the cosine distance between their effect vectors, on the same "
-    "clean/corrupt pairs. Each shift stands beside its split-half noise floor: the same "
-    "distance between two disjoint random halves of the pairs under one setting (mean over "
-    "splits and both settings), which pair-sampling noise alone produces; 'half-shift / "
-    "floor' compares like with like (each setting on a different half), so a ratio near 1 "
-    "means the shift is not distinguishable from noise. A setting whose clean-corrupt gap "
-    "interval over pairs reaches 0 has no identified circuit, and no shift from or to it is "
-    "reported. Attribution patching is checked by re-measuring its top components with exact "
-    "patching; residual streams are left out of circuits and heat maps (patched at every "
-    "query position they restore the clean run by definition)."
+    "clean/corrupt pairs. A distance is positive even without a shift, so its interval and its "
+    "ratio to the split-half noise floor (the same distance between two disjoint random halves "
+    "of the pairs under one setting) describe, and do not decide. 'Shifted' is decided by a "
+    "paired permutation test of 1 - cos over all heads and MLPs: each pair's effects are "
+    "swapped between the two settings at random, p = (1 + #{swapped distance >= observed}) / "
+    "(1 + B) (exact enumeration when there are few pairs, where p cannot fall below 2 / 2^n). "
+    "Whether ICL moves the circuit more than fine-tuning is a jackknife t test over pairs of "
+    "the difference of the two debiased cosine distances from the base (the plain distance "
+    "grows with a setting's noise; the debiased one does not). The summary decides on "
+    "Holm-adjusted p-values over every circuit test of the run at 0.05. A setting whose "
+    "clean-corrupt gap is not above 0 by a one-sided t test over pairs has no identified "
+    "circuit, and no shift from or to it is reported or tested. Attribution patching is "
+    "checked by re-measuring its top components with exact patching; residual streams are left "
+    "out of circuits and heat maps (patched at every query position they restore the clean run "
+    "by definition)."
 )
 
 SECTION_TITLES = {
@@ -319,6 +326,7 @@ def build_sections(
     """All sections in report order; ``notes`` holds the skip note of figure sections."""
     summary = Section("summary", "Summary")
     summary.bullets = [s for _, _, s in sentences(data)]
+    summary.bullets += [s for _, _, s in circuit_sentences(data)]
     head = Section("headline", "Headline table")
     head.paragraphs.append(
         "Per model and task: the 0-shot baseline; ICL at the k with the best clean accuracy on "
