@@ -228,7 +228,8 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             s = cfg.finetune_for(m)
         except ValidationError as e:
             for err in e.errors():
-                problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
+                where = f".{_loc(err['loc'])}" if err["loc"] else ""
+                problems.append(f"finetune_overrides.{m}{where}: {_message(err)}")
             s = None
         if not is_finetune(m):
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
