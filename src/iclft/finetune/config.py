@@ -87,7 +87,8 @@ def check_warmup(schedule: str, warmup_steps: int, total: int) -> None:
         raise ValueError(
             f"warmup_steps {warmup_steps} is not below the run's {steps}: the {schedule} "
             "schedule ramps the learning rate up from 0 and would never reach lr; allowed: "
-            f"warm-up steps from 0 to {total - 1} (e.g. --warmup-steps 0)"
+            + (f"warm-up steps from 0 to {total - 1}" if total > 1 else "0 warm-up steps")
+            + " (e.g. --warmup-steps 0)"
         )
 
 
