@@ -121,3 +121,30 @@ def test_an_experiment_refuses_settings_none_of_its_methods_reads(tiny_model_dir
     cfg = validate_config({**base, "methods": ["ft-lora", "ft-layer-causal"],
                            "finetune": {"params": "full", "lora": {"rank": 2}}})  # fmt: skip
     assert cfg.finetune.params == "full"  # read by layer-causal; lora reads the rank
+
+
+def test_a_finished_run_is_resumed_not_mixed_and_force_moves_it_aside(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import iclft.models.loading as loading
+    from iclft.store import LOCK_NAME, OWNER_NAME
+
+    out = tmp_path / "ft"
+    cfg = _cfg(tiny_model_dir, steps=1)
+    run_finetune(cfg, out, show_progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(UserError, match="already holds this run; pass --resume"):
+        run_finetune(cfg, out, show_progress=False)
+    with pytest.raises(UserError, match=r"different fine-tuning run \(settings differ: lr\)"):
+        run_finetune(_cfg(tiny_model_dir, steps=1, lr=0.5), out, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+    def stop(*a, **k):  # the check is done; nothing needs training here
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(loading, "load_model", stop)
+    with pytest.raises(AssertionError, match="loaded"):
+        run_finetune(_cfg(tiny_model_dir, steps=1, lr=0.5), out, show_progress=False, force=True)
+    moved = sorted(p.name for p in (tmp_path / "ft.replaced-1").iterdir())
+    assert moved == [n for n in before if n != LOCK_NAME]  # the lock stays with the directory
+    assert OWNER_NAME in before and "model.safetensors" in before
