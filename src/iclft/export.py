@@ -188,6 +188,6 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path, *, force: bool = False) -> lis
         f"    lm_eval --model hf --model_args pretrained=MODEL --include_path {out_dir} "
         f"--tasks {GROUP} --log_samples --output_path OUT\n\n"
         "Written by `iclft export lm-eval`; self-contained (lm-eval's environment needs no "
-        "iclft). See iclft's documentation, \"Using iclft with lm-evaluation-harness\".\n",
+        'iclft). See iclft\'s documentation, "Using iclft with lm-evaluation-harness".\n',
     )
     return names

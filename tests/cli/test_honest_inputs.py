@@ -34,15 +34,16 @@ def test_shots_cut_to_fit_are_recorded_warned_and_reported(short_context_dir, tm
     assert saved["shots_used_mean"] == six.shots_used_mean and saved["truncated"] == 3
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1, warned
-    assert "parity clean: --shots 6 did not fit the model's context of 200 tokens in 3 of 3" in (
-        warned[0]
+    assert (
+        "parity clean: --shots 6 did not fit the model's context of 200 tokens in 3 of 3"
+        in (warned[0])
     )
     assert six.shots_text in warned[0]
 
     paths = build_report(tmp_path / "ev")
     md = paths.markdown.read_text()
     assert f"ICL (k={six.shots_text}, best on test items" in md  # the headline's setting
-    assert f"k=6: 3 prompts did not fit the model's context" in md  # a reading note
+    assert "k=6: 3 prompts did not fit the model's context" in md  # a reading note
     rows = list(csv.DictReader(open(paths.tables["cells"])))
     used = {r["shots"]: r["shots_used"] for r in rows}
     assert float(used["6"]) == pytest.approx(six.shots_used_mean) and float(used["0"]) == 0

@@ -40,7 +40,9 @@ def _one_line(code_err, *needles):
 
 
 def _tree(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_a_foreign_directory_is_refused_and_force_moves_it_aside(tiny_dir, tmp_path, iclft_main):
@@ -70,7 +72,9 @@ def test_a_directory_of_another_command_kind_is_refused(tiny_dir, tmp_path, iclf
     ev = tmp_path / "ev"
     assert _eval(iclft_main, tiny_dir, ev)[0] == 0
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"models: [{tiny_dir}]\ntasks: [boolean]\nmethods: [baseline]\nshots: [0]\nn: 2\n")
+    cfg.write_text(
+        f"models: [{tiny_dir}]\ntasks: [boolean]\nmethods: [baseline]\nshots: [0]\nn: 2\n"
+    )
     _one_line(iclft_main("run", str(cfg), "-o", str(ev)), "`iclft eval`", "not `iclft run`")
     _one_line(iclft_main("rescore", str(ev), "-o", str(run)), "`iclft run`")
     _one_line(iclft_main("report", str(tmp_path / "fine")), "does not exist")

@@ -99,9 +99,7 @@ def schedule_rates(schedule: str, lr: float, warmup_steps: int, total: int) -> l
     from transformers import get_scheduler
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    sched = get_scheduler(
-        schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total
-    )
+    sched = get_scheduler(schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total)
     return [lr * sched.lr_lambdas[0](step) for step in range(total)]
 
 
