@@ -120,10 +120,15 @@ class OutputClaim:
     state: str
     moved_to: Path | None = None
 
-    def clear(self) -> None:
+    def clear(self, keep: Iterable[Path | str | None] = ()) -> None:
         """Remove an earlier output of this kind (the whole of it, so nothing old mixes with
-        the new); the owner file stays."""
+        the new); the owner file stays, and so does any entry holding a path of ``keep`` (a
+        response cache the user keeps there)."""
+        kept = [Path(k).resolve() for k in keep if k is not None]
         for p in dir_entries(self.path):
+            here = p.resolve()
+            if any(k == here or here in k.parents for k in kept):
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:

@@ -93,6 +93,10 @@ def test_its_own_directory_is_replaced_whole(tiny_dir, tmp_path, iclft_main):
     assert {r["task"] for r in read_jsonl(out / "predictions.jsonl")} == {"parity"}
     assert {r["task"] for r in read_jsonl(out / "results.jsonl")} == {"parity"}
     assert not list(tmp_path.glob("ev.replaced-*"))
+    cache = out / "cache" / "responses.sqlite"  # a response cache kept in the directory stays
+    assert _eval(iclft_main, tiny_dir, out, "--cache", str(cache))[0] == 0
+    assert _eval(iclft_main, tiny_dir, out, "--cache", str(cache))[0] == 0
+    assert cache.exists()
 
 
 def test_claims_own_resume_and_clear(tmp_path):

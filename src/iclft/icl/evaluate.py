@@ -462,7 +462,7 @@ def run_eval(
     if not main:
         return result
     if claim.state == "own":  # an earlier eval here: replaced whole, never mixed with this one
-        claim.clear()
+        claim.clear(keep=[cache])
     write_jsonl_atomic(out_dir / "predictions.jsonl", result.predictions)
     write_jsonl_atomic(out_dir / "results.jsonl", result.results)
     write_manifest(
