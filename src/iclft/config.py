@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
@@ -21,9 +20,9 @@ from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
 from iclft.icl.scoring import PROTOCOLS
-from iclft.records import SCORINGS, arms, is_finetune
+from iclft.records import SCORINGS, arms, ft_method, is_finetune
 from iclft.stats import N_PERMUTATIONS
-from iclft.validation import FLOAT32_MAX, Strict
+from iclft.validation import FLOAT32_MAX, Strict, load_yaml_file
 
 
 def _known(kind: str, allowed_fn):
@@ -187,6 +186,27 @@ def _message(err: dict) -> str:
     return msg
 
 
+def _unread_settings(cfg: ExperimentConfig) -> list[str]:
+    """Method-specific fine-tuning settings (params, lora) that no method given reads: the
+    shared block's, when no ft-* method of the run reads them; an override's, when its method
+    does not."""
+    from iclft.finetune.config import unread_settings
+
+    out = []
+    shared = cfg.finetune.model_dump()
+    methods = [ft_method(m) for m in cfg.ft_methods()]
+    per = [set(unread_settings(m, shared)) for m in methods]
+    for name in sorted(set.intersection(*per) if per else set()):
+        out.append(
+            f"finetune.{name}: read by none of this run's methods ({', '.join(cfg.ft_methods())})"
+        )
+    for m, values in cfg.finetune_overrides.items():
+        if is_finetune(m):
+            for name in unread_settings(ft_method(m), values):
+                out.append(f"finetune_overrides.{m}.{name}: {m} does not read it")
+    return out
+
+
 _FIXED_STEPS = "a run fine-tunes for a number of steps (epochs are for `iclft finetune`)"
 
 
@@ -212,7 +232,8 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             s = cfg.finetune_for(m)
         except ValidationError as e:
             for err in e.errors():
-                problems.append(f"finetune_overrides.{m}.{_loc(err['loc'])}: {_message(err)}")
+                where = f".{_loc(err['loc'])}" if err["loc"] else ""
+                problems.append(f"finetune_overrides.{m}{where}: {_message(err)}")
             s = None
         if not is_finetune(m):
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")
@@ -220,6 +241,7 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             problems.append(f"finetune_overrides.{m}.steps: {_FIXED_STEPS}")
     if cfg.finetune.steps is None or cfg.finetune.epochs is not None:
         problems.append(f"finetune.steps: {_FIXED_STEPS}")
+    problems += _unread_settings(cfg)
     if cfg.scoring == "loglik":
         from iclft.tasks import get_task
 
@@ -241,13 +263,7 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = load_yaml_file(path)
     return validate_config(data or {}, str(path))
 
 

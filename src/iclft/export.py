@@ -17,8 +17,12 @@ data file (``<name>.jsonl``), plus ``utils.py`` (the scoring) and ``README.md`` 
   after its answer began (iclft's stop rule, applied after generation because lm-eval's
   ``until`` would also stop on a newline *before* the answer) and judges it with iclft's own
   generate scorer (:mod:`iclft.icl.scoring`): the task's parse equals the target (``exact``), or
-  ``str(target)`` occurs in the whole continuation (``paper``). iclft must therefore be
-  importable where lm-eval runs.
+  ``str(target)`` occurs in the whole continuation (``paper``). ``utils.py`` is plain Python
+  (the stop rule, parse and judge restated, held equal to iclft's by the tests), so lm-eval's
+  environment needs no iclft.
+
+The output directory is new, empty or an earlier export (replaced whole, so no stale task keeps
+the ``iclft`` tag); another's is refused unless ``force`` (:func:`iclft.store.claim_output_dir`).
 
 Unlike ``iclft eval``, no model is known here, so prompts are never shortened to fit a context.
 """
@@ -33,7 +37,7 @@ from iclft.icl.evaluate import EvalSpec, demo_pools, demo_sets_for, new_tokens, 
 from iclft.icl.prompts import build_prompt
 from iclft.icl.scoring import PROTOCOLS
 from iclft.store import (
-    ensure_writable_dir,
+    claim_output_dir,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -42,30 +46,47 @@ from iclft.tasks import get_task
 
 GROUP = "iclft"
 
-_UTILS = '''"""Scoring of iclft tasks in lm-evaluation-harness (from `iclft export lm-eval`)."""
+#: the package's scoring, plain Python (lm-eval's environment needs no iclft): iclft's stop
+#: rule (:func:`iclft.icl.engine.finished`), its parse (:meth:`iclft.tasks.base.Task.parse`)
+#: and its judges (:mod:`iclft.icl.scoring`), restated; tests hold them equal to iclft's own
+_UTILS = '''"""Scoring of iclft tasks in lm-evaluation-harness (written by `iclft export lm-eval`).
 
-from types import SimpleNamespace
+Plain Python: lm-eval's environment needs no iclft. Each document carries what its judgement
+needs: the protocol, the target and, for a choice task, the choices.
+"""
 
-from iclft.icl.engine import finished
-from iclft.icl.scoring import get_scorer
-from iclft.tasks import get_task
+import re
 
 
-def _until_newline(text):
-    """The continuation up to the newline that ends the answer (iclft's stop rule)."""
-    for i in range(len(text)):
-        if finished(text[: i + 1], "newline"):
-            return text[: i + 1]
-    return text
+def until_answer_line(text):
+    """The continuation up to the newline that ends the answer: leading whitespace and newlines
+    are skipped, then the next newline ends it (iclft's stop rule)."""
+    start = len(text) - len(text.lstrip())
+    end = text.find("\\n", start)
+    return text if end < 0 else text[: end + 1]
+
+
+def parse(text, choices=None):
+    """The answer read from a continuation (None: nothing answer-like): a choice task's first
+    word matched to a choice regardless of case, else the first integer."""
+    text = text.strip()
+    if choices is not None:
+        m = re.match(r"[A-Za-z]+", text)
+        word = m.group(0).lower() if m else None
+        return next((c for c in choices if c.lower() == word), None)
+    m = re.match(r"[-+]?\\d+", text)
+    return str(int(m.group(0))) if m else None
 
 
 def process_results(doc, results):
-    """iclft's own generate scorer under the doc's protocol (exact: the continuation is cut
-    at iclft's stop first; paper: the whole fixed-length continuation)."""
-    output = results[0] if doc["protocol"] == "paper" else _until_newline(results[0])
-    item = SimpleNamespace(target=doc["target"], shortcut_target=doc.get("shortcut_target"))
-    score = get_scorer("generate", doc["protocol"])(get_task(doc["task"]), item, output)
-    return {"exact_match": float(score.correct)}
+    """exact: the answer parsed from the continuation, cut at the stop rule, equals the target;
+    paper: the target occurs anywhere in the whole fixed-length continuation."""
+    output = results[0]
+    if doc["protocol"] == "paper":
+        correct = doc["target"] in output
+    else:
+        correct = parse(until_answer_line(output), doc.get("choices")) == doc["target"]
+    return {"exact_match": float(correct)}
 '''
 
 
@@ -115,7 +136,7 @@ def _yaml(name: str, data: Path, scoring: str, max_new_tokens: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
+def export_lm_eval(spec: EvalSpec, out_dir: Path, *, force: bool = False) -> list[str]:
     """Write the task package for ``spec`` into ``out_dir``; return the lm-eval task names."""
     spec.check()
     if spec.chat != "none":
@@ -123,7 +144,10 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
             "export writes plain prompts; lm-eval applies chat templates itself "
             "(--apply_chat_template), so export with --chat-template none"
         )
-    out_dir = ensure_writable_dir(Path(out_dir))
+    claim = claim_output_dir(Path(out_dir), "export lm-eval", force=force)
+    if claim.state == "own":  # an earlier export: replaced whole
+        claim.clear()
+    out_dir = claim.path
     names: list[str] = []
     for tname in spec.tasks:
         task = get_task(tname)
@@ -142,9 +166,10 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
                             "demo_set": s, "protocol": spec.protocol, "prompt": p.text,
                             "target": q.target,
                         }  # fmt: skip
+                        if task.choices is not None:  # generate: what utils.parse matches
+                            doc["choices"] = list(task.choices)
                         if scoring == "loglik":
-                            choices = list(task.choices or ())
-                            doc |= {"choices": choices, "target_index": choices.index(q.target)}
+                            doc["target_index"] = doc["choices"].index(q.target)
                         docs.append(doc)
                     data = out_dir / f"{name}.jsonl"
                     write_jsonl_atomic(data, docs)
@@ -161,7 +186,7 @@ def export_lm_eval(spec: EvalSpec, out_dir: Path) -> list[str]:
         "# iclft tasks for lm-evaluation-harness\n\n"
         f"    lm_eval --model hf --model_args pretrained=MODEL --include_path {out_dir} "
         f"--tasks {GROUP} --log_samples --output_path OUT\n\n"
-        "Written by `iclft export lm-eval`; see iclft's README, "
-        '"Using iclft with lm-evaluation-harness".\n',
+        "Written by `iclft export lm-eval`; self-contained (lm-eval's environment needs no "
+        'iclft). See iclft\'s documentation, "Using iclft with lm-evaluation-harness".\n',
     )
     return names

@@ -154,6 +154,14 @@ class Prediction(Record):
     checkpoint: str | None = written_with("step")
 
 
+def shots_text(shots: int, used_mean: float | None, truncated: int | None) -> str:
+    """``300``, or ``300 (247 used: context)`` when ``truncated`` prompts held fewer
+    demonstrations than asked for (``used_mean``: the mean number they held)."""
+    if not truncated or used_mean is None:
+        return str(shots)
+    return f"{shots} ({round(used_mean, 1):g} used: context)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CellResult(Record):
     """One evaluated cell (model, task, variant, arm, shots, split) for one seed: a row of
@@ -219,6 +227,12 @@ class CellResult(Record):
     train_examples: int | None = omit_unset()
     ft_dir: str | None = omit_unset()
     checkpoint: str | None = written_with("step")
+
+    @property
+    def shots_text(self) -> str:
+        """The shot count as tables show it: ``300``, or ``300 (247 used: context)`` when
+        prompts were cut to fit the model's context (the mean demonstrations used)."""
+        return shots_text(self.shots, self.shots_used_mean, self.truncated)
 
     @property
     def is_checkpoint(self) -> bool:

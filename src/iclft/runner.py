@@ -21,7 +21,8 @@ each evaluation stage's ``prompts_per_process``.
 
 Run directory::
 
-    config.json            the resolved config (a different one is refused unless --force)
+    config.json            the resolved config (a different one is refused unless --force,
+                           which moves the old run aside to RUN_DIR.replaced-N)
     manifest.json          versions, git revision, models and hashes, device, stage timings
     results.jsonl          one row per evaluated cell (all stages); a fine-tuned model's rows
                            carry the ``step`` it was trained for, and ``checkpoint`` (its
@@ -38,7 +39,6 @@ Run directory::
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,9 +50,9 @@ from iclft.faults import kill_point
 from iclft.records import Prediction, StageRecord
 from iclft.stages import Advance, RunContext, Stage, is_collective, run_stage
 from iclft.store import (
-    dir_entries,
+    claim_output_dir,
     dir_lock,
-    ensure_writable_dir,
+    move_aside,
     write_json_atomic,
     write_jsonl_atomic,
     write_manifest,
@@ -106,10 +106,13 @@ def _stale_stages(run_dir: Path) -> list[str]:
 
 
 def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
-    """Refuse a directory holding a different config, or stages of another item layout (unless
-    ``force``: then start over)."""
+    """A new or empty directory, or a run of the same config (resumed). A run of a different
+    config, or a non-empty directory another command wrote, is refused unless ``force``: then
+    its contents are moved aside to ``RUN_DIR.replaced-N`` and the run starts over.
+    Stages of another item layout are never mixed with this one's."""
+    claim = claim_output_dir(run_dir, "run", force=force)
     saved = run_dir / "config.json"
-    if saved.exists():
+    if claim.state == "own" and saved.exists():
         old = json.loads(saved.read_text())
         stale = _stale_stages(run_dir)
         if stale and not force:
@@ -129,18 +132,11 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
                 )
                 raise UserError(
                     f"run directory {str(run_dir)!r} holds a different config (differs in: "
-                    f"{', '.join(diff)}); use another directory or --force to start over"
+                    f"{', '.join(diff)}); use another directory, or --force to move it aside "
+                    f"to {run_dir.name}.replaced-N and start over"
                 )
-            for name in ("stages", "predictions", "finetune", "analysis", "figures", "tables"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in ("results.jsonl", "comparisons.jsonl", "report.html", "report.md"):
-                (run_dir / name).unlink(missing_ok=True)
-    elif dir_entries(run_dir) and not force:
-        raise UserError(
-            f"run directory {str(run_dir)!r} is not empty and holds no iclft run; "
-            "use an empty or new directory (or --force)"
-        )
-    ensure_writable_dir(run_dir)
+            move_aside(run_dir)
+            claim_output_dir(run_dir, "run")
     for tmp in run_dir.rglob(".*.tmp"):  # left by a killed atomic write; we hold the lock
         if tmp.is_file():
             tmp.unlink()

@@ -263,11 +263,14 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from iclft.finetune import make_config, run_finetune
-    from iclft.finetune.config import TRAIN_CONFIG_NAME
+    from iclft.finetune.config import METHOD_SPECIFIC, TRAIN_CONFIG_NAME, reads_setting
 
     cfg = ctx.cfg
     s = cfg.finetune_for(st.method)
     settings = s.model_dump()
+    for name in METHOD_SPECIFIC:  # the shared block's settings this method does not read
+        if not reads_setting(ft_method(st.method), s.params, name):
+            settings.pop(name)
     # N processes (DDP) each take batch_size / N rows: the global batch is the config's
     settings["batch_size"] = s.batch_size // ctx.processes
     ft = make_config(

@@ -8,6 +8,14 @@ newline, the mark of a write cut short. A write that fails (a full disk) raises
 
 :func:`dir_lock` makes a directory single-writer: a second process that tries to write the same
 run directory is refused with the holder's pid.
+
+:func:`claim_output_dir` decides whether a command may write a directory at all: each output
+directory carries a small owner file (:data:`OWNER_NAME`) naming the command kind that wrote it.
+A command writes a new or empty directory, or one it wrote itself (resumed or replaced whole);
+a non-empty directory of anyone else (another command kind, or not iclft's) is refused in one
+line unless ``force``, and then its contents are moved aside to ``DIR.replaced-N``, never
+deleted. Files are created with the permissions the umask allows (``0o666 & ~umask``), as
+``open`` would.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,14 @@ from iclft.records import Record
 
 LOCK_NAME = ".iclft.lock"
 MANIFEST_NAME = "manifest.json"
+#: the owner file of an output directory: ``{"command": KIND}``, the command kind that wrote it
+OWNER_NAME = ".iclft-output.json"
+#: suffixes that name a file, not a directory: ``-o out.csv`` is refused rather than made a
+#: directory called out.csv
+FILE_SUFFIXES = frozenset(
+    ".csv .tsv .json .jsonl .txt .log .md .html .yaml .yml .parquet .png .pdf .svg .zip .gz "
+    ".tar .pt .bin .safetensors .gguf .npz .npy .pkl".split()
+)
 
 
 class WriteError(UserError):
@@ -58,9 +76,132 @@ def _open_temp(fd: int, mode: str, path: Path):
 
 
 def dir_entries(path: Path) -> list[Path]:
-    """What ``path`` holds besides iclft's lock file (``[]`` if it does not exist)."""
+    """What ``path`` holds besides iclft's lock and owner files (``[]`` if it does not exist)."""
     path = Path(path)
-    return [p for p in path.iterdir() if p.name != LOCK_NAME] if path.is_dir() else []
+    skip = (LOCK_NAME, OWNER_NAME)
+    return [p for p in path.iterdir() if p.name not in skip] if path.is_dir() else []
+
+
+#: files whose presence marks a directory written by an iclft version before owner files,
+#: with the command kind that wrote it (the manifest's ``command`` is read first)
+_LEGACY_MARKS = (
+    ("stages", "run"),
+    ("train_config.json", "finetune"),
+    ("iclft_export.json", "export lm-eval"),
+)
+
+
+def output_owner(path: Path) -> str | None:
+    """The command kind that wrote directory ``path``: its owner file's, else (directories
+    written before owner files) its manifest's ``command``, else one of the files only a kind
+    writes; ``None`` for a directory iclft did not write (or an empty one)."""
+    path = Path(path)
+    for name in (OWNER_NAME, MANIFEST_NAME):
+        try:
+            kind = json.loads((path / name).read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(kind, str):
+            return kind
+    for name, kind in _LEGACY_MARKS:
+        if (path / name).exists():
+            return kind
+    return None
+
+
+@dataclass(frozen=True)
+class OutputClaim:
+    """What :func:`claim_output_dir` found: ``state`` is ``new`` (a new or empty directory),
+    ``own`` (an earlier output of the same command kind: resume it or :meth:`clear` it) or
+    ``moved`` (another's contents, moved aside to ``moved_to`` under ``force``)."""
+
+    path: Path
+    kind: str
+    state: str
+    moved_to: Path | None = None
+
+    def clear(self, keep: Iterable[Path | str | None] = ()) -> None:
+        """Remove an earlier output of this kind (the whole of it, so nothing old mixes with
+        the new); the owner file stays, and so does any entry holding a path of ``keep`` (a
+        response cache the user keeps there)."""
+        kept = [Path(k).resolve() for k in keep if k is not None]
+        for p in dir_entries(self.path):
+            here = p.resolve()
+            if any(k == here or here in k.parents for k in kept):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def check_output_path(path: Path) -> Path:
+    """Refuse an output directory that is an existing file, or a new name that looks like a
+    file's (``-o out.csv``: the output is a directory of files, not one file)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"-o {path} is an existing file; the output must be a directory")
+    if not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+        raise UserError(
+            f"-o {path} looks like a file name ({path.suffix}); the output is a directory of "
+            f"files (results.jsonl, manifest.json...): give a directory, e.g. -o {path.stem}"
+        )
+    return path
+
+
+def move_aside(path: Path) -> Path:
+    """Move everything in ``path`` (but its lock) into a new sibling ``PATH.replaced-N`` (the
+    first N free) and return it: nothing is deleted."""
+    path = Path(path)
+    n = 1
+    while (aside := path.with_name(f"{path.name}.replaced-{n}")).exists():
+        n += 1
+    try:
+        aside.mkdir()
+        for p in path.iterdir():
+            if p.name != LOCK_NAME:
+                shutil.move(str(p), str(aside / p.name))
+    except OSError as e:
+        raise UserError(
+            f"cannot move the contents of {path} aside to {aside}: {e.strerror or e}"
+        ) from None
+    return aside
+
+
+def _write_owner(path: Path, kind: str) -> None:
+    write_json_atomic(path / OWNER_NAME, {"command": kind})
+
+
+def claim_output_dir(path: Path, kind: str, *, force: bool = False) -> OutputClaim:
+    """Check that command ``kind`` (``eval``, ``run``, ``analyze circuits``...) may write the
+    output directory ``path``, create it and mark it as ``kind``'s.
+
+    Refused in one line: an existing file, a name that looks like a file (``out.csv``), and a
+    non-empty directory written by another command kind or not by iclft, unless ``force``
+    (then its contents are moved aside, see :func:`move_aside`). A directory ``kind`` wrote
+    itself comes back as ``own``: the caller resumes it or replaces it whole."""
+    path = check_output_path(Path(path))
+    ensure_writable_dir(path)
+    entries = dir_entries(path)
+    owner = output_owner(path)
+    if not entries:
+        _write_owner(path, kind)
+        return OutputClaim(path, kind, "own" if owner == kind else "new")
+    if owner == kind:
+        _write_owner(path, kind)  # a directory written before owner files gets one
+        return OutputClaim(path, kind, "own")
+    if not force:
+        names = sorted(p.name for p in entries)
+        found = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        whose = f"`iclft {owner}`" if owner else "something other than iclft"
+        raise UserError(
+            f"output directory {str(path)!r} is not empty and was written by {whose}, not "
+            f"`iclft {kind}` (it holds {found}); give -o a new or empty directory, or --force "
+            f"to move its contents aside to {path.name}.replaced-N"
+        )
+    aside = move_aside(path)
+    _write_owner(path, kind)
+    return OutputClaim(path, kind, "moved", aside)
 
 
 @contextlib.contextmanager
@@ -74,6 +215,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[Any]:
     ensure_writable_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
     except OSError as e:
         raise _write_error(path, e) from e
     try:
@@ -89,6 +231,21 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[Any]:
         if isinstance(e, OSError):
             raise _write_error(path, e) from e
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux); else
+    set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:
@@ -108,7 +265,7 @@ def dir_lock(path: Path) -> Iterator[None]:
     Re-entrant within one process (the lock is the process's, not a caller's). The lock dies
     with the process, so a killed run never leaves a stale lock; the file itself stays.
     """
-    path = ensure_writable_dir(Path(path))
+    path = ensure_writable_dir(check_output_path(Path(path)))
     key = str(path.resolve())
     if _HELD.get(key):
         _HELD[key] += 1

@@ -222,7 +222,7 @@ def test_listed_checkpoints_are_saved_whatever_save_every_and_load(
     code, err = iclft_main(
         "finetune", "--model", str(tiny_model_dir), "--method", "lora", "--tasks", "boolean",
         "--train-n", "16", "--steps", "4", "--batch-size", "4", "--eval-n", "2", "--lr", "1e-2",
-        "--save-every", "2", "--eval-checkpoints", "3,1", "-o", str(out),
+        "--warmup-steps", "0", "--save-every", "2", "--eval-checkpoints", "3,1", "-o", str(out),
     )  # fmt: skip
     assert code == 0, err
     assert json.loads((out / "train_config.json").read_text())["eval_checkpoints"] == [1, 3]

@@ -23,7 +23,7 @@ def test_cli_options_are_the_settings_fields_each_with_help():
     from iclft.cli.finetune import finetune_command
 
     options = set(inspect.signature(finetune_command).parameters)
-    assert options == {"output", "config", "resume", *FinetuneConfig.model_fields}
+    assert options == {"output", "config", "resume", "force", *FinetuneConfig.model_fields}
     assert set(TrainingSettings.model_fields) < set(FinetuneConfig.model_fields)
     missing = [n for n, f in FinetuneConfig.model_fields.items() if not f.description]
     assert not missing
@@ -59,14 +59,14 @@ def test_an_experiment_fine_tunes_for_a_number_of_steps():
 
 
 def test_lora_settings_nested_as_in_the_run_file_or_flat():
-    nested = make_config(lora={"rank": 4, "target_modules": ["q_proj"]})
-    flat = make_config(lora_rank=4, lora_targets=["q_proj"])
+    nested = make_config(method="lora", lora={"rank": 4, "target_modules": ["q_proj"]})
+    flat = make_config(method="lora", lora_rank=4, lora_targets=["q_proj"])
     assert nested == flat and nested.lora_rank == 4
     saved = nested.model_dump()
     assert saved["lora"] == {"rank": 4, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj"]}
     assert "lora_rank" not in saved and make_config(**saved) == nested
     with pytest.raises(UserError, match=r"lora\.rnk: unknown setting; allowed: rank, alpha"):
-        make_config(lora={"alpha": 2.0, "rnk": 4})
+        make_config(method="lora", lora={"alpha": 2.0, "rnk": 4})
 
 
 def test_method_names_come_from_the_registry():

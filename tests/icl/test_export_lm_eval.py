@@ -61,33 +61,126 @@ def test_lm_eval_reads_the_exact_prompts_and_requests(tmp_path, iclft_main):
     assert code == 2
 
 
+def _iclft_cut(text: str) -> str:
+    """The continuation as iclft's engine stops it (``finished``: the newline after the answer
+    began)."""
+    from iclft.icl.engine import finished
+
+    return next((text[: i + 1] for i in range(len(text)) if finished(text[: i + 1], "newline")),
+                text)  # fmt: skip
+
+
+def _outputs(doc: dict) -> list[str]:
+    """Continuations that probe the stop rule, the parse and both judges around a target."""
+    t, alt = doc["target"], doc.get("shortcut_target") or "7"
+    return [f" {t}\n", f"\n\n {t}\nmore", f" 1{t}", f" {t}\n9", " 7\n" + t, " none", "", " \n ",
+            f" {t.upper()}.", f" {t.lower()} and", f" -{t}", f" +{t}x", f" 00{t}", f" {alt}\n{t}",
+            f"{t}{t}", f" {t} {alt}"]  # fmt: skip
+
+
+def _docs(directory) -> list[dict]:
+    from iclft.store import read_jsonl
+
+    return [d for f in sorted(directory.glob("iclft_*.jsonl")) for d in read_jsonl(f)]
+
+
 @pytest.mark.parametrize("protocol", ["exact", "paper"])
 def test_the_packages_scoring_is_iclfts_scorer(protocol, tmp_path, iclft_main):
     """utils.process_results judges a continuation as iclft's generate scorer does (exact: cut
-    at iclft's stop rule, then parsed; paper: the target anywhere in the whole continuation)."""
+    at iclft's stop rule, then parsed; paper: the target anywhere in the whole continuation),
+    on every task, the choice tasks generating too; and utils.parse is each task's parse."""
     from importlib import util
 
     from iclft.icl.scoring import get_scorer
-    from iclft.tasks import get_task
+    from iclft.tasks import get_task, task_names
 
-    args = ["--task", "expression", "-n", "3", "--protocol", protocol, "-o", str(tmp_path)]
-    assert iclft_main("export", "lm-eval", *args)[0] == 0
+    args = ["--task", "all", "-n", "3", "--scoring", "generate", "--protocol", protocol]
+    assert iclft_main("export", "lm-eval", *args, "-o", str(tmp_path))[0] == 0
     spec = util.spec_from_file_location("utils", tmp_path / "utils.py")
     utils = util.module_from_spec(spec)
     spec.loader.exec_module(utils)
-    task = get_task("expression")
     score = get_scorer("generate", protocol)
-    docs = [d for _, t in _flat(_task_dict(tmp_path)) for d in t.test_docs()]
-    assert docs and {d["protocol"] for d in docs} == {protocol}
+    docs = _docs(tmp_path)
+    assert {d["task"] for d in docs} == set(task_names()) and {d["protocol"] for d in docs} == {
+        protocol
+    }
     for doc in docs:
+        task = get_task(doc["task"])
         item = next(q for q in task.generate(doc["variant"], 3, 0) if q.id == doc["id"])
-        t = doc["target"]
-        for out in (f" {t}\n", f" 1{t}", f" {t}\n9", " 7\n" + t, " none"):
-            cut = out if protocol == "paper" else utils._until_newline(out)
+        for out in _outputs({**doc, "shortcut_target": item.shortcut_target}):
+            cut = out if protocol == "paper" else _iclft_cut(out)
             want = score(task, item, cut).correct
             assert utils.process_results(doc, [out]) == {"exact_match": float(want)}, out
+            assert utils.until_answer_line(out) == _iclft_cut(out), out
+            assert utils.parse(out, doc.get("choices")) == task.parse(out), out
     judged = [utils.process_results(d, [f" 1{d['target']}"])["exact_match"] for d in docs]
     assert set(judged) == ({1.0} if protocol == "paper" else {0.0})  # "2" is found in "12"
+
+
+def test_the_package_runs_where_iclft_is_not_importable(tmp_path, iclft_main):
+    """utils.py imports nothing but the standard library, and scores in an interpreter that
+    cannot import iclft (``python -I -S``: no site-packages, no PYTHONPATH, no working
+    directory) exactly as in this one."""
+    import ast
+    import subprocess
+    import sys
+    from importlib import util
+
+    args = ["--task", "boolean,expression", "-n", "2", "--scoring", "generate"]
+    assert iclft_main("export", "lm-eval", *args, "-o", str(tmp_path / "pkg"))[0] == 0
+    source = (tmp_path / "pkg" / "utils.py").read_text()
+    imported = {
+        n.name.split(".")[0] if isinstance(node, ast.Import) else node.module.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for n in (node.names if isinstance(node, ast.Import) else [node])
+    }
+    assert imported == {"re"}
+    docs = _docs(tmp_path / "pkg")
+    cases = [(d, out) for d in docs for out in _outputs(d)]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = (
+        "import importlib.util, json, sys\n"
+        "assert importlib.util.find_spec('iclft') is None, 'iclft is importable'\n"
+        f"sys.path.insert(0, {str(tmp_path / 'pkg')!r})\n"
+        "import utils\n"
+        f"cases = json.load(open({str(tmp_path / 'cases.json')!r}))\n"
+        "print(json.dumps([utils.process_results(d, [o])['exact_match'] for d, o in cases]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    theirs = json.loads(run.stdout)
+    spec = util.spec_from_file_location("utils", tmp_path / "pkg" / "utils.py")
+    utils = util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    ours = [utils.process_results(d, [o])["exact_match"] for d, o in cases]
+    assert theirs == ours and 0 < sum(ours) < len(ours)
+
+
+def test_an_export_replaces_its_earlier_export_whole(tmp_path, iclft_main):
+    """No task of an earlier export keeps the iclft tag: the folder holds the new export only;
+    a folder another command wrote is refused, and --force moves its contents aside."""
+    out = tmp_path / "pkg"
+    assert iclft_main("export", "lm-eval", "--task", "all", "-o", str(out))[0] == 0
+    first = {p.name for p in out.glob("iclft_*.yaml")}
+    assert len(first) == 10
+    assert iclft_main("export", "lm-eval", "--task", "boolean", "-n", "2", "-o", str(out))[0] == 0
+    assert {p.name for p in out.glob("iclft_*")} == {
+        "iclft_boolean_clean_0shot.yaml", "iclft_boolean_clean_0shot.jsonl",
+        "iclft_boolean_misleading_0shot.yaml", "iclft_boolean_misleading_0shot.jsonl",
+        "iclft_export.json",
+    }  # fmt: skip
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.yaml").write_text("task: mine\n")
+    code, err = iclft_main("export", "lm-eval", "--task", "boolean", "-o", str(mine))
+    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in mine.iterdir()] == ["notes.yaml"]
+    assert iclft_main("export", "lm-eval", "--task", "boolean", "-o", str(mine), "--force")[0] == 0
+    assert (tmp_path / "mine.replaced-1" / "notes.yaml").read_text() == "task: mine\n"
+    assert not (mine / "notes.yaml").exists() and (mine / "utils.py").exists()
 
 
 @pytest.mark.integration
@@ -132,7 +225,7 @@ def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
                 for c, ll in zip(t.choices, lls):
                     assert ll == pytest.approx(p["scores"][c], abs=1e-3)
             else:
-                theirs = t.parse(utils._until_newline(s["filtered_resps"][0]))
+                theirs = t.parse(utils.until_answer_line(s["filtered_resps"][0]))
             compared += 1
             same += theirs == p["prediction"]
             assert (s.get("acc", s.get("exact_match")) == 1.0) == p["correct"]

@@ -233,3 +233,23 @@ def test_figures_and_tables_mark_each_evaluated_checkpoint(tmp_path, make_run, m
     page = p.html.read_text()
     assert "Fine-tuned models at each evaluated step: smollm2-135m" in page
     assert "ft-full (final)" in page
+
+
+def test_a_report_written_again_holds_only_its_own_figures_and_tables(make_run, tmp_path):
+    """Figures and tables of an earlier report that this one does not draw do not linger
+    beside it; other files in the run directory are left alone."""
+    from iclft.report import build_report
+
+    run = make_run(tmp_path / "run")
+    first = build_report(run)
+    stale_fig = first.figures_dir / "accuracy_vs_shots__old-model.png"
+    stale_fig.write_bytes(b"old")
+    stale_table = first.tables_dir / "old.csv"
+    stale_table.write_text("a\n")
+    (run / "notes.txt").write_text("mine")
+    again = build_report(run)
+    assert not stale_fig.exists() and not stale_table.exists()
+    assert sorted(p.name for p in again.figures_dir.glob("*.png")) == sorted(
+        p.name for p in again.figures
+    )
+    assert (run / "notes.txt").read_text() == "mine"

@@ -77,7 +77,9 @@ def test_a_second_run_is_refused_with_the_holders_pid(tiny_dir, tmp_path, holder
 def test_a_fine_tuning_directory_has_one_writer(tiny_dir, tmp_path, holder):
     out = tmp_path / "ft"
     proc = holder(out)
-    cfg = make_config(model=str(tiny_dir), tasks=["boolean"], train_n=4, steps=1, eval_n=2)
+    cfg = make_config(
+        model=str(tiny_dir), tasks=["boolean"], train_n=4, steps=1, warmup_steps=0, eval_n=2
+    )
     with pytest.raises(DirectoryBusy, match=f"pid {proc.pid}"):
         run_finetune(cfg, out, show_progress=False)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

@@ -133,7 +133,7 @@ def test_another_protocol_rejudges_every_stage(run_dir, tmp_path, iclft_main):
         ("protocol", "unknown protocol 'lenient'"),
         ("same", "another directory than the source"),
         ("inside", "a directory outside"),
-        ("not-empty", "is not empty and holds no rescore of"),
+        ("not-empty", "is not empty and was written by something other than iclft"),
         ("not-a-run", "not an `iclft eval` directory"),
         ("no-config", "no readable config.json"),
         ("rescored", "is itself a rescored run"),

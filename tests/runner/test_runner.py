@@ -61,8 +61,10 @@ def test_a_different_config_is_refused_unless_forced(tiny_dir, tmp_path):
     other = validate_config(_config(tiny_dir, methods=["baseline"], shots=[0], n=4))
     with pytest.raises(UserError, match="different config.*n"):
         run_experiment(other, tmp_path / "r", show_progress=False)
+    first = _rows(tmp_path / "r")
     s = run_experiment(other, tmp_path / "r", force=True, show_progress=False)
     assert s.ran == 1 and all(r["n"] == 4 for r in _rows(tmp_path / "r"))
+    assert _rows(tmp_path / "r.replaced-1") == first  # the old run moved aside, not deleted
 
 
 def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):

@@ -144,16 +144,20 @@ def run_circuits(
     dtype: str = "auto",
     track: Track = _no_track,
     loaded: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> CircuitsResult:
     """``iclft analyze circuits``: load the models (``loaded`` may hold already loaded
     ``LoadedModel`` objects under ``base``/``ft``: tests, the runner), :func:`find_circuits`,
-    then :func:`write_circuits` into ``out_dir``; returns the record."""
+    then :func:`write_circuits` into ``out_dir``; returns the record. ``out_dir`` is new, empty
+    or an earlier circuits output (replaced whole); another's is refused unless ``force``
+    (:func:`iclft.store.claim_output_dir`)."""
     from iclft.models import load_model
-    from iclft.store import ensure_writable_dir
+    from iclft.store import claim_output_dir
 
     spec.check()
     check_ft_model(ft_model)
-    out_dir = ensure_writable_dir(Path(out_dir))
+    claim = claim_output_dir(Path(out_dir), "analyze circuits", force=force)
+    out_dir = claim.path
     started = time.time()
     t0 = time.time()
     models = dict(loaded or {})
@@ -164,6 +168,8 @@ def run_circuits(
     timings = {"load_s": round(time.time() - t0, 3)}
     report, found = find_circuits(spec, models, track)
     timings.update(found)
+    if claim.state == "own":  # an earlier analysis here: replaced whole
+        claim.clear()
     write_circuits(report, out_dir, started=started, timings=timings, base=models["base"])
     return report
 

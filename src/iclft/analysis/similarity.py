@@ -844,20 +844,25 @@ def run_similarity(
     dtype: str = "auto",
     track: Track | None = None,
     loaded: Any = None,
+    force: bool = False,
 ) -> SimilarityResult:
     """``iclft analyze similarity``: load the model (``loaded`` may be an already loaded
     ``LoadedModel``: tests, the runner), :func:`measure_similarity`, then
-    :func:`write_similarity` into ``out_dir``; returns the record."""
+    :func:`write_similarity` into ``out_dir``; returns the record. ``out_dir`` is new, empty or
+    an earlier similarity output (replaced whole); another's is refused unless ``force``."""
     from iclft.models import load_model
-    from iclft.store import ensure_writable_dir
+    from iclft.store import claim_output_dir
 
     spec.check()
-    out_dir = ensure_writable_dir(Path(out_dir))
+    claim = claim_output_dir(Path(out_dir), "analyze similarity", force=force)
+    out_dir = claim.path
     started = time.time()
     t0 = time.time()
     lm = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
     timings = {"load_s": round(time.time() - t0, 3)}
     report = measure_similarity(spec, lm, track, timings)
+    if claim.state == "own":  # an earlier analysis here: replaced whole
+        claim.clear()
     write_similarity(report, out_dir, started=started, timings=timings, lm=lm)
     return report
 

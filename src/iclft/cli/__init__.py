@@ -16,6 +16,22 @@ from iclft import __version__
 from iclft.cli import data as data_cmd
 from iclft.errors import UserError
 
+
+def _flags_without_type() -> None:
+    """Typer (0.29) shows ``<bool>`` beside every flag in ``--help`` as if it took a value;
+    a flag shows no type, as click's plain help has it."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_type()
+
 app = typer.Typer(
     name="iclft",
     help="In-context learning vs fine-tuning on tasks with implicit patterns.",

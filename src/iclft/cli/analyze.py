@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from iclft.analysis.pipeline import N_SPLITS
+from iclft.cli.eval import FORCE
 from iclft.stats import N_PERMUTATIONS
 
 app = typer.Typer(
@@ -84,13 +85,13 @@ def circuits_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    force: bool = FORCE,
 ) -> None:
     """Patch every head, MLP and residual stream in the base (0-shot), ICL (k-shot) and FT
     (0-shot, --ft-model) settings; write circuits.json, heat maps and manifest.json."""
     from rich.console import Console
 
     from iclft.analysis.pipeline import CircuitSpec, check_ft_model, run_circuits
-    from iclft.store import ensure_writable_dir
 
     spec = CircuitSpec(
         task=task,
@@ -109,11 +110,11 @@ def circuits_command(
         per_position=tuple(k.strip() for k in per_position.split(",") if k.strip()),
     ).check()
     check_ft_model(ft_model)
-    ensure_writable_dir(output)
     with _progress() as track:
         report = run_circuits(
-            spec, output, model=model, ft_model=ft_model, device=device, dtype=dtype, track=track
-        )
+            spec, output, model=model, ft_model=ft_model, device=device, dtype=dtype,
+            track=track, force=force,
+        )  # fmt: skip
     out = Console()
     for name, s in report.settings.items():
         g = s["gap_check"]
@@ -217,6 +218,7 @@ def similarity_command(
         "fp32; a half-precision model rounds small updates away (update_cast in the output).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    force: bool = FORCE,
 ) -> None:
     """Compare ICL with gradient descent on the same k demonstrations (vanilla and layer-causal,
     K/V only) with controls (norm-matched random updates, Dai et al.'s uniform baseline, an
@@ -225,15 +227,15 @@ def similarity_command(
     from rich.console import Console
 
     from iclft.analysis.similarity import SimilaritySpec, controls_rows, parse_lr, run_similarity
-    from iclft.store import ensure_writable_dir
 
     spec = SimilaritySpec(
         task=task, shots=shots, n=n, lr=parse_lr(lr), seed=seed, keys=keys,
         random_draws=random_draws, untrained=untrained, n_boot=n_boot, heldout=heldout,
     ).check()  # fmt: skip
-    ensure_writable_dir(output)
     with _progress() as track:
-        report = run_similarity(spec, output, model=model, device=device, dtype=dtype, track=track)
+        report = run_similarity(
+            spec, output, model=model, device=device, dtype=dtype, track=track, force=force
+        )
     columns, rows = controls_rows(report)
     out = Console()
     out.print(

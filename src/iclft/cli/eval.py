@@ -30,6 +30,13 @@ DEMO_SETS = typer.Option(
     "two-level bootstrap (sets, then items).",
 )
 MAX_NEW_TOKENS = typer.Option(10, "--max-new-tokens")
+#: ``--force`` of every command that writes an output directory
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Write into a non-empty directory that another command (or not iclft) wrote: its "
+    "contents are moved aside to DIR.replaced-N first, never deleted.",
+)
 
 
 def spec_from_options(
@@ -106,7 +113,13 @@ def eval_command(
         help="auto (sdpa where the model's family has it, else eager), sdpa, eager or "
         "flash_attention_2; the one used is in the manifest.",
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Output directory: new, empty, or an earlier `iclft eval` output (replaced whole).",
+    ),
+    force: bool = FORCE,
     cache: Path = typer.Option(
         None,
         "--cache",
@@ -134,6 +147,7 @@ def eval_command(
         attn_implementation=attn,
         batch_size=batch_size,
         cache=cache,
+        force=force,
     )
     from iclft.distributed import is_main
 
@@ -148,7 +162,7 @@ def eval_command(
         table.add_row(
             r.task,
             r.variant + (" (held-out)" if r.split == "heldout" else ""),
-            str(r.shots),
+            r.shots_text,
             f"{r.accuracy:.3f}",
             f"[{r.ci_low:.2f}, {r.ci_high:.2f}]",
             f"{len(sets)}: {min(sets):.2f}–{max(sets):.2f}" if len(sets) > 1 else "1",

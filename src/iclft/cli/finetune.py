@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from iclft.cli.eval import FORCE
 from iclft.finetune.config import LORA_KEYS, FinetuneConfig
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def finetune_command(
     output: Path = typer.Option(..., "-o", "--output", help="Output directory of the run."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file of settings."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    force: bool = FORCE,
     **settings,
 ) -> None:
     """Fine-tune a model on task data and write the final model, curves.csv and manifest.json;
@@ -110,7 +112,7 @@ def finetune_command(
     if settings.get("epochs") is not None and settings.get("steps") is None:
         values["steps"] = None  # --epochs instead of the default (or the file's) steps
     cfg = make_config(**values)
-    res = run_finetune(cfg, output, resume=resume)
+    res = run_finetune(cfg, output, resume=resume, force=force)
     from iclft.distributed import is_main
 
     if not is_main():  # under accelerate launch, rank 0 reports

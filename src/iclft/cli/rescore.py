@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
+from iclft.cli.eval import FORCE
+
 
 def rescore_command(
     source: Path = typer.Argument(..., help="An `iclft eval` or `iclft run` output directory."),
     protocol: str = typer.Option(
         "exact", "--protocol", help="exact (parse, exact match) or paper (target as a substring)."
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="New directory for the results."),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="New directory for the results (an earlier rescore's is replaced whole).",
+    ),
+    force: bool = FORCE,
 ) -> None:
     """Recompute results.jsonl (and a run's comparisons.jsonl and stage records) from the saved
     predictions under another protocol, without the model; the source is left as it is."""
@@ -20,7 +28,7 @@ def rescore_command(
 
     from iclft.icl.rescore import rescore_dir
 
-    results = rescore_dir(source, protocol, output)
+    results = rescore_dir(source, protocol, output, force=force)
     console = Console(stderr=True)
     for r in results:
         step = "" if r.step is None else f" step {r.step}"

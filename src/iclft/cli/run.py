@@ -68,7 +68,10 @@ def run_command(
         None, "-o", "--output", help="Run directory (required unless --dry-run)."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Start over in a directory that holds a different config."
+        False,
+        "--force",
+        help="Start over in a directory that holds a different config or another command's "
+        "output: its contents are moved aside to DIR.replaced-N first, never deleted.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Validate the config and print the plan; load and write nothing."
@@ -96,7 +99,12 @@ def run_command(
 
 def demo_command(
     output: Path = typer.Option(Path("runs/demo"), "-o", "--output", help="Run directory."),
-    force: bool = typer.Option(False, "--force", help="Start over if the directory differs."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Start over if the directory holds another config or output (moved aside to "
+        "DIR.replaced-N, never deleted).",
+    ),
 ) -> None:
     """The demo: configs/demo.yaml on the embedded smollm2-135m on CPU, then the report."""
     from iclft.config import load_experiment, packaged_config

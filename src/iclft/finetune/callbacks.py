@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from iclft.errors import UserError
 from iclft.faults import kill_point
-from iclft.finetune.config import check_eval_checkpoints
+from iclft.finetune.config import check_eval_checkpoints, check_schedule
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import evaluate_task
 from iclft.records import CURVE_FIELDS, CURVE_ITEMS, CurvePoint
@@ -171,6 +171,30 @@ class SaveAtSteps(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step in self.steps:
             control.should_save = True
+
+
+class ScheduleCheck(TrainerCallback):
+    """Before the first step, with the run's length as the Trainer counts it (epochs and
+    demonstrations mode are known only here): refuse a warm-up as long as the run and a
+    learning rate that is 0 at every step (:func:`~iclft.finetune.config.check_schedule`)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        total = state.max_steps
+        try:
+            check_schedule(schedule, args.learning_rate, args.get_warmup_steps(total), total)
+        except ValueError as e:
+            raise UserError(f"invalid fine-tuning settings: {e}") from None
+
+
+def learning_rates(log_history: list[dict]) -> dict[str, float]:
+    """``{step: learning rate}``: the rate each logged step was trained at (transformers logs
+    the rate of the step's update, before the scheduler moves on)."""
+    return {
+        str(h["step"]): float(h["learning_rate"])
+        for h in log_history
+        if "learning_rate" in h and "loss" in h
+    }
 
 
 class AlreadyTrained(Exception):

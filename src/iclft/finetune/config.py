@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AliasChoices,
     AliasPath,
@@ -22,11 +21,18 @@ from pydantic import (
 )
 
 from iclft.errors import UnknownNameError, UserError
-from iclft.finetune.methods import METHOD_NAMES, PARAM_SET_NAMES, Method, get_method
+from iclft.finetune.methods import (
+    METHOD_NAMES,
+    PARAM_SET_NAMES,
+    LayerCausal,
+    Lora,
+    Method,
+    get_method,
+)
 from iclft.icl.prompts import CHAT_MODES
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS
-from iclft.validation import Strict
+from iclft.validation import Strict, load_yaml_file
 
 #: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -70,6 +76,45 @@ def check_eval_checkpoints(steps: list[int], total: int | None) -> list[int]:
     if twice:
         raise ValueError(f"step {twice[0]} is listed twice; allowed: {allowed}, each listed once")
     return sorted(steps)
+
+
+#: schedules that ramp the learning rate up from 0 over ``warmup_steps`` (``constant`` has none)
+WARMUP_SCHEDULES = ("constant_with_warmup", "linear", "cosine")
+
+
+def check_warmup(schedule: str, warmup_steps: int, total: int) -> None:
+    """Refuse a warm-up as long as the run or longer: the learning rate ramps up from 0 and
+    never reaches ``lr`` (``--steps 1`` with 20 warm-up steps trains at learning rate 0)."""
+    if schedule in WARMUP_SCHEDULES and warmup_steps >= total:
+        steps = f"{total} step" + ("s" if total != 1 else "")
+        raise ValueError(
+            f"warmup_steps {warmup_steps} is not below the run's {steps}: the {schedule} "
+            "schedule ramps the learning rate up from 0 and would never reach lr; allowed: "
+            + (f"warm-up steps from 0 to {total - 1}" if total > 1 else "0 warm-up steps")
+            + " (e.g. --warmup-steps 0)"
+        )
+
+
+def schedule_rates(schedule: str, lr: float, warmup_steps: int, total: int) -> list[float]:
+    """The learning rate of each of ``total`` optimizer steps under transformers' schedule
+    (the Trainer's own: ``get_scheduler``), as the Trainer applies it."""
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = get_scheduler(schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total)
+    return [lr * sched.lr_lambdas[0](step) for step in range(total)]
+
+
+def check_schedule(schedule: str, lr: float, warmup_steps: int, total: int) -> None:
+    """Refuse a schedule that cannot train: see :func:`check_warmup`, and one whose learning
+    rate is 0 at every step of the run."""
+    check_warmup(schedule, warmup_steps, total)
+    if not any(r > 0 for r in schedule_rates(schedule, lr, warmup_steps, total)):
+        raise ValueError(
+            f"the {schedule} schedule with lr {lr:g} and {warmup_steps} warm-up steps is 0 at "
+            f"every one of the run's {total} steps: nothing would be trained"
+        )
 
 
 #: the LoRA fields, by their key in the nested ``lora:`` mapping of a run's file
@@ -205,6 +250,14 @@ class TrainingSettings(Strict):
         total = fixed_steps(d.get("steps"), d.get("epochs"), d.get("data", "tasks"))
         return check_eval_checkpoints(v, total)
 
+    @model_validator(mode="after")
+    def _warmup(self):
+        # where the run's length is fixed here; else the trainer checks it before step 1
+        total = fixed_steps(self.steps, self.epochs, getattr(self, "data", "tasks"))
+        if total is not None:
+            check_warmup(self.schedule, self.warmup_steps, total)
+        return self
+
 
 #: the experiment's ``finetune:`` block starts from these instead of the defaults above: a short
 #: CPU-sized run (``iclft finetune``'s defaults are the paper's protocol)
@@ -229,6 +282,41 @@ class _Run(Strict):
     )
     shots: int = Field(32, gt=0, description="demonstrations mode: k of the k-shot prompt.")
     seed: int = Field(0, description="Seed of the data, the LoRA init and the Trainer.")
+
+
+#: settings only some methods read (the others would ignore them)
+METHOD_SPECIFIC = ("params", *LORA_KEYS)
+
+
+def reads_setting(method: str, params: str, name: str) -> bool:
+    """Whether ``method`` (layer-causal: on parameter set ``params``) reads setting ``name``:
+    ``params`` only layer-causal; the LoRA settings only a LoRA adapter (lora, or layer-causal
+    on lora)."""
+    if name == "params":
+        return method == LayerCausal.name
+    if name in LORA_KEYS:
+        return Lora.name in (method, params if method == LayerCausal.name else None)
+    return True
+
+
+def unread_settings(method: str, values: dict[str, Any]) -> list[str]:
+    """The method-specific settings in ``values`` set away from their default that ``method``
+    does not read (refused: a setting silently ignored would mislabel the run)."""
+    fields = TrainingSettings.model_fields
+    nested = values.get("lora") if isinstance(values.get("lora"), dict) else {}
+    values = {**values, **{f: nested[k] for f, k in LORA_KEYS.items() if k in nested}}
+    params = values.get("params", fields["params"].default)
+    return [
+        name
+        for name in METHOD_SPECIFIC
+        if name in values
+        and values[name] != fields[name].get_default(call_default_factory=True)
+        and not reads_setting(method, params, name)
+    ]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 class FinetuneConfig(TrainingSettings, _Run):
@@ -308,6 +396,18 @@ class FinetuneConfig(TrainingSettings, _Run):
             get_task(t)
         return v
 
+    @model_validator(mode="after")
+    def _only_read_settings(self):
+        unread = unread_settings(self.method, {f: getattr(self, f) for f in METHOD_SPECIFIC})
+        if unread:
+            given = ", ".join(_flag(f) for f in unread)
+            raise ValueError(
+                f"{given} would be ignored by method {self.method}: --params is read only by "
+                "layer-causal (the parameters it trains), the LoRA settings only by lora and "
+                "layer-causal --params lora; drop them or choose such a method"
+            )
+        return self
+
     @model_serializer(mode="wrap")
     def _nest_lora(self, handler) -> dict:
         data = handler(self)
@@ -339,19 +439,13 @@ def make_config(**values) -> FinetuneConfig:
             ctx = err.get("ctx", {}).get("error")
             if isinstance(ctx, UserError):
                 msg = str(ctx)
-            probs.append(f"{loc}: {msg}")
+            probs.append(f"{loc}: {msg}" if err["loc"] else msg)
         raise UserError("invalid fine-tuning settings: " + "; ".join(probs)) from None
 
 
 def load_config_file(path: Path) -> dict:
     """Read a YAML file of fine-tuning settings (keys as in :class:`FinetuneConfig`)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
     return data

@@ -41,7 +41,9 @@ from iclft.finetune.callbacks import (
     NanGuard,
     RichProgress,
     SaveAtSteps,
+    ScheduleCheck,
     StopWhenTrained,
+    learning_rates,
 )
 from iclft.finetune.config import (
     CHECKPOINTS_DIR,
@@ -59,9 +61,10 @@ from iclft.models.anatomy import anatomy, family_for
 from iclft.store import (
     MANIFEST_NAME,
     WriteError,
-    dir_entries,
+    claim_output_dir,
     dir_lock,
     ensure_writable_dir,
+    move_aside,
     write_json_atomic,
     write_manifest,
 )
@@ -133,17 +136,14 @@ def saved_settings(cfg: FinetuneConfig) -> dict:
     return {**json.loads(cfg.model_dump_json()), ITEM_LAYOUT_KEY: ITEM_LAYOUT}
 
 
-def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
-    """Refuse a directory that holds a different run (or this run, unless resuming), or a run
-    whose items were drawn under another layout (its curve and training texts differ)."""
+def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool, force: bool) -> None:
+    """A new or empty directory, or this run (only with ``resume``). A different run, this run
+    without ``resume``, or a non-empty directory another command wrote is refused unless
+    ``force``: its contents are then moved aside to ``OUT.replaced-N``. A run drawn under
+    another item layout is refused (its curve and training texts differ)."""
+    claim = claim_output_dir(out_dir, "finetune", force=force)
     saved = out_dir / TRAIN_CONFIG_NAME
-    if not saved.exists():
-        if dir_entries(out_dir) and not resume:
-            others = sorted(p.name for p in dir_entries(out_dir))[:5]
-            raise UserError(
-                f"output directory {str(out_dir)!r} is not empty and holds no iclft fine-tuning "
-                f"run (found {', '.join(others)}); choose an empty or new directory"
-            )
+    if claim.state != "own" or not saved.exists():
         return
     old = json.loads(saved.read_text())
     layout = old.get(ITEM_LAYOUT_KEY, 1)
@@ -157,15 +157,18 @@ def _check_out_dir(out_dir: Path, cfg: FinetuneConfig, resume: bool) -> None:
     new = saved_settings(cfg)
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        why = f"holds a different fine-tuning run (settings differ: {', '.join(diff)}); choose"
+    elif not resume:
+        why = "already holds this run; pass --resume to continue it, choose"
+    else:
+        return
+    if not force:
         raise UserError(
-            f"output directory {str(out_dir)!r} holds a different fine-tuning run "
-            f"(settings differ: {', '.join(diff)}); choose another directory"
+            f"output directory {str(out_dir)!r} {why} another directory, or --force to move "
+            f"it aside to {out_dir.name}.replaced-N"
         )
-    if not resume:
-        raise UserError(
-            f"output directory {str(out_dir)!r} already holds this run; pass --resume to "
-            "continue it or choose another directory"
-        )
+    move_aside(out_dir)
+    claim_output_dir(out_dir, "finetune")
 
 
 def _check_model_modules(cfg: FinetuneConfig) -> None:
@@ -248,26 +251,30 @@ def run_finetune(
     resume: bool = False,
     show_progress: bool = True,
     extra_callbacks: list | None = None,
+    force: bool = False,
 ) -> FinetuneResult:
     """Train ``cfg.model`` with ``cfg.method`` and write the run into ``out_dir`` (whose lock
-    rank 0 holds throughout: one writer per directory)."""
+    rank 0 holds throughout: one writer per directory). ``out_dir``: see
+    :func:`_check_out_dir`."""
     from contextlib import nullcontext
 
     cfg = make_config(**cfg.model_dump())  # a model_copy/model_construct skips validation
     out_dir = Path(out_dir)
     rank = int(os.environ.get("RANK", "0"))
     with dir_lock(out_dir) if rank == 0 else nullcontext():
-        return _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks)
+        return _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks, force)
 
 
-def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) -> FinetuneResult:
+def _run_finetune(
+    cfg, out_dir, rank, resume, show_progress, extra_callbacks, force=False
+) -> FinetuneResult:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from iclft.models.loading import load_model, resolve_device
 
     if rank == 0:  # other ranks would see the settings rank 0 is about to write
-        _check_out_dir(out_dir, cfg, resume)
+        _check_out_dir(out_dir, cfg, resume, force)
     if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
         raise UserError("demonstrations mode trains on one task's k-shot prompt; give one task")
     _check_model_modules(cfg)
@@ -352,6 +359,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         train_dataset=dataset,
         data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True),
         callbacks=[
+            ScheduleCheck(),
             StopWhenTrained(),
             SaveAtSteps(cfg.eval_checkpoints),
             nan,  # after SaveAtSteps, before the rest: it vetoes logging and saving a bad step
@@ -384,6 +392,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
         device=str(args.device),
         world_size=world,
         seeds=[cfg.seed],
+        learning_rates=learning_rates(trainer.state.log_history),
     )
     if nan.tripped:
         last = _last_checkpoint(ckpts)

@@ -15,6 +15,7 @@ stop, scored correct when ``str(target)`` occurs anywhere in it (so "2" is found
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from iclft.icl.prompts import (
 from iclft.icl.scoring import PROTOCOLS, get_scorer, token_budget
 from iclft.records import BASELINE, ICL, SCORINGS, CellResult, Prediction
 from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task, splits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,15 @@ def evaluate_task(
         out.results.append(
             cell_result(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
         )
+    for r in out.results:
+        if r.truncated:
+            split = " (held-out)" if r.split == "heldout" else ""
+            log.warning(
+                "warning: %s %s%s: --shots %d did not fit the model's context of %s tokens in "
+                "%d of %d prompts; shots used: %s (results.jsonl: shots_used_mean, truncated)",
+                r.task, r.variant, split, r.shots, context_limit(engine.model), r.truncated,
+                r.n_scored, r.shots_text,
+            )  # fmt: skip
     return out
 
 
@@ -382,9 +394,12 @@ def run_eval(
     batch_size: int | str = 16,
     show_progress: bool = True,
     cache: Path | str | None = None,
+    force: bool = False,
 ) -> Evaluation:
     """``iclft eval``: load the model, evaluate every cell, write results, predictions and
-    manifest into ``out_dir``. Everything is checked before the model loads.
+    manifest into ``out_dir``. Everything is checked before the model loads. ``out_dir`` must
+    be new, empty or an earlier ``iclft eval`` output (replaced whole once the new results are
+    in); another's is refused unless ``force`` (:func:`iclft.store.claim_output_dir`).
 
     Under ``accelerate launch`` with N processes each scores its share of every engine call
     (:mod:`iclft.distributed`) and rank 0 writes the same files one process writes, with
@@ -401,18 +416,19 @@ def run_eval(
     from iclft import distributed
     from iclft.models.loading import load_model
     from iclft.models.registry import DEFAULT_MODEL
-    from iclft.store import ensure_writable_dir, write_jsonl_atomic, write_manifest
+    from iclft.store import claim_output_dir, write_jsonl_atomic, write_manifest
 
     spec.check()
     batch_size = parse_batch_size(batch_size)
     shard = distributed.current()
     main = shard is None or shard.rank == 0
     if shard is None:
-        out_dir = ensure_writable_dir(Path(out_dir))
+        claim = claim_output_dir(Path(out_dir), "eval", force=force)
     else:
-        out_dir = shard.on_main(lambda: ensure_writable_dir(Path(out_dir)))
+        claim = shard.on_main(lambda: claim_output_dir(Path(out_dir), "eval", force=force))
         if device == "auto":  # each process its own device (accelerate's choice)
             device = shard.device
+    out_dir = claim.path
     started = time.time()
     console = Console(stderr=True)
     loaded = load_model(
@@ -469,6 +485,8 @@ def run_eval(
         busy = shard.gather(busy[0])
     if not main:
         return result
+    if claim.state == "own":  # an earlier eval here: replaced whole, never mixed with this one
+        claim.clear(keep=[cache])
     write_jsonl_atomic(out_dir / "predictions.jsonl", result.predictions)
     write_jsonl_atomic(out_dir / "results.jsonl", result.results)
     write_manifest(

@@ -38,8 +38,7 @@ from iclft.icl.scoring import PROTOCOLS, get_scorer
 from iclft.records import CellResult, Prediction
 from iclft.store import (
     MANIFEST_NAME,
-    dir_entries,
-    ensure_writable_dir,
+    claim_output_dir,
     read_jsonl,
     write_json_atomic,
     write_jsonl_atomic,
@@ -136,13 +135,15 @@ def _judge_note(protocol: str, generated: str) -> str | None:
     return None
 
 
-def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
+def rescore_dir(
+    source: Path, protocol: str, out_dir: Path, *, force: bool = False
+) -> list[CellResult]:
     """Rescore the ``iclft eval`` or ``iclft run`` directory ``source`` into ``out_dir``;
-    return the new results rows."""
+    return the new results rows. ``out_dir``: see :func:`_prepare_out`."""
     source, out_dir = Path(source), Path(out_dir)
     _check_protocol(protocol)
     if (source / "stages").is_dir():
-        return rescore_run(source, protocol, out_dir)
+        return rescore_run(source, protocol, out_dir, force=force)
     started = time.time()
     try:
         manifest = json.loads((source / MANIFEST_NAME).read_text())
@@ -157,7 +158,7 @@ def rescore_dir(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
     _check_out(source, out_dir)
     spec = _spec_from_manifest(manifest)
     rows, results = rescore_rows(predictions, spec, protocol)
-    out_dir = ensure_writable_dir(out_dir)
+    out_dir = _prepare_out(out_dir, force)
     write_jsonl_atomic(out_dir / "predictions.jsonl", rows)
     write_jsonl_atomic(out_dir / "results.jsonl", results)
     write_manifest(
@@ -199,25 +200,13 @@ def _run_config(source: Path):
     return raw, validate_config(raw, str(path))
 
 
-def _prepare_out(source: Path, out_dir: Path) -> Path:
-    """An empty ``out_dir``, or one that holds an earlier rescore of ``source`` (cleared)."""
-    entries = dir_entries(out_dir)
-    if entries:
-        try:
-            old = json.loads((out_dir / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("command") != "rescore" or old.get("source") != str(source.resolve()):
-            raise UserError(
-                f"{out_dir} is not empty and holds no rescore of {source}; give -o a new or "
-                "empty directory"
-            )
-        for p in entries:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    return ensure_writable_dir(out_dir)
+def _prepare_out(out_dir: Path, force: bool) -> Path:
+    """A new or empty ``out_dir``, or an earlier rescore's (cleared: replaced whole); another's
+    is refused unless ``force`` (:func:`iclft.store.claim_output_dir`)."""
+    claim = claim_output_dir(out_dir, "rescore", force=force)
+    if claim.state == "own":
+        claim.clear()
+    return claim.path
 
 
 def _copy_report_inputs(source: Path, out_dir: Path) -> None:
@@ -261,7 +250,9 @@ def _rescore_stage(
     return kept
 
 
-def rescore_run(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
+def rescore_run(
+    source: Path, protocol: str, out_dir: Path, *, force: bool = False
+) -> list[CellResult]:
     """Rescore the ``iclft run`` directory ``source`` into ``out_dir`` (see the module
     docstring); return the new results rows in plan order."""
     from iclft.runner import plan, rebuild_comparisons, rebuild_results
@@ -272,7 +263,7 @@ def rescore_run(source: Path, protocol: str, out_dir: Path) -> list[CellResult]:
     started = time.time()
     raw, cfg = _run_config(source)
     _check_out(source, out_dir)
-    out_dir = _prepare_out(source, out_dir)
+    out_dir = _prepare_out(out_dir, force)
     stages = plan(cfg)
     rescored: list[str] = []
     for st in stages:

@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iclft.errors import UserError
 from iclft.report.data import RunData, load_run
 from iclft.report.figures import FigureFile, make_figures
 from iclft.report.render import build_sections, render_html, render_markdown
 from iclft.report.tables import sentences, write_tables
-from iclft.store import ensure_writable_dir, write_text_atomic
+from iclft.store import ensure_writable_dir, output_owner, write_text_atomic
+
+#: the command kinds whose directories hold results a report is written into
+REPORTED = ("run", "rescore", "eval")
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,21 @@ def build_report(run_dir: Path) -> ReportPaths:
     ``tables/*.csv`` into it. Raises :class:`iclft.errors.UserError` when the directory has no
     results (``results.jsonl`` missing or empty) or a result row is malformed."""
     run_dir = Path(run_dir)
+    owner = output_owner(run_dir) if run_dir.is_dir() else None
+    if owner is not None and owner not in REPORTED:
+        raise UserError(
+            f"{run_dir} was written by `iclft {owner}`; a report is written into the directory "
+            f"of `iclft {'`, `iclft '.join(REPORTED)}`"
+        )
     data = load_run(run_dir)
     figures_dir = ensure_writable_dir(run_dir / "figures")
     tables_dir = ensure_writable_dir(run_dir / "tables")
     figures = make_figures(data, figures_dir)
     tables = write_tables(data, tables_dir)
+    # an earlier report's figures and tables that this one did not write again go: the
+    # directories show this report only
+    _drop_stale(figures_dir, "*.png", {f.path for f in figures})
+    _drop_stale(tables_dir, "*.csv", set(tables.values()))
     skipped = _skip_notes(data, figures)
     sections = build_sections(data, figures, skipped)
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
@@ -77,6 +91,13 @@ def build_report(run_dir: Path) -> ReportPaths:
         sentences=tuple(s for _, _, s in sentences(data)),
         skipped=skipped,
     )
+
+
+def _drop_stale(directory: Path, pattern: str, written: set[Path]) -> None:
+    keep = {p.resolve() for p in written}
+    for p in directory.glob(pattern):
+        if p.resolve() not in keep:
+            p.unlink()
 
 
 __all__ = ["ReportPaths", "build_report", "load_run"]

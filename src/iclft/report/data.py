@@ -43,6 +43,7 @@ from iclft.records import (
     SimilarityResult,
     arms,
     is_finetune,
+    shots_text,
 )
 from iclft.store import read_jsonl
 from iclft.tasks import VARIANTS
@@ -113,10 +114,19 @@ class Cell:
     constant_accuracy: float | None = None
     constant_answer: str | None = None
     well_formed_rate: float | None = None
+    #: demonstrations the prompts held on average (fewer than ``shots`` where the model's
+    #: context cut them), and the prompts so cut (summed over seeds)
+    shots_used_mean: float | None = None
+    truncated: int | None = None
 
     @property
     def key(self) -> CellKey:
         return (self.model, self.task, self.variant, self.method, self.shots)
+
+    @property
+    def shots_text(self) -> str:
+        """``300``, or ``300 (247 used: context)`` when prompts were cut to fit the context."""
+        return shots_text(self.shots, self.shots_used_mean, self.truncated)
 
     def interval_text(self) -> str:
         """``0.62 [0.48, 0.74]``."""
@@ -188,6 +198,7 @@ def _pool(key: CellKey, seeds: Mapping[int, CellResult]) -> Cell:
     low, high = min(low, min(accs)), max(high, max(accs))
     set_accs = [a for r in rs for a in (r.set_accuracies or ())]
     pf = [r.parse_failures for r in rs]
+    tr = [r.truncated for r in rs]
     trains = {t for t in map(train_examples, rs) if t is not None}
     steps = {r.step for r in rs if r.step is not None}
     answers = {r.constant_answer for r in rs}
@@ -219,6 +230,8 @@ def _pool(key: CellKey, seeds: Mapping[int, CellResult]) -> Cell:
         constant_accuracy=mean_known(r.constant_accuracy for r in rs),
         constant_answer=answers.pop() if len(answers) == 1 else None,
         well_formed_rate=mean_known(r.well_formed_rate for r in rs),
+        shots_used_mean=mean_known(r.shots_used_mean for r in rs),
+        truncated=sum(t for t in tr if t is not None) if any(t is not None for t in tr) else None,
     )
 
 
@@ -592,6 +605,19 @@ def _circuit_tables(obj: CircuitsResult, rel: str) -> list[AnalysisSummary]:
     return out
 
 
+def _truncation_notes(data: RunData) -> list[str]:
+    """One note per cell whose prompts held fewer demonstrations than its shot count."""
+    cells = [*data.cells.values(), *data.heldout.values()]
+    held = set(map(id, data.heldout.values()))
+    return [
+        f"{c.model} {c.task} {c.variant}{' (held-out)' if id(c) in held else ''} {c.method} "
+        f"k={c.shots}: {c.truncated} prompts did not fit the model's context with {c.shots} "
+        f"demonstrations and were cut; shots used: {c.shots_text}."
+        for c in sorted(cells, key=lambda c: (c.model, c.task, c.method, c.shots, c.variant))
+        if c.truncated
+    ]
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read a run directory; raise :class:`UserError` when it has no results to report."""
     run_dir = Path(run_dir)
@@ -616,6 +642,7 @@ def load_run(run_dir: Path) -> RunData:
         aggregate_heldout(rows),
         notes=notes,
     )
+    notes += _truncation_notes(data)
     data.finetune = _find_finetune(run_dir, models, notes)
     data.comparisons = [Comparison.from_json(d) for d in read_jsonl(run_dir / "comparisons.jsonl")]
     for key, c in list(data.cells.items()):  # ft rows without train_examples: from the curve

@@ -68,6 +68,9 @@ def headline(data: RunData, model: str, task: str) -> list[HeadlineEntry]:
     def add(label: str, method: str, shots: int) -> None:
         clean = data.cell(model, task, "clean", method, shots)
         mis = data.cell(model, task, "misleading", method, shots)
+        cut = [c for c in (clean, mis) if c is not None and c.truncated]
+        if cut:  # the k asked for, and the demonstrations that fit the context
+            label = label.replace(f"k={shots}", f"k={cut[0].shots_text}", 1)
         if clean or mis:
             out.append(HeadlineEntry(model, task, label, method, shots, clean, mis))
 
@@ -274,6 +277,7 @@ CELL_COLUMNS = (
     "variant",
     "method",
     "shots",
+    "shots_used",
     "step",
     "accuracy",
     "ci_low",
@@ -304,7 +308,7 @@ def _num(x: float | int | None) -> str:
 def cell_values(c: Cell) -> list[Any]:
     """The values of :data:`CELL_COLUMNS` for one cell (typed; ``None`` where unknown)."""
     return [
-        c.model, c.task, c.variant, c.method, c.shots, c.step,
+        c.model, c.task, c.variant, c.method, c.shots, c.shots_used_mean, c.step,
         c.accuracy, c.low, c.high, c.std, c.acc_min, c.acc_max, c.n_seeds, c.n,
         c.substring_accuracy, c.shortcut_rate, c.shortcut_only_accuracy, c.parse_failures,
         c.well_formed_rate, c.constant_answer, c.constant_accuracy, c.train_examples, c.scoring,
