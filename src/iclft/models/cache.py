@@ -384,7 +384,7 @@ def _check_wheels(spec: AliasSpec, wheels: dict[str, Path]) -> None:
     member of it is read."""
     for requirement in spec.requirements:
         wheel = wheels[_normalise(requirement.split("==")[0])]
-        expected = spec.wheel_sha256[requirement]
+        expected = spec.wheel_pins[requirement]
         actual = file_sha256(wheel)
         if actual != expected:
             raise ModelError(
