@@ -230,3 +230,16 @@ def test_model_status_lists_aliases(fetched_alias):
     assert rows[fetched_alias.alias].cached
     assert rows["smollm2-135m"].is_default
     assert rows["smollm2-135m"].path == alias_dir("smollm2-135m")
+
+
+def test_conversion_asks_transformers_to_dequantize():
+    """Where the ``kernels`` package is installed transformers would keep GGUF weights packed
+    unless told to de-quantise; the fetch always tells it."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "GgufConfig"):
+        pytest.skip("this transformers has no packed GGUF loader: it always de-quantises")
+    from iclft.models.cache import _dequantize_kwargs
+
+    config = _dequantize_kwargs("model.gguf")["quantization_config"]
+    assert isinstance(config, transformers.GgufConfig)
+    assert config.dequantize is True and config.gguf_file == "model.gguf"
