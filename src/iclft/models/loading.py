@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from iclft.errors import ModelError, UnknownNameError, UserError
 from iclft.models.cache import StepCallback, alias_dir, check_cache, ensure_alias
-from iclft.models.registry import ALIASES, DEFAULT_MODEL, alias_names
+from iclft.models.registry import ALIASES, DEFAULT_MODEL, AliasSpec, alias_names
 
 __all__ = [
     "DTYPES",
@@ -117,7 +117,7 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class AliasStatus:
-    """One row of ``iclft models list``."""
+    """One row of ``iclft models list``: the alias's registry entry and its cache state."""
 
     alias: str
     description: str
@@ -126,6 +126,7 @@ class AliasStatus:
     state: str
     path: Path
     is_default: bool
+    spec: AliasSpec
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,6 +733,7 @@ def model_status() -> list[AliasStatus]:
                 state=check.state,
                 path=alias_dir(alias),
                 is_default=alias == DEFAULT_MODEL,
+                spec=spec,
             )
         )
     return rows
