@@ -421,8 +421,8 @@ class CircuitsResult(Record):
 @dataclass(frozen=True, kw_only=True)
 class SimilarityResult(Record):
     """``similarity.json`` (:func:`iclft.analysis.similarity.run_similarity`): the top-level
-    fields; the metric tables stay JSON dicts (docs/records.md lists their keys). ``from_json`` reads
-    partial files too (missing fields: empty)."""
+    fields; the metric tables stay JSON dicts (docs/records.md lists their keys).
+    ``from_json`` reads partial files too (missing fields: empty)."""
 
     task: str | None = None
     #: the SimilaritySpec it ran with
