@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.iclft-installed
 
-.PHONY: install demo test test-fast lint format bench clean browser
+.PHONY: install demo test test-fast lint format bench clean browser docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ browser:
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
 	  echo "chromium not installed: the browser test will be skipped"
 
-test: install browser
+# The documentation (mkdocs.yml, docs/) into site/; strict: a broken link or anchor fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+test: install browser docs
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -50,4 +54,4 @@ bench: install
 	$(PY) benchmarks/icl_throughput.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache .ruff_cache

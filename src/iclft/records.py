@@ -6,7 +6,7 @@ order, so files stay readable by plain tools and identical from run to run) and
 ``from_json(d)`` parses one back. Fields that only some writers fill (what the runner adds to a
 row, the choice scores of a loglik prediction) are left out of the JSON while unset; a
 fine-tuned model's ``checkpoint`` is written whenever its ``step`` is, ``null`` for the final
-model. The on-disk tables are in README ("Files of a run").
+model. The on-disk tables are in docs/records.md.
 
 * :class:`Prediction`: one row of ``predictions.jsonl`` (one scored prompt)
 * :class:`CellResult`: one row of ``results.jsonl`` (one evaluated cell)
@@ -460,7 +460,7 @@ def _as_dict(v: Any) -> dict[str, Any]:
 @dataclass(frozen=True, kw_only=True)
 class CircuitsResult(Record):
     """``circuits.json`` (:func:`iclft.analysis.pipeline.run_circuits`): the top-level fields;
-    each setting's and each shift's entry stays a JSON dict (README lists their keys).
+    each setting's and each shift's entry stays a JSON dict (docs/records.md lists their keys).
     ``from_json`` reads partial files too (missing fields: empty)."""
 
     task: str | None = None
@@ -510,8 +510,8 @@ class CircuitsResult(Record):
 @dataclass(frozen=True, kw_only=True)
 class SimilarityResult(Record):
     """``similarity.json`` (:func:`iclft.analysis.similarity.run_similarity`): the top-level
-    fields; the metric tables stay JSON dicts (README lists their keys). ``from_json`` reads
-    partial files too (missing fields: empty)."""
+    fields; the metric tables stay JSON dicts (docs/records.md lists their keys).
+    ``from_json`` reads partial files too (missing fields: empty)."""
 
     task: str | None = None
     #: the SimilaritySpec it ran with

@@ -75,7 +75,7 @@ def test_simaou_of_independent_random_updates_is_about_zero():
 
 
 def test_simaou_norm_has_a_floor_of_one_quarter_under_pure_noise():
-    """DESIGN.md: updates of pure noise with norm √3·‖h_ZSL‖ give SimAOU_norm = 1/4, not 0."""
+    """docs/science.md: updates of pure noise with norm √3·‖h_ZSL‖ give SimAOU_norm = 1/4, not 0."""
     g = _gen(2)
     n, layers, d = 64, 3, 4096
 

@@ -305,7 +305,7 @@ def test_declared_shortcut_accuracy_matches_the_data(task):
 
 
 def test_declared_shortcut_accuracies():
-    """What the README and the report say: 0 where the cue always points the wrong way,
+    """What docs/tasks.md and the report say: 0 where the cue always points the wrong way,
     chance where it is present but uninformative."""
     declared = {n: get_task(n).shortcut_accuracy_misleading for n in task_names()}
     assert {k: declared[k] for k in ("expression", "code", "parity", "boolean", "relation")} == {

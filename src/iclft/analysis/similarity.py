@@ -1,6 +1,6 @@
 """ICL vs gradient descent: how ICL-like is an update (Dai et al., 2023; Deutch et al., 2024).
 
-Three settings on the same clean test queries (DESIGN.md):
+Three settings on the same clean test queries (docs/science.md):
 
 * ``zsl``: the base model, instruction + query;
 * ``icl``: the base model, instruction + the k shared demonstrations of the seed + query;
@@ -34,7 +34,7 @@ task's parser and exact match on greedy generation, or the choice with the highe
 log-likelihood for choice tasks. SimAOU_norm has a floor: with pure-noise
 updates of norm √3·‖h_ZSL‖ it is 1/4, not 0 (a test checks this), so report it beside SimAOU.
 
-Controls (DESIGN.md):
+Controls (docs/science.md):
 
 * ``random_gd`` / ``random_lcgd``: the base model with every parameter tensor θ that the update
   moved set to θ + ‖Δθ‖ · ε/‖ε‖, ε ~ N(0, I) restricted to the entries the update moved; drawn
@@ -51,7 +51,7 @@ Where this differs from the reference: h and m are read at the last prompt token
 that predicts the answer); Dai et al.'s code reads them at the first candidate label token
 appended to the prompt, so its keys end with that label token.
 
-Kendall τ (optional in DESIGN.md) is not computed.
+Kendall τ (optional in docs/science.md) is not computed.
 """
 
 from __future__ import annotations

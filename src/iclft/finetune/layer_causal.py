@@ -1,4 +1,4 @@
-"""Layer-causal gradient descent (DESIGN.md; after Deutch et al.).
+"""Layer-causal gradient descent (docs/science.md; after Deutch et al.).
 
 One forward pass over a training sequence. Before decoder layer l its incoming hidden state is
 detached, h_{l-1} -> sg(h_{l-1}); after the layer, its output goes through the model's own

@@ -24,7 +24,7 @@ VARIANTS: tuple[str, ...] = ("clean", "misleading")
 
 @dataclass(frozen=True)
 class Example:
-    """One task item, as in DESIGN.md's data contract (one JSON line)."""
+    """One task item, as in the data contract of docs/tasks.md (one JSON line)."""
 
     id: str
     task: str
