@@ -35,6 +35,9 @@ from rich.console import Console
 LOGGER = "iclft"
 #: the logger of plain progress lines (dropped on a terminal, where the bar shows progress)
 PROGRESS_LOGGER = "iclft.progress"
+#: a logger for the log file only (what the screen already shows in its own form: the CLI's
+#: error line)
+FILE_ONLY = "iclft.file"
 #: a plain progress line every 1/PLAIN_LINES of a task's total (every 5%)
 PLAIN_LINES = 20
 #: verbosity names (``-q``, default, ``-v``) and their logging levels
@@ -93,9 +96,15 @@ def interactive() -> bool:
     return console().is_terminal
 
 
-class _DropProgress(logging.Filter):
+class _Drop(logging.Filter):
+    """Keeps a screen handler off the records of some loggers."""
+
+    def __init__(self, *names: str):
+        super().__init__()
+        self.names = names
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(PROGRESS_LOGGER)
+        return record.name not in self.names
 
 
 def configure(level: int | str = logging.INFO, log_file: Path | str | None = None) -> None:
@@ -120,10 +129,11 @@ def configure(level: int | str = logging.INFO, log_file: Path | str | None = Non
         screen: logging.Handler = RichHandler(
             console=_console, show_path=False, log_time_format="[%X]", markup=False
         )
-        screen.addFilter(_DropProgress())
+        screen.addFilter(_Drop(PROGRESS_LOGGER, FILE_ONLY))
     else:
         screen = logging.StreamHandler(sys.stderr)
         screen.setFormatter(plain)
+        screen.addFilter(_Drop(FILE_ONLY))
     handlers = [screen]
     if log_file is not None:
         path = Path(log_file)
@@ -141,6 +151,13 @@ def configure(level: int | str = logging.INFO, log_file: Path | str | None = Non
             _installed.append((logger, h))
     filter_known_warnings()
     _configure_transformers(level, bars=interactive() and level <= logging.INFO)
+
+
+def to_file(level: int, message: str) -> None:
+    """Log ``message`` to the log file only, if :func:`configure` opened one (the screen
+    already showed it in its own form, like the CLI's red error line)."""
+    if any(isinstance(h, logging.FileHandler) for _, h in _installed):
+        logging.getLogger(FILE_ONLY).log(level, "%s", message)
 
 
 def _configure_transformers(level: int, bars: bool) -> None:
@@ -190,7 +207,11 @@ class Task:
         self.update(completed=self.completed + n)
 
     def update(
-        self, *, completed: int | None = None, description: str | None = None, note: str | None = None
+        self,
+        *,
+        completed: int | None = None,
+        description: str | None = None,
+        note: str | None = None,
     ) -> None:
         """Set the count, the description or the note (the text after the count: a loss)."""
         before = self.completed

@@ -39,8 +39,8 @@ from iclft.finetune.callbacks import (
     CurveCallback,
     FaultPoints,
     NanGuard,
-    RichProgress,
     SaveAtSteps,
+    StepProgress,
     StopWhenTrained,
 )
 from iclft.finetune.config import (
@@ -351,7 +351,7 @@ def _run_finetune(cfg, out_dir, rank, resume, show_progress, extra_callbacks) ->
             SaveAtSteps(cfg.eval_checkpoints),
             nan,  # after SaveAtSteps, before the rest: it vetoes logging and saving a bad step
             curves,
-            RichProgress(show_progress),
+            StepProgress(show_progress),
             *loggers,
             *(extra_callbacks or []),
             FaultPoints(),
