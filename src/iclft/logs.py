@@ -119,11 +119,8 @@ def configure(level: int | str = logging.INFO, log_file: Path | str | None = Non
 
     level = LEVELS[level] if isinstance(level, str) else int(level)
     global _console
-    _console = Console(stderr=True)  # bound to the current stderr
-    for logger, handler in _installed:
-        logger.removeHandler(handler)
-        handler.close()
-    _installed.clear()
+    reset()
+    _console = Console(stderr=True)
     plain = logging.Formatter(PLAIN_FORMAT, DATE_FORMAT)
     if interactive():
         screen: logging.Handler = RichHandler(
@@ -151,6 +148,20 @@ def configure(level: int | str = logging.INFO, log_file: Path | str | None = Non
             _installed.append((logger, h))
     filter_known_warnings()
     _configure_transformers(level, bars=interactive() and level <= logging.INFO)
+
+
+def reset() -> None:
+    """Undo :func:`configure`: remove and close its handlers (the log file), give the loggers
+    back to the root logger's configuration, and stop logging warnings."""
+    for logger, handler in _installed:
+        logger.removeHandler(handler)
+        handler.close()
+    _installed.clear()
+    for name in (LOGGER, "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    logging.captureWarnings(False)
 
 
 def to_file(level: int, message: str) -> None:
