@@ -247,3 +247,9 @@ def test_bad_logging_options_are_one_line_and_exit_2(args, needle, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+
+
+def test_replicas_log_warnings_only_and_write_no_file(configured, monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "1")
+    configured("debug", tmp_path / "r.log")
+    assert logs.quiet() and not (tmp_path / "r.log").exists()

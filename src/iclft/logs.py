@@ -110,6 +110,8 @@ class _Drop(logging.Filter):
 def configure(level: int | str = logging.INFO, log_file: Path | str | None = None) -> None:
     """Set up the ``iclft`` logger: a rich handler on a terminal (progress lines dropped, the
     bar shows them), plain lines elsewhere, and ``log_file`` (appended to) with plain lines.
+    Under ``accelerate launch`` the other processes than rank 0 log warnings only and write no
+    file (the Trainer's ``log_level_replica``).
 
     Python warnings and transformers' messages follow: warnings are logged (so the log file
     has them), transformers logs info at DEBUG and only errors when quiet, and its own tqdm
@@ -117,7 +119,11 @@ def configure(level: int | str = logging.INFO, log_file: Path | str | None = Non
     earlier call installed."""
     from rich.logging import RichHandler
 
+    from iclft import distributed
+
     level = LEVELS[level] if isinstance(level, str) else int(level)
+    if not distributed.is_main():  # replicas: warnings only, and rank 0 alone writes the file
+        level, log_file = max(level, logging.WARNING), None
     global _console
     reset()
     _console = Console(stderr=True)
@@ -297,10 +303,13 @@ class Progress:
     def task(self, description: str, total: int, note: str = "") -> Task:
         return Task(self, description, max(int(total), 0), note)
 
-    def __enter__(self) -> Progress:
+    def start(self) -> Progress:
         if self.bar is not None:
             self.bar.start()
         return self
+
+    def __enter__(self) -> Progress:
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -39,7 +39,12 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages too."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Debug messages too. Like -q and --log-file, goes before the command: iclft -v eval",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Warnings and errors only: no progress, no info messages."
     ),
@@ -47,9 +52,7 @@ def _root(
         None, "--log-file", help="Also append the log (plain lines, progress included) here."
     ),
 ) -> None:
-    """In-context learning vs fine-tuning on tasks with implicit patterns.
-
-    Options before the command: iclft -q eval ..., iclft --log-file run.log run CONFIG ..."""
+    """In-context learning vs fine-tuning on tasks with implicit patterns."""
     if verbose and quiet:
         raise UserError("--verbose (-v) and --quiet (-q) exclude each other; give one of them")
     if log_file is not None and log_file.is_dir():

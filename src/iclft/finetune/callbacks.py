@@ -196,7 +196,7 @@ class StepProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         if not state.is_world_process_zero:
             return
-        self.shown = Progress(self.enabled).__enter__()
+        self.shown = Progress(self.enabled).start()
         self.task = self.shown.task("finetune", state.max_steps, note="loss -")
         self.task.update(completed=state.global_step)
 
