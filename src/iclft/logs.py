@@ -46,8 +46,6 @@ LEVELS = {"quiet": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class KnownWarning:
