@@ -42,6 +42,24 @@ def _train_tokenizer():
     return fast
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_iclft_sets_it():
+    """Each test starts with iclft's warning filters (pytest resets filters per test) and ends
+    with whatever an in-process ``iclft`` command configured undone (its handlers hold the
+    test's captured stderr)."""
+    from iclft import logs
+
+    env = {k: os.environ.get(k) for k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    logs.filter_known_warnings()
+    yield
+    logs.reset()
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return _train_tokenizer()

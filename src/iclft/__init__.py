@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from iclft.logs import filter_known_warnings
+
 __version__ = "0.1.0"
+
+filter_known_warnings()
 
 __all__ = ["__version__", "load_run"]
 

@@ -47,6 +47,7 @@ from typing import Any
 from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
+from iclft.logs import Task, progress
 from iclft.records import Prediction, StageRecord
 from iclft.stages import Advance, RunContext, Stage, is_collective, run_stage
 from iclft.store import (
@@ -235,16 +236,6 @@ def _run_locked(
     cache: Path | None = None,
     shard=None,
 ) -> RunSummary:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     stages = plan(cfg)
     ctx = RunContext(
         cfg, run_dir, track=lambda d, total: lambda n: None, cache_path=cache, shard=shard
@@ -254,7 +245,6 @@ def _run_locked(
     timings: dict[str, float] = {}
     ran_by: dict[str, int] = {}  # analysis stage -> the process that ran it (several processes)
     ran = skipped = 0
-    console = Console(stderr=True)
 
     def manifest_fields() -> dict[str, Any]:
         import torch
@@ -276,26 +266,15 @@ def _run_locked(
             stage_process=ran_by or None,
         )
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (show_progress and main),
-        transient=False,
-    ) as bar:
-        overall = bar.add_task("run", total=len(stages))
-        current: list[int] = []
+    with progress(show_progress and main) as shown:
+        overall = shown.task("run", len(stages))
+        current: list[Task] = []
 
         def track(description: str, total: int) -> Advance:
             for t in current:
-                bar.remove_task(t)
-            current.clear()
-            current.append(bar.add_task(f"  {description}", total=max(total, 1)))
-            return lambda n: bar.advance(current[0], n)
+                t.remove()
+            current[:] = [shown.task(f"  {description}", max(total, 1))]
+            return current[0].advance
 
         ctx.track = track
 
@@ -332,14 +311,14 @@ def _run_locked(
         if shard is not None:  # rank 0's view of what is done, so every process agrees
             pending = shard.broadcast(pending)
         skipped = len(stages) - len(pending)
-        bar.advance(overall, skipped)
+        overall.advance(skipped)
         if stop_after is not None:
             pending = pending[:stop_after]
         i = 0
         while i < len(pending):
             stage = pending[i]
             n_done = len(stages) - len(pending) + i
-            bar.update(overall, description=f"run [{n_done + 1}/{len(stages)}] {stage.kind}")
+            overall.update(description=f"run [{n_done + 1}/{len(stages)}] {stage.kind}")
             if shard is None or is_collective(stage):
                 out, seconds = attempt(stage)
                 timings[stage.key] = seconds
@@ -366,7 +345,7 @@ def _run_locked(
                 shard.barrier()  # every process sees the stage's files before going on
             ran += len(group)
             i += len(group)
-            bar.advance(overall, len(group))
+            overall.advance(len(group))
             if main and shard is not None and not is_collective(stage):
                 rebuild_results(run_dir, stages)
     if not main:

@@ -8,6 +8,7 @@ import torch
 import iclft.icl.engine as engine_mod
 from iclft.icl.engine import Engine, sliding_window
 from iclft.icl.prompts import DemoPool, build_prompt
+from iclft.models.anatomy import cache_keyword
 from iclft.tasks import get_task
 
 ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
@@ -41,7 +42,7 @@ def test_prefix_cache_logits_equal_full_forward(arch, tiny_models, tiny_tokenize
     with torch.inference_mode():
         ids, mask, pos, cache = eng._batch_inputs([prefix] * len(suffixes), suffixes)
         got = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache
+            input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_keyword(model): cache}
         ).logits
         for b, s in enumerate(suffixes):
             whole = torch.tensor([list(prefix) + list(s)])
@@ -149,7 +150,7 @@ def test_ragged_prefixes_in_one_batch_equal_full_forwards(arch, tiny_models, tin
     with torch.inference_mode():
         ids, mask, pos, cache = eng._batch_inputs(prefixes, suffixes)
         got = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache
+            input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_keyword(model): cache}
         ).logits
         for b, (p, s) in enumerate(zip(prefixes, suffixes)):
             want = model(input_ids=torch.tensor([list(p) + list(s)])).logits[0, -len(s) :]
@@ -200,7 +201,7 @@ def test_packed_logits_equal_full_forwards(arch, attn, tiny_model_factory, tiny_
             input_ids=ids[None],
             attention_mask=eng._pack_mask(rows, slot_row, plen),
             position_ids=pos[None],
-            past_key_values=cache,
+            **{cache_keyword(model): cache},
         ).logits[0]
         for r, (p, s) in enumerate(zip(prefixes, suffixes)):
             want = model(input_ids=torch.tensor([list(p) + list(s)])).logits[0, -len(s) :]

@@ -49,7 +49,7 @@ import torch
 
 from iclft.analysis.pairs import PatchPair
 from iclft.errors import UnknownNameError
-from iclft.models.anatomy import Anatomy, Component, Site
+from iclft.models.anatomy import Anatomy, Component, Site, cache_keyword
 
 Positions = Literal["query", "last", "all"]
 POSITIONS: tuple[str, ...] = ("query", "last", "all")
@@ -221,7 +221,7 @@ def _logits(anatomy: Anatomy, ids: torch.Tensor, keep: int, past: Any = None, st
     kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "logits_to_keep": keep}
     if past is not None:
         pos = torch.arange(start, start + ids.shape[1], device=dev)[None]
-        kwargs.update(past_key_values=past, use_cache=True, position_ids=pos)
+        kwargs.update({cache_keyword(anatomy.model): past}, use_cache=True, position_ids=pos)
     else:
         kwargs["use_cache"] = False
     return anatomy.model(**kwargs).logits

@@ -6,13 +6,15 @@ on stderr and exits with code 2.
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from iclft import __version__
+from iclft import __version__, logs
 from iclft.cli import data as data_cmd
 from iclft.errors import UserError
 
@@ -53,8 +55,28 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Debug messages too. Like -q and --log-file, goes before the command: iclft -v eval",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Warnings and errors only: no progress, no info messages."
+    ),
+    log_file: Path = typer.Option(
+        None, "--log-file", help="Also append the log (plain lines, progress included) here."
+    ),
 ) -> None:
     """In-context learning vs fine-tuning on tasks with implicit patterns."""
+    if verbose and quiet:
+        raise UserError("--verbose (-v) and --quiet (-q) exclude each other; give one of them")
+    if log_file is not None and log_file.is_dir():
+        raise UserError(f"--log-file {log_file} is a directory; give a file path")
+    try:
+        logs.configure("debug" if verbose else "quiet" if quiet else "info", log_file)
+    except OSError as e:
+        raise UserError(f"cannot write the log file {log_file}: {e.strerror or e}") from None
 
 
 app.command("tasks")(data_cmd.tasks)
@@ -93,9 +115,11 @@ def main() -> None:
     try:
         app()
     except UserError as e:
+        message = str(e).replace("\n", " ")
         line = Text("error: ", style="bold red")
-        line.append(str(e).replace("\n", " "))
+        line.append(message)
         err.print(line, soft_wrap=True, highlight=False)
+        logs.to_file(logging.ERROR, f"error: {message}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", style="red")

@@ -20,24 +20,11 @@ app = typer.Typer(
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """A rich progress display on stderr; yields ``track(description, total) -> advance``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Yields ``track(description, total) -> advance`` over :func:`iclft.logs.progress`."""
+    from iclft.logs import progress
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as progress:
-
-        def track(description: str, total: int) -> Callable[[int], None]:
-            task_id = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task_id, n)
-
-        yield track
+    with progress() as shown:
+        yield lambda description, total: shown.task(description, total).advance
 
 
 @app.command("circuits")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from iclft.tasks.io import FORMATS, write_examples
 
 app = typer.Typer(help="Generate and inspect task examples.", no_args_is_help=True)
 out = Console()
+log = logging.getLogger(__name__)
 
 
 def tasks() -> None:
@@ -47,7 +49,7 @@ def generate(
     fmt = fmt or ("parquet" if output.suffix == ".parquet" else "jsonl")
     examples = [ex for v in variants for ex in t.generate(v, n, seed)]
     write_examples(output, examples, fmt)
-    Console(stderr=True).print(f"wrote {len(examples)} examples to {output}")
+    log.info("wrote %d examples to %s", len(examples), output)
 
 
 @app.command("show")

@@ -15,12 +15,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_err = Console(stderr=True)
-
-
-def _progress(message: str) -> None:
-    _err.print(f"[dim]{message}[/dim]", highlight=False)
-
 
 @app.command("list")
 def list_models() -> None:
@@ -101,7 +95,7 @@ def path(
     ),
 ) -> None:
     """Print the local directory of a model, fetching an alias first if needed."""
-    resolved = resolve_model(spec, on_step=_progress)
+    resolved = resolve_model(spec)
     typer.echo(str(resolved.path))
 
 
@@ -112,5 +106,5 @@ def fetch(
 ) -> None:
     """Download, de-quantise and cache an alias; verify it fully if it is already cached."""
     get_alias(alias)  # unknown alias -> UnknownNameError before any work
-    directory = fetch_alias(alias, force=force, on_step=_progress)
+    directory = fetch_alias(alias, force=force)
     typer.echo(str(directory))

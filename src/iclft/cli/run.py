@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -110,5 +111,5 @@ def demo_command(
     from iclft.config import load_experiment, packaged_config
 
     path = packaged_config("demo")
-    Console(stderr=True).print(f"demo: {path} -> {output}")
+    logging.getLogger(__name__).info("demo: %s -> %s", path, output)
     _run_and_report(load_experiment(path), output, force)

@@ -1,5 +1,5 @@
 """Trainer callbacks: learning curves, a NaN guard, checkpoints at listed steps, fault points,
-and a rich progress bar."""
+and training progress."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from iclft.faults import kill_point
 from iclft.finetune.config import check_eval_checkpoints, check_schedule
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import evaluate_task
+from iclft.logs import Progress
 from iclft.records import CURVE_FIELDS, CURVE_ITEMS, CurvePoint
 from iclft.store import write_text_atomic
 from iclft.tasks import get_task
@@ -218,45 +219,31 @@ class FaultPoints(TrainerCallback):
         kill_point(f"train-step:{state.global_step}")
 
 
-class RichProgress(TrainerCallback):
-    """One progress bar with the current loss (replaces the Trainer's tqdm and log printing)."""
+class StepProgress(TrainerCallback):
+    """Training progress with the last logged loss (:func:`iclft.logs.progress`: a bar on a
+    terminal, plain lines elsewhere); replaces the Trainer's tqdm and log printing."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled, self.bar, self.job, self.loss = enabled, None, None, None
+        self.enabled, self.shown, self.task = enabled, None, None
 
     def on_train_begin(self, args, state, control, **kw):
-        if not (self.enabled and state.is_world_process_zero):
+        if not state.is_world_process_zero:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        self.shown = Progress(self.enabled).start()
+        self.task = self.shown.task("finetune", state.max_steps, note="loss -")
+        self.task.update(completed=state.global_step)
 
-        self.bar = Progress(
-            TextColumn("[bold]finetune"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        self.job = self.bar.add_task("train", total=state.max_steps, loss="-")
-        self.bar.update(self.job, completed=state.global_step)
-
+    # A step that logs (the Flow callback, which runs first, set should_log) is counted in
+    # on_log, after its step end, so the line of that step carries its own loss.
     def on_log(self, args, state, control, logs=None, **kw):
-        if self.bar is not None and logs and "loss" in logs:
-            self.bar.update(self.job, loss=f"{logs['loss']:.4f}")
+        if self.task is not None and logs and "loss" in logs:
+            self.task.update(completed=state.global_step, note=f"loss {logs['loss']:.4f}")
 
     def on_step_end(self, args, state, control, **kw):
-        if self.bar is not None:
-            self.bar.update(self.job, completed=state.global_step)
+        if self.task is not None and not control.should_log:
+            self.task.update(completed=state.global_step)
 
     def on_train_end(self, args, state, control, **kw):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        if self.shown is not None:
+            self.shown.stop()
+            self.shown = self.task = None

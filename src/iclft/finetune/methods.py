@@ -162,11 +162,18 @@ class Lora(Method):
         import torch
         from peft import LoraConfig, get_peft_model
 
+        from iclft.models.anatomy import is_conv1d
+
+        targets = self._targets(model, settings)
         lcfg = LoraConfig(
             r=settings.lora_rank,
             lora_alpha=settings.lora_alpha,
             lora_dropout=settings.lora_dropout,
-            target_modules=self._targets(model, settings),
+            target_modules=targets,
+            # Conv1D stores [in, out]: peft would set this itself, with a warning
+            fan_in_fan_out=any(
+                is_conv1d(m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets
+            ),
             task_type="CAUSAL_LM",
         )
         # peft draws LoRA's initial A matrices from torch's global generator: seed it here, in a

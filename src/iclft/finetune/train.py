@@ -39,9 +39,9 @@ from iclft.finetune.callbacks import (
     CurveCallback,
     FaultPoints,
     NanGuard,
-    RichProgress,
     SaveAtSteps,
     ScheduleCheck,
+    StepProgress,
     StopWhenTrained,
     learning_rates,
 )
@@ -364,7 +364,7 @@ def _run_finetune(
             SaveAtSteps(cfg.eval_checkpoints),
             nan,  # after SaveAtSteps, before the rest: it vetoes logging and saving a bad step
             curves,
-            RichProgress(show_progress),
+            StepProgress(show_progress),
             *loggers,
             *(extra_callbacks or []),
             FaultPoints(),

@@ -60,7 +60,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria
 
 from iclft.faults import oom_point
-from iclft.models.anatomy import known_family, packable_families
+from iclft.models.anatomy import cache_keyword, known_family, packable_families
 
 Progress = Callable[[int], None]
 
@@ -213,6 +213,7 @@ class Engine:
         impl = getattr(model.config, "_attn_implementation", None)
         kind = getattr(model.config, "model_type", None)
         family = known_family(kind)
+        self._cache_keyword = cache_keyword(model)
         self._mask_kind = "bool" if impl == "sdpa" else "additive"
         can_pack = self.window is None and impl in ("sdpa", "eager")
         can_pack = can_pack and family is not None and family.packable
@@ -260,7 +261,7 @@ class Engine:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **{self._cache_keyword: cache},
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )

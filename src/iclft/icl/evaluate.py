@@ -404,16 +404,8 @@ def run_eval(
     Under ``accelerate launch`` with N processes each scores its share of every engine call
     (:mod:`iclft.distributed`) and rank 0 writes the same files one process writes, with
     ``processes`` and ``prompts_per_process`` in the manifest."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from iclft import distributed
+    from iclft.logs import progress
     from iclft.models.loading import load_model
     from iclft.models.registry import DEFAULT_MODEL
     from iclft.store import claim_output_dir, write_jsonl_atomic, write_manifest
@@ -430,7 +422,6 @@ def run_eval(
             device = shard.device
     out_dir = claim.path
     started = time.time()
-    console = Console(stderr=True)
     loaded = load_model(
         model or DEFAULT_MODEL, device=device, dtype=dtype, attn_implementation=attn_implementation
     )
@@ -455,23 +446,12 @@ def run_eval(
         check_fit(engine, get_task(name), spec)
     total = len(spec.tasks) * prompt_count(spec)
     result = Evaluation()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (show_progress and main),
-    ) as bar:
-        job = bar.add_task("eval", total=total)
+    with progress(show_progress and main) as shown:
+        job = shown.task(f"eval {spec.tasks[0]}", total)
         for name in spec.tasks:
-            bar.update(job, description=f"eval {name}")
+            job.update(description=f"eval {name}")
             cell = evaluate_task(
-                engine,
-                get_task(name),
-                spec,
-                model_label=label,
-                progress=lambda k: bar.advance(job, k),
+                engine, get_task(name), spec, model_label=label, progress=job.advance
             )
             engine.clear()
             result.results += cell.results

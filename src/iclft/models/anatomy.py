@@ -33,6 +33,8 @@ as in Pythia and Phi-3, are the model's).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -421,6 +423,24 @@ def _base(model: nn.Module) -> nn.Module:
     return get() if callable(get) else model
 
 
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword a model's ``forward`` takes its key/value cache by: ``cache`` from
+    transformers 5.25 on (``past_key_values`` then warns on every call, and goes in 5.40),
+    ``past_key_values`` before. Read from the causal LM's own signature (a peft or DDP wrapper
+    passes keywords through)."""
+    return _cache_keyword(type(_base(model)))
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections), which stores weights ``[in, out]``."""
+    return hasattr(module, "nf")
+
+
 @dataclass(frozen=True)
 class KVProjection:
     """Where a layer's keys and values are made. For a fused q|k|v projection ``k`` and ``v``
@@ -447,7 +467,7 @@ class KVParameter:
 def _out_axis(module: nn.Module, param_name: str) -> int:
     """Output-feature axis of a projection's parameter: 0 for ``nn.Linear`` weights and every
     bias, 1 for the weight of transformers' ``Conv1D`` (stored ``[in, out]``, GPT-2)."""
-    return 1 if param_name == "weight" and hasattr(module, "nf") else 0
+    return 1 if param_name == "weight" and is_conv1d(module) else 0
 
 
 class Anatomy:

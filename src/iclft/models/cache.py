@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from typing import Literal
 from iclft.errors import ModelError
 from iclft.faults import kill_point
 from iclft.models.registry import AliasSpec, get_alias
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MARKER_NAME",
@@ -276,7 +279,7 @@ def fetch_alias(alias: str, *, force: bool = False, on_step: StepCallback | None
     is redone; a corrupt one raises unless ``force`` (which always fetches again).
     """
     spec = get_alias(alias)
-    step = on_step or (lambda _msg: None)
+    step = on_step or log.info
     with _alias_lock(alias):
         _remove_leftovers(alias)
         check = check_cache(alias, full=True)

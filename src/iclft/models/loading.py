@@ -575,11 +575,14 @@ def load_model(
     if resolved.kind == "alias" and resolved.path is None:
         resolved = resolve_model(resolved.spec, on_step=on_step)
 
+    where = resolved.path if resolved.path and str(resolved.path) != resolved.spec else None
+    log.info("loading %s%s on %s", resolved.spec, f" ({where})" if where else "", dev)
     model, tokenizer, resolved, attn = _load_resolved(
         resolved, torch_dtype, attn, trust_remote_code
     )
     model.to(dev)
     model.eval()
+    log.debug("loaded %s: %s, %s attention", resolved.spec, torch_dtype, attn)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     gen = getattr(model, "generation_config", None)
