@@ -17,7 +17,8 @@ data file (``<name>.jsonl``), plus ``utils.py`` (the scoring) and ``README.md`` 
   after its answer began (iclft's stop rule, applied after generation because lm-eval's
   ``until`` would also stop on a newline *before* the answer) and judges it with iclft's own
   generate scorer (:mod:`iclft.icl.scoring`): the task's parse equals the target (``exact``), or
-  ``str(target)`` occurs in the whole continuation (``paper``). ``utils.py`` is plain Python
+  ``str(target)`` occurs in the whole continuation or its parse equals the target (``paper``,
+  iclft's lenient judge, never below exact match). ``utils.py`` is plain Python
   (the stop rule, parse and judge restated, held equal to iclft's by the tests), so lm-eval's
   environment needs no iclft.
 
@@ -80,10 +81,12 @@ def parse(text, choices=None):
 
 def process_results(doc, results):
     """exact: the answer parsed from the continuation, cut at the stop rule, equals the target;
-    paper: the target occurs anywhere in the whole fixed-length continuation."""
+    paper: the target occurs anywhere in the whole fixed-length continuation, or the answer
+    parsed from it equals the target (so this is never below exact match: `True` is read in
+    any case, `-05` as -5)."""
     output = results[0]
     if doc["protocol"] == "paper":
-        correct = doc["target"] in output
+        correct = doc["target"] in output or parse(output, doc.get("choices")) == doc["target"]
     else:
         correct = parse(until_answer_line(output), doc.get("choices")) == doc["target"]
     return {"exact_match": float(correct)}

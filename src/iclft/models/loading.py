@@ -450,7 +450,7 @@ def hub_reachable() -> bool:
             get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)
             _HUB_REACHABLE[endpoint] = True
         except Exception as exc:  # any transport failure means: do not wait on the hub
-            log.info("the Hugging Face hub at %s cannot be reached (%s): offline", endpoint, exc)
+            log.debug("the Hugging Face hub at %s cannot be reached (%s): offline", endpoint, exc)
             _HUB_REACHABLE[endpoint] = False
             constants.HF_HUB_OFFLINE = True
     return _HUB_REACHABLE[endpoint]
