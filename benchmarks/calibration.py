@@ -24,8 +24,9 @@ import argparse
 import numpy as np
 from scipy import optimize
 
-from iclft.icl.compare import crossed_test, holm
+from iclft.icl.compare import crossed_test
 from iclft.icl.metrics import crossed_interval, resample_counts, two_level_means, wilson_interval
+from iclft.stats import holm
 
 SD_ITEM, SD_INT, SD_OWN = 1.0, 0.5, 0.7
 GH_X, GH_W = np.polynomial.hermite_e.hermegauss(80)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from iclft.errors import UserError
+from iclft.stats import ALPHA  # the level comparisons decide at (re-exported)
 
 #: experiment arms (the ``method`` of a row): the 0-shot base model, in-context learning, and
 #: one ``ft-<method>`` arm per fine-tuning method of :data:`iclft.finetune.methods.METHOD_NAMES`
@@ -286,8 +287,6 @@ class CellResult(Record):
         )
 
 
-#: the level at which a comparison decides (two-sided), and its intervals' confidence
-ALPHA = 0.05
 #: the setting a claim of learning must beat besides the baseline: always giving the answer
 #: that is right on most of the items (a ``b_method`` of comparisons)
 CONSTANT = "constant"

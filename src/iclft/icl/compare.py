@@ -50,7 +50,8 @@ from iclft.icl.metrics import (
     mean_squares,
     t_quantile,
 )
-from iclft.records import ALPHA, BASELINE, CONSTANT, ICL, Comparison, Prediction
+from iclft.records import BASELINE, CONSTANT, ICL, Comparison, Prediction
+from iclft.stats import ALPHA, holm
 
 #: how the interval and the p-value are made (written into every comparison row)
 INTERVAL = "95%: the differences the test does not reject (its inversion)"
@@ -156,19 +157,6 @@ def _banerjee_p(x: np.ndarray, parts: Sequence[Part], steps: int = 64) -> np.nda
     p = np.exp(hi)
     at_floor = banerjee_half_width(live, P_FLOOR) ** 2 < x
     return np.where(x > 0, np.where(at_floor, P_FLOOR, p), 1.0)
-
-
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values: sorted ascending, ``p_(j)`` becomes
-    ``max_{i <= j} min(1, (m - i + 1) p_(i))``; back in the input order. (statsmodels'
-    ``multipletests(method="holm")`` computes the same; not a dependency of iclft.)"""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.maximum.accumulate(stepped)
-    return out
 
 
 def adjust(comparisons: Sequence[Comparison]) -> list[Comparison]:
