@@ -115,7 +115,7 @@ class ExperimentConfig(Strict):
     n: int = Field(50, gt=0, description="test items per cell")
     demos: Literal[DEMO_MODES] = "shared"  # type: ignore[valid-type]
     scoring: Literal[SCORINGS] = "generate"  # type: ignore[valid-type]
-    #: exact (ours) or paper (fixed-length continuation, substring): see iclft.icl.scoring
+    #: exact (ours) or paper (per-task token budget, substring): see iclft.icl.scoring
     protocol: Literal[tuple(PROTOCOLS)] = "exact"  # type: ignore[valid-type]
     #: independent demonstration sets per k-shot cell (intervals include their variance)
     demo_sets: int = Field(1, ge=1, le=MAX_DEMO_SETS)

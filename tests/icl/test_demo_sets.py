@@ -1,4 +1,4 @@
-"""Demonstration sets: independent draws, per-set accuracies, the two-level bootstrap (coverage
+"""Demonstration sets: independent draws, per-set accuracies, the crossed-design interval (coverage
 where the truth is known), held-out items for choosing k, and set-aware paired comparisons."""
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 from iclft.analysis.circuits import EffectTable, circuit_shift, compare_shifts, gap_check
 from iclft.analysis.patching import PairEffects
 from iclft.analysis.pipeline import decide
+from iclft.records import p_text
 from iclft.stats import holm
 
 NAMES = tuple(
@@ -117,10 +118,10 @@ def test_one_circuit_sentence_per_model_and_task_with_run_wide_holm(run):
 
     b_icl = files["boolean"]["shifts"][0]["test"]
     p, q = b_icl["p_value"], adjusted[0]
-    assert f"permutation p={p:.2g}, Holm p={q:.2g}" in boolean
+    assert f"{p_text(p, 'permutation p')}, {p_text(q, 'Holm p')}" in boolean
     assert q < 0.05 and "from the 0-shot base to ICL, the circuit shifts" in boolean
     c = files["boolean"]["shift_comparison"]
-    assert c["diff"] > 0 and f"jackknife t p={c['p_value']:.2g}" in boolean
+    assert c["diff"] > 0 and p_text(c["p_value"], "jackknife t p") in boolean
     assert "ICL's shift is larger than fine-tuning's" in boolean
     # no p of 0 anywhere, and every p printed in a sentence is a test's
     assert not re.search(r"p=0(?![.\d])", boolean + parity)

@@ -51,7 +51,8 @@ Controls, since a distance alone has no reference for "no change":
 * The gap guard: a setting whose mean clean-corrupt gap ``m_clean - m_corrupt`` is not above 0
   by a one-sided t test over pairs (level (1 - 0.95) / 2 = 2.5%, the lower end of the 95% t
   interval above 0) has no identified circuit (its effects divide by a gap indistinguishable
-  from 0); a shift from or to it is neither reported nor tested. (The percentile bootstrap it
+  from 0); a shift from or to it reports no distances and enters no Holm family (its values and
+  its permutation test are kept under ``unguarded``). (The percentile bootstrap it
   replaces called a zero gap identified 13% of the time at 3 pairs.)
 * Attribution checked against exact patching: :class:`Agreement` compares the two on the
   components that exact patching re-measured (Spearman, top-k overlap, scale).

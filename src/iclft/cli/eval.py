@@ -22,13 +22,13 @@ PROTOCOL = typer.Option(
     "exact",
     "--protocol",
     help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
-    "code: a fixed --max-new-tokens continuation, target as a substring).",
+    "code: each task's 1-3 token budget with no stop, target as a substring).",
 )
 DEMO_SETS = typer.Option(
     1,
     "--demo-sets",
-    help="Independent demonstration sets per k-shot cell; with 2+, intervals come from a "
-    "two-level bootstrap (sets, then items).",
+    help="Independent demonstration sets per k-shot cell; with 2+, intervals are the "
+    "crossed-design t over sets and items.",
 )
 MAX_NEW_TOKENS = typer.Option(10, "--max-new-tokens")
 #: ``--force`` of every command that writes an output directory

@@ -9,8 +9,9 @@ and generate otherwise. Each response is judged by the registered scorer of its 
 
 Two protocols (:data:`PROTOCOLS`): ``exact`` (ours) skips leading whitespace and newlines,
 stops at the next newline, parses the first non-empty line and requires an exact match;
-``paper`` is the seed paper's code as it was: a fixed ``max_new_tokens`` continuation with no
-stop, scored correct when ``str(target)`` occurs anywhere in it (so "2" is found in "12").
+``paper`` is the seed paper's code: each task's token budget
+(:data:`iclft.icl.scoring.PAPER_NEW_TOKENS`, 1-3 tokens) with no stop, scored correct when
+``str(target)`` occurs anywhere in it (so "2" is found in "12") or is parsed from it.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ source) and the analysis files, copied as they are (analyses are not rescored).
 
 What rescoring cannot change: the outputs themselves. A directory evaluated with ``exact`` holds
 continuations cut at the newline after the answer; judging those with ``paper`` is the paper's
-*judge* on our outputs, not the paper's protocol (which generates a fixed-length continuation
-with no stop, so its substring test sees more text). The output manifest says which.
+*judge* on our outputs, not the paper's protocol (which generates each task's token budget
+with no stop, so its substring test may see other text). The output manifest says which.
 """
 
 from __future__ import annotations
@@ -127,10 +127,10 @@ def _generated_with(protocol: str) -> dict[str, str]:
 
 
 def _judge_note(protocol: str, generated: str) -> str | None:
-    if protocol == "paper" and PROTOCOLS[generated][0] != "none":
+    if protocol == "paper" and PROTOCOLS[generated][0] == "newline":
         return (
             "the paper's judge (target as a substring) on outputs that stopped at a newline; "
-            "the paper's protocol generates a fixed-length continuation with no stop"
+            "the paper's protocol generates each task's token budget with no stop"
         )
     return None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from iclft.records import CircuitsResult
+from iclft.records import CircuitsResult, p_text
 from iclft.report.data import RunData, model_slug
 from iclft.stats import ALPHA, holm
 
@@ -88,8 +88,9 @@ def run_holm(analyses: list[CircuitAnalysis]) -> tuple[dict[int, float], int]:
     return {id(t): float(p) for t, p in zip(tests, adjusted) if p is not None}, len(tests)
 
 
-def _p(p: float) -> str:
-    return f"{p:.2g}"
+def _p(name: str, p: float | None) -> str:
+    """``permutation p=0.03`` / ``Holm p<0.001`` / ``Holm p –`` (no adjusted p)."""
+    return f"{name} –" if p is None else p_text(p, name)
 
 
 def _shift_text(sh: Mapping[str, Any], label: str, adj: dict[int, float]) -> str:
@@ -106,7 +107,7 @@ def _shift_text(sh: Mapping[str, Any], label: str, adj: dict[int, float]) -> str
     p, q = float(t["p_value"]), adj.get(id(t))
     what = (
         f"1 - cos {g.get('statistic', float('nan')):.2f} vs {g.get('null_mean', float('nan')):.2f}"
-        f" expected without a shift; permutation p={_p(p)}, Holm p={_p(q) if q else '–'}"
+        f" expected without a shift; {_p('permutation p', p)}, {_p('Holm p', q)}"
     )
     if t.get("exact") and t.get("n_pairs"):
         floor = 2 / 2 ** int(t["n_pairs"])
@@ -126,7 +127,7 @@ def _comparison_text(c: Mapping[str, Any] | None, adj: dict[int, float]) -> str 
     p, q = float(c["p_value"]), adj.get(id(c))
     what = (
         f"debiased 1 - cos from base {d.get(a, float('nan')):.2f} vs "
-        f"{d.get(b, float('nan')):.2f}; jackknife t p={_p(p)}, Holm p={_p(q) if q else '–'}"
+        f"{d.get(b, float('nan')):.2f}; {_p('jackknife t p', p)}, {_p('Holm p', q)}"
     )
     names = {"icl": "ICL's", "ft": "fine-tuning's"}
     if q is not None and q < ALPHA and c.get("diff"):

@@ -290,8 +290,9 @@ def scoring_section(data: RunData) -> Section:
     s.paragraphs.append(
         f"Scoring modes in this run: {', '.join(modes) if modes else 'not recorded'}; protocol "
         + (
-            "paper: the seed code's fixed-length continuation, correct when the target occurs "
-            "anywhere in it (accuracy is then the lenient figure)."
+            "paper: the seed code's per-task token budget (1-3 tokens) with no stop, correct "
+            "when the target occurs anywhere in it or is parsed from it (accuracy is then the "
+            "lenient figure)."
             if protocol == "paper"
             else "exact: leading whitespace and newlines are skipped, generation stops at the "
             "next newline, and the first non-empty line is parsed."

@@ -16,8 +16,10 @@ use draws from its own index range, clean items unless said otherwise:
 Different indices can still spell the same question (boolean's question space is small: 6 of
 199 test questions came back among 1000 training texts before this rule), so the *scored*
 questions (test, held-out and curve items: :func:`scored_questions`) are kept apart by text
-too. Curve items skip test and held-out questions; training texts and demonstrations skip
-every scored question; each skips and draws the next index (:func:`draw`), so the sizes asked
+too. Curve items skip test and held-out questions; training texts skip every scored
+question; an evaluation's demonstrations skip its test and held-out questions (the similarity
+analysis instead drops a query that is one of its demonstrations); each skips and draws the
+next index (:func:`draw`), so the sizes asked
 for are the sizes drawn.
 
 :data:`ITEM_LAYOUT` numbers this layout; fine-tuning directories and run stages record it, and
