@@ -166,3 +166,14 @@ def test_summary_carries_the_circuit_sentences_and_old_files_read(run, tmp_path,
     assert "Circuits on expression" in text
     assert "not tested (this circuits.json has no permutation test)" in text
     assert "no circuit test could be made" in text
+
+
+def test_an_exact_permutation_test_on_few_pairs_says_how_small_its_p_can_be():
+    """With 3 pairs, every one of the 2^3 swaps is enumerated: no p falls below 2/8."""
+    from iclft.report.circuits import _shift_text
+
+    t = {"p_value": 0.25, "exact": True, "n_pairs": 3,
+         "groups": {"all": {"statistic": 0.4, "null_mean": 0.3}}}  # fmt: skip
+    text = _shift_text({"status": "identified", "test": t}, "base to ICL", {id(t): 1.0})
+    assert "permutation p=0.25, Holm p=1" in text
+    assert "with 3 pairs no p falls below 0.25" in text and "no shift is shown" in text

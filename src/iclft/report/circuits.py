@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from iclft.records import CircuitsResult, p_text
+from iclft.records import CircuitsResult, format_p, p_text
 from iclft.report.data import RunData, model_slug
 from iclft.stats import ALPHA, holm
 
@@ -112,7 +112,7 @@ def _shift_text(sh: Mapping[str, Any], label: str, adj: dict[int, float]) -> str
     if t.get("exact") and t.get("n_pairs"):
         floor = 2 / 2 ** int(t["n_pairs"])
         if floor >= ALPHA:
-            what += f"; with {t['n_pairs']} pairs no p falls below {_p(floor)}"
+            what += f"; with {t['n_pairs']} pairs no p falls below {format_p(floor)}"
     verdict = "the circuit shifts" if q is not None and q < ALPHA else "no shift is shown"
     return f"{label}, {verdict} ({what})"
 
