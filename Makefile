@@ -43,6 +43,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not integration"
 
 lint: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from iclft._version import __version__
 from iclft.logs import filter_known_warnings
-
-__version__ = "0.1.0"
 
 filter_known_warnings()
 

@@ -27,9 +27,13 @@ from iclft.errors import UserError
 from iclft.stats import ALPHA  # the level comparisons decide at (re-exported)
 
 #: experiment arms (the ``method`` of a row): the 0-shot base model, in-context learning, and
-#: one ``ft-<method>`` arm per fine-tuning method of :data:`iclft.finetune.methods.METHOD_NAMES`
+#: one ``ft-<method>`` arm per fine-tuning method
 BASELINE, ICL = "baseline", "icl"
 FT_PREFIX = "ft-"
+#: the fine-tuning methods (their strategies: :mod:`iclft.finetune.methods`), in table order:
+#: the three parameter selections, then layer-causal GD on one of them
+FULL, KV, LORA, LAYER_CAUSAL = "full", "kv", "lora", "layer-causal"
+FT_METHODS = (FULL, KV, LORA, LAYER_CAUSAL)
 #: how an item is scored: free generation, loglikelihood of each choice, or by task kind
 SCORINGS = ("generate", "loglik", "auto")
 
@@ -50,11 +54,8 @@ def ft_method(arm: str) -> str:
 
 
 def arms() -> tuple[str, ...]:
-    """Every arm, in the order tables show them (a function: the fine-tuning method names are
-    declared with the methods, :mod:`iclft.finetune.methods`, which imports torch)."""
-    from iclft.finetune.methods import METHOD_NAMES
-
-    return (BASELINE, ICL, *(ft_arm(m) for m in METHOD_NAMES))
+    """Every arm, in the order tables show them."""
+    return (BASELINE, ICL, *(ft_arm(m) for m in FT_METHODS))
 
 
 def omit_unset() -> Any:

@@ -263,7 +263,8 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from iclft.finetune import make_config, run_finetune
-    from iclft.finetune.config import METHOD_SPECIFIC, TRAIN_CONFIG_NAME, reads_setting
+    from iclft.finetune.config import METHOD_SPECIFIC, reads_setting
+    from iclft.layout import TRAIN_CONFIG_NAME
 
     cfg = ctx.cfg
     s = cfg.finetune_for(st.method)

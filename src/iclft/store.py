@@ -376,7 +376,7 @@ def package_versions() -> dict[str, str | None]:
 
 def write_manifest(out_dir: Path, *, command: str, started: float, **fields: Any) -> dict:
     """Write ``out_dir/manifest.json``: versions, git revision, host, timings and ``fields``."""
-    from iclft import __version__
+    from iclft._version import __version__
 
     manifest = {
         "iclft_version": __version__,

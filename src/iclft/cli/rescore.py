@@ -26,9 +26,9 @@ def rescore_command(
     predictions under another protocol, without the model; the source is left as it is."""
     from rich.console import Console
 
-    from iclft.icl.rescore import rescore_dir
+    from iclft.rescore_run import rescore
 
-    results = rescore_dir(source, protocol, output, force=force)
+    results = rescore(source, protocol, output, force=force)
     console = Console(stderr=True)
     for r in results:
         step = "" if r.step is None else f" step {r.step}"

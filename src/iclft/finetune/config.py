@@ -1,12 +1,11 @@
 """The fine-tuning settings: one pydantic model of the training hyper-parameters
 (:class:`TrainingSettings`, each field with its help text) that the experiment's ``finetune:``
 block, ``iclft finetune``'s options (derived from the fields) and a run's validated config
-(:class:`FinetuneConfig`, saved as ``train_config.json``) all use; and the layout of a
-fine-tuning directory."""
+(:class:`FinetuneConfig`, saved as ``train_config.json``) all use. The layout of a
+fine-tuning directory is :mod:`iclft.layout`'s."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -33,28 +32,6 @@ from iclft.icl.prompts import CHAT_MODES
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS
 from iclft.validation import Strict, load_yaml_file
-
-#: a fine-tuning directory: its settings file, and the ``status`` its manifest.json ends with
-TRAIN_CONFIG_NAME = "train_config.json"
-COMPLETE, DIVERGED = "complete", "diverged"
-#: its checkpoints: ``checkpoints/checkpoint-<step>`` (the Trainer's naming), each complete once
-#: the Trainer has written its trainer_state.json (the last file of a save)
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_DONE = "trainer_state.json"
-
-
-def checkpoint_dir(out_dir: Path, step: int) -> Path:
-    """Where the checkpoint of optimizer step ``step`` of the run in ``out_dir`` is saved."""
-    return Path(out_dir) / CHECKPOINTS_DIR / f"checkpoint-{step}"
-
-
-def checkpoint_complete(ckpt: Path) -> bool:
-    """Whether a checkpoint's save finished (a readable trainer_state.json)."""
-    try:
-        json.loads((Path(ckpt) / CHECKPOINT_DONE).read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def fixed_steps(steps: int | None, epochs: float | None, data: str | None) -> int | None:

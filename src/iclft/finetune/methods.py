@@ -21,16 +21,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from iclft.errors import UnknownNameError, UserError
+from iclft.records import FT_METHODS, FULL, LAYER_CAUSAL, LORA
+from iclft.records import KV as KV_
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from iclft.finetune.config import TrainingSettings
     from iclft.models.anatomy import KVParameter
+
+
+class MethodSettings(Protocol):
+    """What a strategy reads of the training settings (:class:`iclft.finetune.config.
+    TrainingSettings` has them; named here so that this module does not import the settings,
+    which import these names)."""
+
+    lora_targets: list[str] | None
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
 
 
 def default_lora_targets(model_type: str, module_names: Iterable[str]) -> list[str]:
@@ -96,10 +108,10 @@ class Method:
     #: the final model and checkpoints are a peft adapter naming its base, not full weights
     saves_adapter = False
 
-    def check(self, meta: nn.Module, settings: TrainingSettings) -> None:
+    def check(self, meta: nn.Module, settings: MethodSettings) -> None:
         """Refuse settings the architecture cannot take, on a weightless (meta) copy."""
 
-    def select(self, model: nn.Module, settings: TrainingSettings, seed: int = 0) -> nn.Module:
+    def select(self, model: nn.Module, settings: MethodSettings, seed: int = 0) -> nn.Module:
         """Mark the parameters that train (or wrap the model); return the model to train."""
         raise NotImplementedError
 
@@ -122,7 +134,7 @@ def _train_only(model: nn.Module, trainable: bool) -> None:
 
 
 class Full(Method):
-    name = parameters = "full"
+    name = parameters = FULL
 
     def select(self, model, settings, seed=0):
         _train_only(model, True)
@@ -130,7 +142,7 @@ class Full(Method):
 
 
 class KV(Method):
-    name = parameters = "kv"
+    name = parameters = KV_
 
     def select(self, model, settings, seed=0):
         _train_only(model, False)
@@ -145,10 +157,10 @@ class KV(Method):
 
 
 class Lora(Method):
-    name = parameters = "lora"
+    name = parameters = LORA
     saves_adapter = True
 
-    def _targets(self, model: nn.Module, settings: TrainingSettings) -> list[str]:
+    def _targets(self, model: nn.Module, settings: MethodSettings) -> list[str]:
         names = [n for n, _ in model.named_modules()]
         if settings.lora_targets:
             check_lora_targets(settings.lora_targets, names)
@@ -192,7 +204,7 @@ class LayerCausal(Method):
     """Layer-causal GD on the parameters ``inner`` selects: the sum of every layer's early-exit
     loss, the readout (final norm, unembedding) frozen."""
 
-    name = "layer-causal"
+    name = LAYER_CAUSAL
 
     def __init__(self, inner: Method):
         self.inner = inner
@@ -230,8 +242,10 @@ class LayerCausal(Method):
 #: the parameter selections, by name (``--params`` of layer-causal takes any of them)
 PARAMETER_SETS: dict[str, Method] = {m.name: m for m in (Full(), KV(), Lora())}
 PARAM_SET_NAMES = tuple(PARAMETER_SETS)
-#: every ``--method``: the parameter selections, and layer-causal GD on one of them
+#: every ``--method``: the parameter selections, and layer-causal GD on one of them (the
+#: names' home is :data:`iclft.records.FT_METHODS`; every one has its strategy here)
 METHOD_NAMES = (*PARAM_SET_NAMES, LayerCausal.name)
+assert METHOD_NAMES == FT_METHODS, (METHOD_NAMES, FT_METHODS)
 
 
 def get_method(name: str, params: str | None = None) -> Method:

@@ -45,18 +45,17 @@ from iclft.finetune.callbacks import (
     StopWhenTrained,
     learning_rates,
 )
-from iclft.finetune.config import (
+from iclft.finetune.config import FinetuneConfig, make_config
+from iclft.finetune.data import TokenizedTexts, training_data
+from iclft.finetune.methods import Method, trainable_count
+from iclft.layout import (
     CHECKPOINTS_DIR,
     COMPLETE,
     DIVERGED,
     TRAIN_CONFIG_NAME,
-    FinetuneConfig,
     checkpoint_complete,
     checkpoint_dir,
-    make_config,
 )
-from iclft.finetune.data import TokenizedTexts, training_data
-from iclft.finetune.methods import Method, trainable_count
 from iclft.models.anatomy import anatomy, family_for
 from iclft.store import (
     MANIFEST_NAME,

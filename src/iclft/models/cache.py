@@ -481,7 +481,7 @@ def _make_marker(spec: AliasSpec, directory: Path, versions: dict[str, str]) -> 
                 "mtime_ns": st.st_mtime_ns,
                 "sha256": file_sha256(path),
             }
-    from iclft import __version__
+    from iclft._version import __version__
 
     return CacheMarker(
         alias=spec.alias,

@@ -346,7 +346,7 @@ def _resolve_dir(
 def _check_finished_finetune(path: Path) -> None:
     """An iclft fine-tuning directory is a model only once its manifest says it finished; one
     of its checkpoints, once its save finished."""
-    from iclft.finetune.config import (
+    from iclft.layout import (
         CHECKPOINT_DONE,
         CHECKPOINTS_DIR,
         COMPLETE,
