@@ -81,7 +81,7 @@ def parse(text, choices=None):
 
 def process_results(doc, results):
     """exact: the answer parsed from the continuation, cut at the stop rule, equals the target;
-    paper: the target occurs anywhere in the whole fixed-length continuation, or the answer
+    paper: the target occurs anywhere in the whole budgeted continuation, or the answer
     parsed from it equals the target (so this is never below exact match: `True` is read in
     any case, `-05` as -5)."""
     output = results[0]

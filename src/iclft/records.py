@@ -299,8 +299,10 @@ def format_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
-def p_text(p: float, name: str = "p") -> str:
-    """``p=0.031`` or ``p<0.001``."""
+def p_text(p: float | None, name: str = "p") -> str:
+    """``p=0.031``, ``p<0.001``, or ``p –`` where no p was computed (``None``)."""
+    if p is None:
+        return f"{name} –"
     text = format_p(p)
     return f"{name}{text}" if text.startswith("<") else f"{name}={text}"
 

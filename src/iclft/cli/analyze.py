@@ -13,12 +13,6 @@ from iclft.cli.eval import FORCE
 from iclft.records import p_text
 from iclft.stats import N_PERMUTATIONS
 
-
-def _p(name: str, p: float | None) -> str:
-    """``permutation p=0.03`` / ``Holm p<0.001`` / ``Holm p –`` (not adjusted)."""
-    return f"{name} –" if p is None else p_text(p, name)
-
-
 app = typer.Typer(
     help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
     no_args_is_help=True,
@@ -146,8 +140,8 @@ def circuits_command(
         if t:
             verdict = "shifted" if t.get("shifted") else "not shifted"
             out.print(
-                f"      {verdict}: {_p('permutation p', t['p_value'])}, "
-                f"{_p('Holm p', t.get('p_holm'))} "
+                f"      {verdict}: {p_text(t['p_value'], 'permutation p')}, "
+                f"{p_text(t.get('p_holm'), 'Holm p')} "
                 f"(family of {t.get('holm_family')})"
             )
     cmp_ = report.shift_comparison
@@ -159,8 +153,9 @@ def circuits_command(
             verdict = f"{larger} moves the circuit more" if larger else "not distinguishable"
             out.print(
                 f"ICL shift vs FT shift: {verdict}: D = {cmp_['diff']} "
-                f"[{cmp_['ci_low']}, {cmp_['ci_high']}], {_p('jackknife t p', cmp_['p_value'])}, "
-                f"{_p('Holm p', cmp_.get('p_holm'))}"
+                f"[{cmp_['ci_low']}, {cmp_['ci_high']}], "
+                f"{p_text(cmp_['p_value'], 'jackknife t p')}, "
+                f"{p_text(cmp_.get('p_holm'), 'Holm p')}"
             )
     out.print(f"wrote {output / 'circuits.json'}")
 

@@ -88,11 +88,6 @@ def run_holm(analyses: list[CircuitAnalysis]) -> tuple[dict[int, float], int]:
     return {id(t): float(p) for t, p in zip(tests, adjusted) if p is not None}, len(tests)
 
 
-def _p(name: str, p: float | None) -> str:
-    """``permutation p=0.03`` / ``Holm p<0.001`` / ``Holm p –`` (no adjusted p)."""
-    return f"{name} –" if p is None else p_text(p, name)
-
-
 def _shift_text(sh: Mapping[str, Any], label: str, adj: dict[int, float]) -> str:
     if sh.get("status") != "identified":
         who = ", ".join(SETTING_NAMES.get(s, s) for s in sh.get("not_identified") or [])
@@ -107,7 +102,7 @@ def _shift_text(sh: Mapping[str, Any], label: str, adj: dict[int, float]) -> str
     p, q = float(t["p_value"]), adj.get(id(t))
     what = (
         f"1 - cos {g.get('statistic', float('nan')):.2f} vs {g.get('null_mean', float('nan')):.2f}"
-        f" expected without a shift; {_p('permutation p', p)}, {_p('Holm p', q)}"
+        f" expected without a shift; {p_text(p, 'permutation p')}, {p_text(q, 'Holm p')}"
     )
     if t.get("exact") and t.get("n_pairs"):
         floor = 2 / 2 ** int(t["n_pairs"])
@@ -127,7 +122,7 @@ def _comparison_text(c: Mapping[str, Any] | None, adj: dict[int, float]) -> str 
     p, q = float(c["p_value"]), adj.get(id(c))
     what = (
         f"debiased 1 - cos from base {d.get(a, float('nan')):.2f} vs "
-        f"{d.get(b, float('nan')):.2f}; {_p('jackknife t p', p)}, {_p('Holm p', q)}"
+        f"{d.get(b, float('nan')):.2f}; {p_text(p, 'jackknife t p')}, {p_text(q, 'Holm p')}"
     )
     names = {"icl": "ICL's", "ft": "fine-tuning's"}
     if q is not None and q < ALPHA and c.get("diff"):
