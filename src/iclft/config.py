@@ -8,31 +8,18 @@ nearest allowed one::
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from iclft.analysis.pipeline import N_SPLITS, PER_POSITION_KINDS
-from iclft.analysis.similarity_table import KEY_SETS
+from iclft.analysis.settings import CircuitSettings, SimilaritySettings
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS, arms, ft_method, is_finetune
-from iclft.stats import N_PERMUTATIONS
-from iclft.validation import FLOAT32_MAX, Strict, load_yaml_file
-
-
-def _known(kind: str, allowed_fn):
-    def check(v: str) -> str:
-        allowed = list(allowed_fn())
-        if v not in allowed:
-            raise ValueError(f"unknown {kind} {v!r}{did_you_mean(v, allowed)}")
-        return v
-
-    return AfterValidator(check)
+from iclft.validation import Strict, error_location, error_message, known, load_yaml_file
 
 
 def _variants():
@@ -47,60 +34,29 @@ def _task_names():
     return task_names()
 
 
-MethodName = Annotated[str, _known("method", arms)]
-TaskName = Annotated[str, _known("task", _task_names)]
-VariantName = Annotated[str, _known("variant", _variants)]
-ChatMode = Annotated[str, _known("chat template mode", lambda: CHAT_MODES)]
+MethodName = Annotated[str, known("method", arms)]
+TaskName = Annotated[str, known("task", _task_names)]
+VariantName = Annotated[str, known("variant", _variants)]
+ChatMode = Annotated[str, known("chat template mode", CHAT_MODES)]
 
 
-class CircuitsSettings(Strict):
+class CircuitsSection(CircuitSettings):
+    """``analysis.circuits``: the circuits analysis's settings, on ``tasks`` of the run."""
+
     enabled: bool = False
     tasks: list[TaskName] | None = None  # default: every task of the run that has pairs
-    shots: int = Field(4, ge=0)
-    n: int = Field(4, gt=0, description="patching pairs per task")
-    method: Literal["exact", "attribution"] = "attribution"
-    top_k: int = Field(20, gt=0)
-    verify: int | None = Field(
-        None, ge=0, description="attribution's top heads/MLPs re-measured exactly (None: 2 x top_k)"
-    )
-    n_splits: int = Field(N_SPLITS, ge=0, description="split-halves for each shift's noise floor")
-    n_perm: int = Field(
-        N_PERMUTATIONS, ge=0, description="permutations of each shift's test of 'no shift'"
-    )
-    per_position: list[Literal[PER_POSITION_KINDS]] = Field(
-        default_factory=list, description="kinds also patched one position at a time (exact)"
-    )
 
 
-class SimilaritySettings(Strict):
+class SimilaritySection(SimilaritySettings):
+    """``analysis.similarity``: the ICL-vs-GD analysis's settings, on ``tasks`` of the run."""
+
     enabled: bool = False
-    tasks: list[TaskName] | None = None
-    shots: int = Field(8, gt=0)
-    n: int = Field(8, gt=0)
-    lr: float | list[float] = Field(
-        1e-3, description="one learning rate, or a grid chosen from by held-out accuracy"
-    )
-    heldout: int = Field(16, gt=0, description="held-out queries that choose from an lr grid")
-    keys: Literal[KEY_SETS] = "reference"  # type: ignore[valid-type]
-    random_draws: int = Field(5, gt=0, description="draws of each norm-matched random update")
-    untrained: bool = Field(True, description="also measure a randomly initialised model")
-    n_boot: int = Field(1000, ge=0, description="bootstrap resamples of the 95% intervals")
-
-    @field_validator("lr", mode="before")
-    @classmethod
-    def _lr_grid(cls, v: Any) -> Any:
-        if v == []:
-            raise ValueError("must be a positive finite number or a list of them, got []")
-        for x in v if isinstance(v, list) else [v]:
-            ok = isinstance(x, (int, float)) and not isinstance(x, bool)
-            if not ok or not math.isfinite(x) or x <= 0 or abs(x) > FLOAT32_MAX:
-                raise ValueError(f"must be a positive finite number or a list of them, got {v}")
-        return v
+    tasks: list[TaskName] | None = None  # default: every task of the run
 
 
 class AnalysisSettings(Strict):
-    circuits: CircuitsSettings = CircuitsSettings()
-    similarity: SimilaritySettings = SimilaritySettings()
+    circuits: CircuitsSection = CircuitsSection()
+    similarity: SimilaritySection = SimilaritySection()
 
 
 class ExperimentConfig(Strict):
@@ -163,29 +119,6 @@ class ExperimentConfig(Strict):
         return TrainingSettings(**merged)
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after[check(), str]",):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "config"
-
-
-def _message(err: dict) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return "unknown setting"
-    if err["type"] == "missing":
-        return "required setting is missing"
-    if err["type"] == "finite_number":
-        return f"must be a finite number, got {err['input']}"
-    return msg
-
-
 def _unread_settings(cfg: ExperimentConfig) -> list[str]:
     """Method-specific fine-tuning settings (params, lora) that no method given reads: the
     shared block's, when no ft-* method of the run reads them; an override's, when its method
@@ -214,16 +147,16 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
     """Validate a mapping; every problem is reported in one line, each with its location."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of settings at the top level")
-    known = set(ExperimentConfig.model_fields)
+    settings = set(ExperimentConfig.model_fields)
     try:
         cfg = ExperimentConfig(**data)
     except ValidationError as e:
         probs = []
         for err in e.errors():
-            loc = _loc(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
-            msg = _message(err)
+            loc = error_location(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+            msg = error_message(err)
             if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-                msg += did_you_mean(str(err["loc"][0]), known)
+                msg += did_you_mean(str(err["loc"][0]), settings)
             probs.append(f"{loc}: {msg}")
         raise UserError(f"{source}: " + "; ".join(probs)) from None
     problems = []
@@ -232,8 +165,8 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             s = cfg.finetune_for(m)
         except ValidationError as e:
             for err in e.errors():
-                where = f".{_loc(err['loc'])}" if err["loc"] else ""
-                problems.append(f"finetune_overrides.{m}{where}: {_message(err)}")
+                where = f".{error_location(err['loc'])}" if err["loc"] else ""
+                problems.append(f"finetune_overrides.{m}{where}: {error_message(err)}")
             s = None
         if not is_finetune(m):
             problems.append(f"finetune_overrides.{m}: only ft-* methods take settings")

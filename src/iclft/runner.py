@@ -92,6 +92,17 @@ def _config_json(cfg: ExperimentConfig) -> dict:
     return json.loads(cfg.model_dump_json())
 
 
+def _saved_config(path: Path) -> dict:
+    """A run's saved config.json as this version resolves it: settings added since it was
+    written take their defaults (so a run of an older iclft resumes when nothing it ran with
+    changed); a file this version no longer validates is compared as written."""
+    raw = json.loads(path.read_text())
+    try:
+        return _config_json(validate_config(raw, str(path)))
+    except UserError:
+        return raw
+
+
 def _stale_stages(run_dir: Path) -> list[str]:
     """Completed stages drawn under another item layout (:data:`ITEM_LAYOUT`; records without
     one are layout 1): finishing the run beside them would mix two layouts."""
@@ -114,7 +125,7 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, force: bool) -> None:
     claim = claim_output_dir(run_dir, "run", force=force)
     saved = run_dir / "config.json"
     if claim.state == "own" and saved.exists():
-        old = json.loads(saved.read_text())
+        old = _saved_config(saved)
         stale = _stale_stages(run_dir)
         if stale and not force:
             raise UserError(

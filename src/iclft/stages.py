@@ -360,20 +360,12 @@ def _analysis_dir(ctx: RunContext, st: Stage, what: str) -> Path:
 def _circuits(ctx: RunContext, st: Stage) -> dict[str, Any]:
     """Circuits of the base model, with ICL and (when the run fine-tunes) the first fine-tuned
     model, on one task."""
-    from iclft.analysis.pipeline import CircuitSpec, run_circuits
+    from iclft.analysis.pipeline import run_circuits
+    from iclft.analysis.settings import CircuitSettings, CircuitSpec
 
     c = ctx.cfg.analysis.circuits
     spec = CircuitSpec(
-        task=st.task,
-        shots=c.shots,
-        n=c.n,
-        method=c.method,
-        seed=st.seed,
-        top_k=c.top_k,
-        verify=c.verify,
-        n_splits=c.n_splits,
-        n_perm=c.n_perm,
-        per_position=tuple(c.per_position),
+        task=st.task, seed=st.seed, **c.model_dump(include=set(CircuitSettings.model_fields))
     )
     base, *ft = _base_and_first_ft(ctx.cfg, st, ctx.run_dir)
     ft_model = Path(ft[0]) if ft else None
@@ -395,14 +387,13 @@ def _circuits(ctx: RunContext, st: Stage) -> dict[str, Any]:
 @stage("similarity", loads=_base_model, collective=False)
 def _similarity(ctx: RunContext, st: Stage) -> dict[str, Any]:
     """ICL against gradient descent on the demonstrations, on one task."""
-    from iclft.analysis.similarity import SimilaritySpec, run_similarity
+    from iclft.analysis.settings import SimilaritySettings, SimilaritySpec
+    from iclft.analysis.similarity import run_similarity
 
     c = ctx.cfg.analysis.similarity
     spec = SimilaritySpec(
-        task=st.task, shots=c.shots, n=c.n, seed=st.seed, keys=c.keys,
-        lr=tuple(c.lr) if isinstance(c.lr, list) else c.lr, heldout=c.heldout,
-        random_draws=c.random_draws, untrained=c.untrained, n_boot=c.n_boot,
-    )  # fmt: skip
+        task=st.task, seed=st.seed, **c.model_dump(include=set(SimilaritySettings.model_fields))
+    )
     out = _analysis_dir(ctx, st, "similarity")
     result = run_similarity(
         spec,

@@ -222,8 +222,8 @@ def test_the_old_key_set_is_a_named_option(tiny_tokenizer):
     with pytest.raises(UserError, match="allowed: instruction\\+query, query\\+separator, "
                        "reference"):  # fmt: skip
         choose_queries(tok, "parity", shots=2, n=1, seed=0, keys="all")
-    with pytest.raises(UserError, match="SimAM key set"):
-        SimilaritySpec(task="parity", shots=1, n=1, lr=0.1, keys="all").check()
+    with pytest.raises(ValueError, match="SimAM key set"):
+        SimilaritySpec(task="parity", shots=1, n=1, lr=0.1, keys="all")
 
 
 def test_keys_refuse_prompts_whose_query_differs(tiny_tokenizer):
@@ -382,14 +382,16 @@ def test_cli_writes_the_report(tmp_path, monkeypatch, tiny_model_factory, tiny_t
     ("args", "message"),
     [
         (["--task", "nope"], "unknown task"),
-        (["--task", "parity", "--shots", "0"], "--shots must be a positive"),
-        (["--task", "parity", "-n", "0"], "-n must be a positive"),
-        (["--task", "parity", "--lr", "0"], "--lr must be a positive"),
-        (["--task", "parity", "--lr", "-0.1"], "--lr must be a positive"),
-        (["--task", "parity", "--lr", "nan"], "--lr must be a positive"),
-        (["--task", "parity", "--seed", "-1"], "--seed must be a non-negative"),
-        (["--task", "parity", "--random-draws", "0"], "--random-draws must be a positive"),
-        (["--task", "parity", "--bootstrap", "-1"], "--bootstrap must be a non-negative"),
+        (["--task", "parity", "--shots", "0"], "--shots: must be >= 1"),
+        (["--task", "parity", "-n", "0"], "-n: must be >= 1"),
+        (["--task", "parity", "--lr", "0"], "--lr: must be a positive"),
+        (["--task", "parity", "--lr", "-0.1"], "--lr: must be a positive"),
+        (["--task", "parity", "--lr", "nan"], "--lr: must be a positive"),
+        (["--task", "parity", "--lr", "1e-3,x"], "--lr: must be a positive"),
+        (["--task", "parity", "--seed", "-1"], "--seed: must be >= 0"),
+        (["--task", "parity", "--random-draws", "0"], "--random-draws: must be >= 1"),
+        (["--task", "parity", "--bootstrap", "-1"], "--bootstrap: must be >= 0"),
+        ([], "--task: required setting is missing"),
         (["--task", "parity", "--keys", "all"], "unknown SimAM key set"),
     ],
 )
@@ -405,8 +407,8 @@ def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, monkeyp
     result = CliRunner().invoke(app, ["analyze", "similarity", *args, "-o", str(tmp_path / "o")])
     assert isinstance(result.exception, UserError), result.output
     assert message in str(result.exception)
-    with pytest.raises(UserError, match="--lr"):
-        SimilaritySpec(task="parity", shots=1, n=1, lr=0.0).check()
+    with pytest.raises(ValueError, match="lr"):
+        SimilaritySpec(task="parity", shots=1, n=1, lr=0.0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])

@@ -15,7 +15,6 @@ from iclft.analysis.similarity import (
     bootstrap_interval,
     choose_queries,
     dai_uniform,
-    parse_lr,
     random_stat_of,
     rec2ftp_stat,
     run_similarity,
@@ -23,7 +22,6 @@ from iclft.analysis.similarity import (
     stat_of,
     untrained_model,
 )
-from iclft.errors import UserError
 from iclft.finetune.gd import sgd_on_demonstrations
 from iclft.models import LoadedModel, ResolvedModel
 
@@ -203,11 +201,12 @@ def test_lr_grid_is_chosen_on_heldout_queries_and_recorded(
     # the test queries are those a single-lr run uses: the held-out ones come after them
     single, _ = choose_queries(tiny_tokenizer, "parity", shots=2, n=2, seed=0)
     assert [q.id for q in single] == data["per_query"]["ids"]
-    with pytest.raises(UserError, match="--lr must be"):
-        SimilaritySpec(lr=(0.1, -1.0), **common).check()
-    with pytest.raises(UserError, match="--lr must be"):
-        parse_lr("1e-3,x")
-    assert parse_lr("1e-3,0.01") == (1e-3, 0.01) and parse_lr("0.5") == 0.5
+    with pytest.raises(ValueError, match="must be a positive finite number"):
+        SimilaritySpec(lr=(0.1, -1.0), **common)
+    with pytest.raises(ValueError, match="must be a positive finite number"):
+        SimilaritySpec(lr=["1e-3", "x"], **common)
+    assert SimilaritySpec(lr=["1e-3", "0.01"], **common).lrs == (1e-3, 0.01)
+    assert SimilaritySpec(lr=["0.5"], **common).lr == 0.5
 
 
 def test_random_control_interval_includes_the_variance_between_draws():

@@ -39,7 +39,12 @@ def test_cross_field_checks():
     assert "required setting is missing" in _err({})
 
 
-@pytest.mark.parametrize("name", ["demo", "paper", "icl-vs-gd"])
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem for p in packaged_config("demo").parent.glob("*.yaml") if "finetune" not in p.stem
+    ),
+)
 def test_shipped_configs_validate(name):
     cfg = load_experiment(packaged_config(name))
     assert cfg.tasks and cfg.models
@@ -97,3 +102,48 @@ def test_batch_size_is_a_positive_integer_or_auto():
     for bad in (0, -2, "big", True, 1.5):
         msg = _err({**base, "batch_size": bad})
         assert "batch_size: batch size must be a positive integer or 'auto'" in msg, bad
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"circuits": {"shots": 0}}, "analysis.circuits.shots: must be >= 1"),
+        ({"circuits": {"method": "exakt"}}, "analysis.circuits.method: unknown patching estimator"),
+        ({"circuits": {"share": 2}}, "analysis.circuits.share: must be <= 1"),
+        ({"similarity": {"lr": []}}, "analysis.similarity.lr: must be a positive finite number"),
+        ({"similarity": {"keys": "all"}}, "analysis.similarity.keys: unknown SimAM key set"),
+    ],
+)
+def test_an_analysis_that_cannot_run_is_refused_when_the_config_is_loaded(
+    section, message, tmp_path
+):
+    """A setting the analysis would refuse is refused at load, with the file and the key
+    (before: circuits shots 0 passed the config and failed only when its stage ran)."""
+    import yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["boolean"], "analysis": section}))
+    with pytest.raises(UserError) as e:
+        load_experiment(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["circuits", "similarity"])
+def test_the_command_and_the_config_read_one_settings_model(command):
+    """Every analysis setting is one field: the config section's defaults are the command's,
+    and each field is an option of the command whose help shows that same default."""
+    from typer.testing import CliRunner
+
+    from iclft.analysis.settings import CircuitSettings, SimilaritySettings
+    from iclft.cli import app
+    from iclft.config import AnalysisSettings
+
+    model = {"circuits": CircuitSettings, "similarity": SimilaritySettings}[command]
+    section = getattr(AnalysisSettings(), command)
+    assert section.model_dump(include=set(model.model_fields)) == model().model_dump()
+    out = CliRunner().invoke(app, ["analyze", command, "--help"], env={"COLUMNS": "400"}).output
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None or isinstance(default, tuple):
+            continue
+        assert f"(default: {default})" in out, (name, default)

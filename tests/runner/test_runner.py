@@ -67,6 +67,20 @@ def test_a_different_config_is_refused_unless_forced(tiny_dir, tmp_path):
     assert _rows(tmp_path / "r.replaced-1") == first  # the old run moved aside, not deleted
 
 
+def test_a_run_saved_before_a_setting_existed_resumes(tiny_dir, tmp_path):
+    """config.json of an older iclft lacks the settings added since: they take their
+    defaults when it is read, so the same config resumes instead of being refused."""
+    cfg = validate_config(_config(tiny_dir, methods=["baseline"], shots=[0]))
+    run_experiment(cfg, tmp_path / "r", show_progress=False)
+    saved = tmp_path / "r" / "config.json"
+    old = json.loads(saved.read_text())
+    for key in ("positions", "share", "n_boot", "batch_size"):  # added to analysis.circuits
+        del old["analysis"]["circuits"][key]
+    saved.write_text(json.dumps(old))
+    again = run_experiment(cfg, tmp_path / "r", show_progress=False)
+    assert (again.ran, again.skipped) == (0, 1)
+
+
 def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):
     from iclft.report import build_report
 

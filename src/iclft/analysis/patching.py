@@ -50,9 +50,10 @@ import torch
 from iclft.analysis.pairs import PatchPair
 from iclft.errors import UnknownNameError
 from iclft.models.anatomy import Anatomy, Component, Site, cache_keyword
+from iclft.names import PATCH_POSITIONS
 
 Positions = Literal["query", "last", "all"]
-POSITIONS: tuple[str, ...] = ("query", "last", "all")
+POSITIONS = PATCH_POSITIONS
 Progress = Callable[[int], None]
 
 

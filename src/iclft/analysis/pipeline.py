@@ -21,98 +21,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from iclft.errors import UnknownNameError, UserError
+from iclft.analysis.settings import CircuitSpec
+from iclft.errors import UserError
 from iclft.records import CircuitsResult
-from iclft.stats import N_PERMUTATIONS
 
-METHOD_NAMES = ("exact", "attribution")
-#: kinds that per-position patching takes (heads: a layer x head x position table is not drawn)
-PER_POSITION_KINDS = ("resid", "mlp")
-#: split-halves drawn for each shift's noise floor, unless told otherwise
-N_SPLITS = 100
 Track = Callable[[str, int], Callable[[int], None]]
 """``track(description, total)`` returns an ``advance(n)`` callback (a progress bar)."""
 
 
 def _no_track(description: str, total: int) -> Callable[[int], None]:
     return lambda n: None
-
-
-@dataclass(frozen=True)
-class CircuitSpec:
-    """What to analyse; :meth:`check` validates it before any model is loaded."""
-
-    task: str
-    shots: int
-    n: int
-    method: str = "attribution"
-    seed: int = 0
-    positions: str = "query"
-    top_k: int | None = 10
-    share: float | None = None
-    n_boot: int = 1000
-    batch_size: int = 32
-    #: attribution only: how many of its top heads/MLPs exact patching re-measures (None: twice
-    #: the circuit size; 0: no check)
-    verify: int | None = None
-    #: random split-half splits for the noise floor of each shift (0: no floor)
-    n_splits: int = N_SPLITS
-    #: permutations of each shift test (0: no test)
-    n_perm: int = N_PERMUTATIONS
-    #: component kinds (of PER_POSITION_KINDS) also patched exactly one position at a time
-    per_position: tuple[str, ...] = ()
-
-    def verify_count(self, circuit_size: int, eligible: int) -> int:
-        """Components to re-measure exactly (0 with exact patching: nothing to check)."""
-        if self.method != "attribution":
-            return 0
-        want = 2 * max(circuit_size, 1) if self.verify is None else self.verify
-        return min(want, eligible)
-
-    def check(self) -> CircuitSpec:
-        from iclft.analysis.pairs import pair_tasks
-        from iclft.analysis.patching import POSITIONS
-        from iclft.tasks import get_task
-
-        get_task(self.task)
-        if self.task not in pair_tasks():
-            raise UserError(
-                f"task {self.task!r} has no patching pairs; available: {', '.join(pair_tasks())}"
-            )
-        if self.method not in METHOD_NAMES:
-            raise UnknownNameError("method", self.method, METHOD_NAMES)
-        if self.positions not in POSITIONS:
-            raise UnknownNameError("positions", self.positions, POSITIONS)
-        if not isinstance(self.shots, int) or self.shots < 1:
-            raise UserError(
-                f"--shots must be a positive integer (the ICL setting), got {self.shots}"
-            )
-        if not isinstance(self.n, int) or self.n < 1:
-            raise UserError(f"-n must be a positive integer, got {self.n}")
-        if self.share is not None and not 0 < self.share <= 1:
-            raise UserError(f"--share must be in (0, 1], got {self.share}")
-        if self.share is None and (self.top_k is None or self.top_k < 1):
-            raise UserError(f"--top-k must be a positive integer, got {self.top_k}")
-        if self.n_boot < 0:
-            raise UserError(f"--bootstrap must be >= 0, got {self.n_boot}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.verify is not None and (not isinstance(self.verify, int) or self.verify < 0):
-            raise UserError(f"--verify must be an integer >= 0, got {self.verify}")
-        for kind in self.per_position:
-            if kind not in PER_POSITION_KINDS:
-                raise UnknownNameError("per-position kind", kind, PER_POSITION_KINDS)
-        if not isinstance(self.n_splits, int) or self.n_splits < 0:
-            raise UserError(f"--splits must be an integer >= 0, got {self.n_splits}")
-        if not isinstance(self.n_perm, int) or self.n_perm < 0:
-            raise UserError(f"--permutations must be an integer >= 0, got {self.n_perm}")
-        return self
 
 
 def check_ft_model(ft_model: str | Path | None) -> None:
@@ -154,7 +77,6 @@ def run_circuits(
     from iclft.models import load_model
     from iclft.store import claim_output_dir
 
-    spec.check()
     check_ft_model(ft_model)
     claim = claim_output_dir(Path(out_dir), "analyze circuits", force=force)
     out_dir = claim.path
@@ -369,7 +291,7 @@ def find_circuits(
     an = anats["base"]
     report = CircuitsResult(
         task=spec.task,
-        spec=asdict(spec),
+        spec=spec.model_dump(mode="json"),
         model=models["base"].describe(),
         ft_model=models["ft"].describe() if "ft" in models else None,
         anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},

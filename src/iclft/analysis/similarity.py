@@ -60,7 +60,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from iclft.analysis.settings import SimilaritySpec
 from iclft.analysis.similarity_table import (  # noqa: F401 (re-exported)
     KEY_SETS,
     LAYER_METRICS,
@@ -539,74 +540,6 @@ def answers(
 # The pipeline
 
 
-@dataclass(frozen=True)
-class SimilaritySpec:
-    """What to analyse; :meth:`check` validates it before any model is loaded."""
-
-    task: str
-    shots: int
-    n: int
-    lr: float | tuple[float, ...]
-    seed: int = 0
-    keys: str = "reference"
-    random_draws: int = 5
-    untrained: bool = True
-    n_boot: int = 1000
-    heldout: int = 16
-
-    @property
-    def lrs(self) -> tuple[float, ...]:
-        """The learning-rate grid (one value: no selection)."""
-        return tuple(self.lr) if isinstance(self.lr, (tuple, list)) else (self.lr,)
-
-    def check(self) -> SimilaritySpec:
-        from iclft.tasks import get_task
-
-        get_task(self.task)
-        if not isinstance(self.shots, int) or self.shots < 1:
-            raise UserError(
-                f"--shots must be a positive integer (demonstrations for ICL and GD), "
-                f"got {self.shots}"
-            )
-        if not isinstance(self.n, int) or self.n < 1:
-            raise UserError(f"-n must be a positive integer (test queries), got {self.n}")
-        lrs = self.lrs
-        bad = [x for x in lrs if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0]
-        if not lrs or bad:
-            raise UserError(
-                f"--lr must be a positive finite number or a comma-separated grid of them, "
-                f"got {self.lr}"
-            )
-        if len(lrs) > 1 and (not isinstance(self.heldout, int) or self.heldout < 1):
-            raise UserError(
-                f"--heldout must be a positive integer (queries that choose the learning rate), "
-                f"got {self.heldout}"
-            )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
-        if self.keys not in KEY_SETS:
-            raise UnknownNameError("SimAM key set (--keys)", self.keys, KEY_SETS)
-        if not isinstance(self.random_draws, int) or self.random_draws < 1:
-            raise UserError(
-                f"--random-draws must be a positive integer (draws of the random update), "
-                f"got {self.random_draws}"
-            )
-        if not isinstance(self.n_boot, int) or self.n_boot < 0:
-            raise UserError(f"--bootstrap must be a non-negative integer, got {self.n_boot}")
-        return self
-
-
-def parse_lr(text: str) -> float | tuple[float, ...]:
-    """``"1e-3"`` -> 1e-3; ``"1e-4,1e-3"`` -> a grid (checked by :meth:`SimilaritySpec.check`)."""
-    try:
-        values = tuple(float(x) for x in str(text).split(","))
-    except ValueError:
-        raise UserError(
-            f"--lr must be a positive finite number or a comma-separated grid of them, got {text!r}"
-        ) from None
-    return values[0] if len(values) == 1 else values
-
-
 def seed_of(*keys: int) -> int:
     """A 63-bit seed derived from ``keys`` (numpy's SeedSequence), one per random stream."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -853,7 +786,6 @@ def run_similarity(
     from iclft.models import load_model
     from iclft.store import claim_output_dir
 
-    spec.check()
     claim = claim_output_dir(Path(out_dir), "analyze similarity", force=force)
     out_dir = claim.path
     started = time.time()
@@ -877,7 +809,6 @@ def measure_similarity(
     from iclft.icl.engine import context_limit
     from iclft.models.anatomy import anatomy
 
-    spec.check()
     track = track or _no_track
     timings = {} if timings is None else timings
     base, tok = lm.model, lm.tokenizer
@@ -940,7 +871,7 @@ def measure_similarity(
 
     report = SimilarityResult(
         task=spec.task,
-        spec=asdict(spec),
+        spec=spec.model_dump(mode="json"),
         model=lm.describe(),
         anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
         dtype=str(lm.dtype),

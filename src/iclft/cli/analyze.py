@@ -8,10 +8,8 @@ from pathlib import Path
 
 import typer
 
-from iclft.analysis.pipeline import N_SPLITS
 from iclft.cli.eval import FORCE
 from iclft.records import p_text
-from iclft.stats import N_PERMUTATIONS
 
 app = typer.Typer(
     help="Mechanistic analyses: circuits and circuit shift; ICL vs gradient descent.",
@@ -28,7 +26,33 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield lambda description, total: shown.task(description, total).advance
 
 
-@app.command("circuits")
+#: flags of settings whose option is not --field-name
+CIRCUIT_FLAGS = {
+    "task": ["--task", "-t"],
+    "seed": ["--seed", "-s"],
+    "shots": ["--shots", "-k"],
+    "n": ["-n", "--n"],
+    "n_boot": ["--bootstrap"],
+    "batch_size": ["--batch-size", "-b"],
+    "n_splits": ["--splits"],
+    "n_perm": ["--permutations"],
+}
+SIMILARITY_FLAGS = {
+    "task": ["--task", "-t"],
+    "seed": ["--seed", "-s"],
+    "shots": ["--shots", "-k"],
+    "n": ["-n", "--n"],
+    "n_boot": ["--bootstrap"],
+}
+
+
+def _spec(model, flags, settings: dict):
+    from iclft.cli.fields import flag_names, given_values
+    from iclft.validation import build
+
+    return build(model, given_values(model, settings), flag_names(model, flags))
+
+
 def circuits_command(
     model: str = typer.Option(
         None, "--model", "-m", help="Base model: alias, directory or hub id."
@@ -36,67 +60,20 @@ def circuits_command(
     ft_model: Path = typer.Option(
         None, "--ft-model", help="Directory of the fine-tuned model (adds the 'ft' setting)."
     ),
-    task: str = typer.Option(
-        ..., "--task", "-t", help="expression, boolean, parity, relation, code."
-    ),
-    shots: int = typer.Option(4, "--shots", "-k", help="Demonstrations in the ICL setting (>= 1)."),
-    n: int = typer.Option(20, "-n", "--n", help="Clean/corrupt pairs."),
-    method: str = typer.Option("attribution", "--method", help="exact or attribution."),
-    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the pairs and the bootstrap."),
-    positions: str = typer.Option("query", "--positions", help="query, last or all."),
-    top_k: int = typer.Option(10, "--top-k", help="Circuit size (ignored with --share)."),
-    share: float = typer.Option(
-        None, "--share", help="Circuit = smallest set with this share of |effect|."
-    ),
-    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Patches per forward (exact)."),
-    verify: int = typer.Option(
-        None,
-        "--verify",
-        help="Attribution: re-measure its top N heads/MLPs by exact patching "
-        "(default: twice the circuit size; 0: no check).",
-    ),
-    n_splits: int = typer.Option(
-        N_SPLITS, "--splits", help="Random split-halves for each shift's noise floor (0: none)."
-    ),
-    n_perm: int = typer.Option(
-        N_PERMUTATIONS,
-        "--permutations",
-        help="Permutations of each shift's test of 'no shift' (0: no test).",
-    ),
-    per_position: str = typer.Option(
-        "",
-        "--per-position",
-        help="Also patch these kinds (resid, mlp; comma-separated) one position at a time "
-        "(exact): positions_<setting>.png.",
-    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     force: bool = FORCE,
+    **settings,
 ) -> None:
     """Patch every head, MLP and residual stream in the base (0-shot), ICL (k-shot) and FT
     (0-shot, --ft-model) settings; write circuits.json, heat maps and manifest.json."""
     from rich.console import Console
 
-    from iclft.analysis.pipeline import CircuitSpec, check_ft_model, run_circuits
+    from iclft.analysis.pipeline import check_ft_model, run_circuits
+    from iclft.analysis.settings import CircuitSpec
 
-    spec = CircuitSpec(
-        task=task,
-        shots=shots,
-        n=n,
-        method=method,
-        seed=seed,
-        positions=positions,
-        top_k=top_k,
-        share=share,
-        n_boot=n_boot,
-        batch_size=batch_size,
-        verify=verify,
-        n_splits=n_splits,
-        n_perm=n_perm,
-        per_position=tuple(k.strip() for k in per_position.split(",") if k.strip()),
-    ).check()
+    spec = _spec(CircuitSpec, CIRCUIT_FLAGS, settings)
     check_ft_model(ft_model)
     with _progress() as track:
         report = run_circuits(
@@ -160,45 +137,9 @@ def circuits_command(
     out.print(f"wrote {output / 'circuits.json'}")
 
 
-@app.command("similarity")
 def similarity_command(
     model: str = typer.Option(
         None, "--model", "-m", help="Base model: alias, directory or hub id."
-    ),
-    task: str = typer.Option(
-        ..., "--task", "-t", help="expression, boolean, parity, relation, code."
-    ),
-    shots: int = typer.Option(
-        8, "--shots", "-k", help="Demonstrations: the ICL prompt's and GD's training data (>= 1)."
-    ),
-    n: int = typer.Option(8, "-n", "--n", help="Test queries."),
-    lr: str = typer.Option(
-        "1e-3",
-        "--lr",
-        help="SGD learning rate of GD and layer-causal GD, or a comma-separated grid: each "
-        "update then takes the grid value with the best held-out accuracy after the update.",
-    ),
-    heldout: int = typer.Option(
-        16, "--heldout", help="With an lr grid: held-out queries that choose the lr."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", "-s", help="Seed of the queries, demonstrations and random update."
-    ),
-    keys: str = typer.Option(
-        "reference",
-        "--keys",
-        help="SimAM's keys: reference (the query's own tokens, the reference's c_len "
-        "boundary), query+separator (also the separator tokens before the query: iclft's "
-        "earlier default) or instruction+query (BOS and instruction too).",
-    ),
-    random_draws: int = typer.Option(
-        5, "--random-draws", help="Draws of each norm-matched random update (>= 1)."
-    ),
-    untrained: bool = typer.Option(
-        True, "--untrained/--no-untrained", help="Also measure a randomly initialised model."
-    ),
-    n_boot: int = typer.Option(
-        1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option(
@@ -209,6 +150,7 @@ def similarity_command(
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     force: bool = FORCE,
+    **settings,
 ) -> None:
     """Compare ICL with gradient descent on the same k demonstrations (vanilla and layer-causal,
     K/V only) with controls (norm-matched random updates, Dai et al.'s uniform baseline, an
@@ -216,12 +158,11 @@ def similarity_command(
     similarity.json, similarity_per_layer.png and manifest.json."""
     from rich.console import Console
 
-    from iclft.analysis.similarity import SimilaritySpec, controls_rows, parse_lr, run_similarity
+    from iclft.analysis.settings import SimilaritySpec
+    from iclft.analysis.similarity import controls_rows, run_similarity
 
-    spec = SimilaritySpec(
-        task=task, shots=shots, n=n, lr=parse_lr(lr), seed=seed, keys=keys,
-        random_draws=random_draws, untrained=untrained, n_boot=n_boot, heldout=heldout,
-    ).check()  # fmt: skip
+    spec = _spec(SimilaritySpec, SIMILARITY_FLAGS, settings)
+    task = spec.task
     with _progress() as track:
         report = run_similarity(
             spec, output, model=model, device=device, dtype=dtype, track=track, force=force
@@ -246,3 +187,16 @@ def similarity_command(
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _register() -> None:
+    from iclft.analysis.settings import CircuitSpec, SimilaritySpec
+    from iclft.cli.fields import with_field_options
+
+    app.command("circuits")(with_field_options(circuits_command, CircuitSpec, CIRCUIT_FLAGS))
+    app.command("similarity")(
+        with_field_options(similarity_command, SimilaritySpec, SIMILARITY_FLAGS)
+    )
+
+
+_register()
