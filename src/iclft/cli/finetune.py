@@ -7,60 +7,21 @@ comma-separated. Given options override the ``--config`` YAML file, which overri
 
 from __future__ import annotations
 
-import inspect
-import types
-import typing
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from iclft.cli.eval import FORCE
+from iclft.cli.fields import field_kind, with_field_options
 from iclft.finetune.config import LORA_KEYS, FinetuneConfig
 
-if TYPE_CHECKING:
-    from pydantic.fields import FieldInfo
-
 #: the options that also have a short form
-SHORT = {"model": "-m", "tasks": "-t", "batch_size": "-b", "seed": "-s"}
-
-
-def _base(annotation) -> tuple[type, bool]:
-    """The option's click type for a field's annotation, and whether the field is a list."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return _base(args[0])
-    if typing.get_origin(annotation) is list:
-        return str, True
-    if typing.get_origin(annotation) is typing.Literal:
-        return str, False
-    return annotation, False
-
-
-def _help(name: str, field: FieldInfo, is_list: bool) -> str:
-    default = field.get_default(call_default_factory=True)
-    shown = (",".join(map(str, default)) or "''") if is_list and default is not None else default
-    choices = typing.get_args(field.annotation)
-    named = choices and all(isinstance(c, str) for c in choices)
-    allowed = f" One of: {', '.join(choices)}." if named else ""
-    lists = " Comma-separated." if is_list else ""
-    if name == "eval_checkpoints":
-        lists = " Comma-separated; '' for none."
-    return f"{field.description or ''}{allowed}{lists} (default: {shown})"
-
-
-def _field_options() -> list[inspect.Parameter]:
-    params = []
-    for name, field in FinetuneConfig.model_fields.items():
-        kind, is_list = _base(field.annotation)
-        flags = [f"--{name.replace('_', '-')}", *([SHORT[name]] if name in SHORT else [])]
-        option = typer.Option(None, *flags, help=_help(name, field, is_list), show_default=False)
-        params.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
-            )
-        )
-    return params
+FLAGS = {
+    "model": ["--model", "-m"],
+    "tasks": ["--tasks", "-t"],
+    "batch_size": ["--batch-size", "-b"],
+    "seed": ["--seed", "-s"],
+}
 
 
 def _values(given: dict) -> dict:
@@ -72,7 +33,7 @@ def _values(given: dict) -> dict:
     for name, v in given.items():
         if v is None:
             continue
-        if _base(FinetuneConfig.model_fields[name].annotation)[1]:
+        if field_kind(FinetuneConfig.model_fields[name].annotation)[1]:
             text = v.strip()
             flag = f"--{name.replace('_', '-')}"
             if name == "eval_checkpoints":
@@ -123,5 +84,4 @@ def finetune_command(
     )
 
 
-_own = list(inspect.signature(finetune_command).parameters.values())[:-1]
-finetune_command.__signature__ = inspect.Signature([*_own, *_field_options()])
+with_field_options(finetune_command, FinetuneConfig, FLAGS)
