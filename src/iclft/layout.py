@@ -1,6 +1,10 @@
-"""The on-disk layout of a fine-tuning directory, on the bottom floor so that every level
-(the model loader, the runner, the trainer) reads it from one place without importing the
-fine-tuning package.
+"""The on-disk layout of a fine-tuning directory and of a run's fine-tuned models, on the
+bottom floor so that every level (the model loader, the runner, the trainer, the report) reads
+it from one place without importing the packages above.
+
+A run keeps each fine-tuned model in ``RUN_DIR/finetune/<model slug>/<method>`` (the first
+seed) or ``<method>@seed<N>`` (another seed), the slug being the model spec with ``/`` as
+``__`` (:func:`model_slug`, :func:`ft_dir`).
 
 A fine-tuning directory holds ``train_config.json`` (its settings), ``manifest.json`` (its
 ``status`` ends as :data:`COMPLETE` or :data:`DIVERGED`), the final model, and its checkpoints
@@ -33,3 +37,14 @@ def checkpoint_complete(ckpt: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def model_slug(spec: str) -> str:
+    """The directory name of a model in a run: its spec, outer ``/`` stripped, ``/`` as ``__``."""
+    return spec.strip("/").replace("/", "__")
+
+
+def ft_dir(run_dir: Path, model: str, method: str, seed: int, first_seed: int) -> Path:
+    """Where a run keeps ``model`` fine-tuned by ``method`` (an arm, ``ft-lora``) with ``seed``."""
+    name = method if seed == first_seed else f"{method}@seed{seed}"
+    return Path(run_dir) / "finetune" / model_slug(model) / name

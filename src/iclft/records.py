@@ -562,7 +562,7 @@ class SimilarityResult(Record):
 class StageRecord(Record):
     """``stages/<key>.json``: a runner stage's completion record, written after every other
     output of the stage (its existence is what "complete" means). ``stage`` is the planned
-    :class:`iclft.stages.Stage` as a dict; the body is what the stage produced: an evaluation
+    :class:`iclft.run.stages.Stage` as a dict; the body is what the stage produced: an evaluation
     stage's ``results`` rows, a fine-tuning stage's ``finetune`` summary (its directory, steps,
     final loss, trainable parameters, examples seen), an analysis stage's ``analysis`` (its
     directory; similarity adds its ``summary``)."""

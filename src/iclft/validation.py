@@ -1,6 +1,6 @@
 """What every settings model refuses: unknown keys, non-finite floats and floats no float32 holds.
 
-:class:`Strict` is the base of the experiment configuration (:mod:`iclft.config`) and of the
+:class:`Strict` is the base of the experiment configuration (:mod:`iclft.run.config`) and of the
 fine-tuning settings (:mod:`iclft.finetune.config`)."""
 
 from __future__ import annotations

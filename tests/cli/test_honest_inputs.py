@@ -70,8 +70,8 @@ BAD_YAML = {
 
 @pytest.mark.parametrize("case", sorted(BAD_YAML))
 def test_yaml_syntax_errors_name_file_line_and_column(case, tmp_path, iclft_main):
-    from iclft.config import load_experiment
     from iclft.finetune.config import load_config_file
+    from iclft.run.config import load_experiment
 
     text, where = BAD_YAML[case]
     path = tmp_path / f"{case}.yaml"
@@ -86,7 +86,7 @@ def test_yaml_syntax_errors_name_file_line_and_column(case, tmp_path, iclft_main
 
 
 def test_a_directory_given_as_config_is_one_line(tmp_path):
-    from iclft.config import load_experiment
+    from iclft.run.config import load_experiment
 
     with pytest.raises(UserError, match="is a directory; give a YAML file"):
         load_experiment(tmp_path)

@@ -104,9 +104,9 @@ def test_a_run_of_the_old_item_layout_refuses_resume_in_one_line(iclft_main, tmp
 
 
 def test_a_run_directory_with_old_stages_is_refused_then_started_over_with_force(tmp_path):
-    from iclft.config import validate_config
     from iclft.errors import UserError
-    from iclft.runner import prepare_run_dir
+    from iclft.run.config import validate_config
+    from iclft.run.runner import prepare_run_dir
 
     cfg = validate_config({"tasks": ["boolean"], "methods": ["baseline"]})
     run = tmp_path / "run"

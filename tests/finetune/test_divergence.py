@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from iclft.config import validate_config
 from iclft.errors import ModelError, TrainingDiverged, UserError
 from iclft.finetune import make_config, run_finetune
 from iclft.models.loading import resolve_model
+from iclft.run.config import validate_config
 
 
 def _cfg(model_dir, **kw):

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from iclft.config import validate_config
 from iclft.errors import UserError
 from iclft.finetune import make_config, run_finetune
 from iclft.finetune.config import check_schedule, schedule_rates
+from iclft.run.config import validate_config
 
 
 def _cfg(model_dir, **kw):

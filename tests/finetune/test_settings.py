@@ -7,7 +7,6 @@ import inspect
 
 import pytest
 
-from iclft.config import validate_config
 from iclft.errors import UnknownNameError, UserError
 from iclft.finetune.config import (
     EXPERIMENT_DEFAULTS,
@@ -17,6 +16,7 @@ from iclft.finetune.config import (
 )
 from iclft.finetune.methods import METHOD_NAMES, PARAM_SET_NAMES, get_method
 from iclft.records import arms, ft_method, is_finetune
+from iclft.run.config import validate_config
 
 
 def test_cli_options_are_the_settings_fields_each_with_help():

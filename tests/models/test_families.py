@@ -409,8 +409,8 @@ def test_paper_config_dry_run_prints_the_plan_offline(iclft_main, monkeypatch):
     from typer.testing import CliRunner
 
     from iclft.cli import app
-    from iclft.config import load_experiment, packaged_config
-    from iclft.runner import plan
+    from iclft.run.config import load_experiment, packaged_config
+    from iclft.run.plan import plan
 
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

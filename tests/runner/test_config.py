@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from iclft.config import load_experiment, packaged_config, validate_config
 from iclft.errors import UserError
+from iclft.run.config import load_experiment, packaged_config, validate_config
 
 
 def _err(data) -> str:
@@ -136,7 +136,7 @@ def test_the_command_and_the_config_read_one_settings_model(command):
 
     from iclft.analysis.settings import CircuitSettings, SimilaritySettings
     from iclft.cli import app
-    from iclft.config import AnalysisSettings
+    from iclft.run.config import AnalysisSettings
 
     model = {"circuits": CircuitSettings, "similarity": SimilaritySettings}[command]
     section = getattr(AnalysisSettings(), command)

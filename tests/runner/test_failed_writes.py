@@ -10,9 +10,9 @@ import os
 import pytest
 
 from iclft import store
-from iclft.config import validate_config
 from iclft.report import build_report
-from iclft.runner import run_experiment
+from iclft.run.config import validate_config
+from iclft.run.runner import run_experiment
 from iclft.store import WriteError, write_text_atomic
 
 from .conftest import rows, run_config

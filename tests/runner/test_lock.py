@@ -12,10 +12,10 @@ import sys
 import pytest
 import yaml
 
-from iclft.config import validate_config
 from iclft.errors import UserError
 from iclft.finetune import make_config, run_finetune
-from iclft.runner import run_experiment
+from iclft.run.config import validate_config
+from iclft.run.runner import run_experiment
 from iclft.store import LOCK_NAME, DirectoryBusy, dir_lock
 
 from .conftest import run_config

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from iclft.config import validate_config
-from iclft.runner import run_experiment
+from iclft.run.config import validate_config
+from iclft.run.runner import run_experiment
 
 from .conftest import run_config
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iclft.config import validate_config
 from iclft.errors import ModelError, UserError
 from iclft.models.loading import resolve_model
-from iclft.runner import plan, run_experiment
+from iclft.run.config import validate_config
+from iclft.run.plan import plan
+from iclft.run.runner import run_experiment
 
 from .conftest import rows as _rows
 from .conftest import run_config as _config

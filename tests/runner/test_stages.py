@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iclft.config import validate_config
-from iclft.runner import plan
-from iclft.stages import STAGES, ModelPool, ft_dir, stage_loads
+from iclft.layout import ft_dir
+from iclft.run.config import validate_config
+from iclft.run.plan import plan
+from iclft.run.stages import STAGES, ModelPool, stage_loads
 
 from .conftest import run_config
 

@@ -7,11 +7,11 @@ from functools import cache
 
 import pytest
 
-from iclft.config import load_experiment, packaged_config
 from iclft.finetune import make_config
 from iclft.finetune.data import training_data
 from iclft.icl.evaluate import EvalSpec, demo_pools
 from iclft.icl.prompts import DemoPool
+from iclft.run.config import load_experiment, packaged_config
 from iclft.tasks import get_task, task_names
 from iclft.tasks.splits import HELDOUT_BASE, TRAIN_BASE, scored, scored_questions
 

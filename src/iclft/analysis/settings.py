@@ -1,7 +1,7 @@
 """The analyses' settings, each declared once (default, bounds, help text on the field): the
 options of ``iclft analyze circuits`` and ``iclft analyze similarity`` are generated from these
 models (:mod:`iclft.cli.fields`), and an experiment config's ``analysis.circuits`` and
-``analysis.similarity`` sections are the same models (:mod:`iclft.config`). A ``*Spec`` is the
+``analysis.similarity`` sections are the same models (:mod:`iclft.run.config`). A ``*Spec`` is the
 settings applied to one task with one seed: what a pipeline runs. Everything is validated when
 it is built, before any model is loaded. No torch here: the config reads this module."""
 

@@ -26,7 +26,7 @@ def rescore_command(
     predictions under another protocol, without the model; the source is left as it is."""
     from rich.console import Console
 
-    from iclft.rescore_run import rescore
+    from iclft.run.rescore import rescore
 
     results = rescore(source, protocol, output, force=force)
     console = Console(stderr=True)

@@ -13,7 +13,7 @@ from rich.console import Console
 def _run_and_report(cfg, output: Path, force: bool, cache: Path | None = None) -> None:
     from iclft.distributed import is_main
     from iclft.report import build_report
-    from iclft.runner import run_experiment
+    from iclft.run.runner import run_experiment
     from iclft.store import dir_lock
 
     console = Console(stderr=True)
@@ -39,8 +39,8 @@ def _dry_run(cfg, output: Path | None) -> None:
 
     from iclft.models.anatomy import attention_for, family_for
     from iclft.models.loading import peek_model_type
-    from iclft.runner import plan
-    from iclft.stages import stage_loads
+    from iclft.run.plan import plan
+    from iclft.run.stages import stage_loads
 
     stages = plan(cfg)
     out = Console()
@@ -86,8 +86,8 @@ def run_command(
 ) -> None:
     """Run an experiment grid (baseline, ICL sweep, fine-tuning, analysis) and write the report.
     Running the same command again resumes: completed stages are skipped."""
-    from iclft.config import load_experiment
     from iclft.errors import UserError
+    from iclft.run.config import load_experiment
 
     cfg = load_experiment(config)
     if dry_run:
@@ -108,7 +108,7 @@ def demo_command(
     ),
 ) -> None:
     """The demo: configs/demo.yaml on the embedded smollm2-135m on CPU, then the report."""
-    from iclft.config import load_experiment, packaged_config
+    from iclft.run.config import load_experiment, packaged_config
 
     path = packaged_config("demo")
     logging.getLogger(__name__).info("demo: %s -> %s", path, output)

@@ -8,7 +8,7 @@ rescoring with the protocol a directory was evaluated with reproduces its result
 source directory is never modified.
 
 ``DIR`` is an ``iclft eval`` directory (predictions.jsonl, results.jsonl); an ``iclft run``
-directory is rescored stage by stage at the run level (:mod:`iclft.rescore_run`), with the
+directory is rescored stage by stage at the run level (:mod:`iclft.run.rescore`), with the
 functions here.
 
 What rescoring cannot change: the outputs themselves. A directory evaluated with ``exact`` holds
@@ -127,13 +127,13 @@ def rescore_dir(
 ) -> list[CellResult]:
     """Rescore the ``iclft eval`` directory ``source`` into ``out_dir``; return the new
     results rows. ``out_dir``: see :func:`_prepare_out`. (An ``iclft run`` directory is the
-    run level's: :func:`iclft.rescore_run.rescore_run`.)"""
+    run level's: :func:`iclft.run.rescore.rescore_run`.)"""
     source, out_dir = Path(source), Path(out_dir)
     _check_protocol(protocol)
     if (source / "stages").is_dir():
         raise UserError(
             f"{source} is an `iclft run` directory: rescore it with "
-            "iclft.rescore_run.rescore_run (what `iclft rescore` does)"
+            "iclft.run.rescore.rescore_run (what `iclft rescore` does)"
         )
     started = time.time()
     try:

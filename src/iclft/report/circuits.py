@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from iclft.layout import model_slug
 from iclft.records import CircuitsResult, format_p, p_text
-from iclft.report.data import RunData, model_slug
+from iclft.report.data import RunData
 from iclft.stats import ALPHA, holm
 
 #: the shifts a sentence speaks of, in its order, and how it names each

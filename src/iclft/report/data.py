@@ -33,6 +33,7 @@ from typing import Any
 
 from iclft.errors import UserError
 from iclft.icl.metrics import wilson_interval
+from iclft.layout import model_slug
 from iclft.records import (
     BASELINE,
     ICL,
@@ -47,11 +48,6 @@ from iclft.records import (
 )
 from iclft.store import read_jsonl
 from iclft.tasks import VARIANTS
-
-
-def model_slug(model: str) -> str:
-    """The directory name of a model under ``finetune/``: the spec with ``/`` as ``__``."""
-    return model.replace("/", "__")
 
 
 def file_slug(text: str) -> str:

@@ -9,7 +9,7 @@ stage releases it (fine-tuning releases everything, to give training the memory)
 full (it keeps at most ``capacity`` models, least recently used out first).
 
 Add a stage kind by writing ``@stage("kind", loads=...) def _kind(ctx, st): ...`` here and
-planning it in :func:`iclft.runner.plan`.
+planning it in :func:`iclft.run.runner.plan`.
 
 Under ``accelerate launch`` (``ctx.shard`` set) a stage kind is either *collective*, run by every
 process together (evaluation stages split each engine call's batches, fine-tuning is one DDP
@@ -24,37 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iclft.config import ExperimentConfig
 from iclft.faults import kill_point
+from iclft.layout import ft_dir, model_slug
 from iclft.records import ft_method
+from iclft.run.config import ExperimentConfig
+from iclft.run.plan import Stage
 
 Advance = Callable[[int], None]
 #: ``track(description, total) -> advance``: the runner's progress display, one line per stage
 Track = Callable[[str, int], Advance]
-
-
-@dataclass(frozen=True)
-class Stage:
-    key: str
-    kind: str  # a key of STAGES: icl | finetune | ft-eval | circuits | similarity
-    model: str
-    seed: int
-    method: str | None = None
-    task: str | None = None
-
-    @property
-    def label(self) -> str:
-        parts = [self.kind, self.model, f"seed {self.seed}", self.method or "", self.task or ""]
-        return " · ".join(p for p in parts if p)
-
-
-def model_slug(spec: str) -> str:
-    return spec.strip("/").replace("/", "__")
-
-
-def ft_dir(run_dir: Path, model: str, method: str, seed: int, first_seed: int) -> Path:
-    name = method if seed == first_seed else f"{method}@seed{seed}"
-    return run_dir / "finetune" / model_slug(model) / name
 
 
 class ModelPool:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iclft.config import validate_config
 from iclft.errors import UserError
 from iclft.icl.evaluate import EvalSpec
 from iclft.icl.rescore import (
@@ -35,8 +34,10 @@ from iclft.icl.rescore import (
     rescore_dir,
 )
 from iclft.records import CellResult
-from iclft.runner import plan, rebuild_comparisons, rebuild_results
-from iclft.stages import eval_spec
+from iclft.run.config import validate_config
+from iclft.run.plan import plan
+from iclft.run.runner import rebuild_comparisons, rebuild_results
+from iclft.run.stages import eval_spec
 from iclft.store import MANIFEST_NAME, write_json_atomic, write_jsonl_atomic, write_manifest
 
 #: what a run's fine-tuning directory gives the report (weights and checkpoints stay behind)

@@ -202,7 +202,7 @@ def load_experiment(path: Path) -> ExperimentConfig:
 
 def packaged_config(name: str) -> Path:
     """A config shipped with iclft (``demo``, ``paper``, ``icl-vs-gd``)."""
-    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
     if not path.exists():
         shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise UserError(f"no shipped config {name!r}; shipped: {', '.join(shipped)}")

@@ -44,12 +44,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from iclft.config import ExperimentConfig, validate_config
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
 from iclft.logs import Task, progress
 from iclft.records import Prediction, StageRecord
-from iclft.stages import Advance, RunContext, Stage, is_collective, run_stage
+from iclft.run.config import ExperimentConfig, validate_config
+from iclft.run.plan import Stage, plan
+from iclft.run.stages import Advance, RunContext, is_collective, run_stage
 from iclft.store import (
     claim_output_dir,
     dir_lock,
@@ -59,33 +60,6 @@ from iclft.store import (
     write_manifest,
 )
 from iclft.tasks.splits import ITEM_LAYOUT, ITEM_LAYOUT_KEY
-
-
-def plan(cfg: ExperimentConfig) -> list[Stage]:
-    """Every stage of the grid, in the order it runs."""
-    stages: list[Stage] = []
-    for mi, model in enumerate(cfg.models):
-        for seed in cfg.seeds:
-            tag = f"m{mi}-s{seed}"
-            if "baseline" in cfg.methods or "icl" in cfg.methods:
-                stages.append(Stage(f"{tag}-icl", "icl", model, seed))
-            for m in cfg.ft_methods():
-                stages.append(Stage(f"{tag}-{m}-train", "finetune", model, seed, m))
-                stages.append(Stage(f"{tag}-{m}-eval", "ft-eval", model, seed, m))
-        if cfg.analysis.circuits.enabled:
-            from iclft.analysis.pairs import pair_tasks
-
-            tasks = cfg.analysis.circuits.tasks or [t for t in cfg.tasks if t in pair_tasks()]
-            for t in tasks:
-                stages.append(
-                    Stage(f"m{mi}-circuits-{t}", "circuits", model, cfg.seeds[0], None, t)
-                )
-        if cfg.analysis.similarity.enabled:
-            for t in cfg.analysis.similarity.tasks or cfg.tasks:
-                stages.append(
-                    Stage(f"m{mi}-similarity-{t}", "similarity", model, cfg.seeds[0], None, t)
-                )
-    return stages
 
 
 def _config_json(cfg: ExperimentConfig) -> dict:
