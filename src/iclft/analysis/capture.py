@@ -24,13 +24,31 @@ outputs. With a batch, pad on the left so that position ``-1`` is every row's la
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from iclft.models.anatomy import Anatomy, Site
+
+
+def keep_in(
+    out: dict[Any, torch.Tensor],
+    key: Any,
+    *,
+    detach: bool = True,
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[torch.Tensor], None]:
+    """A read function for :meth:`~iclft.models.anatomy.Anatomy.hooks` that stores the
+    activation it is shown in ``out[key]``: ``select(x)`` when given (e.g. one position),
+    detached unless ``detach`` is false (attribution patching keeps the graph)."""
+
+    def fn(x: torch.Tensor) -> None:
+        y = select(x) if select is not None else x
+        out[key] = y.detach() if detach else y
+
+    return fn
 
 
 @torch.no_grad()
@@ -40,14 +58,7 @@ def capture(
     """Run the model once (``model(**forward_kwargs)``) and return each site's activation
     ``[batch, pos, features]`` (detached)."""
     store: dict[Site, torch.Tensor] = {}
-
-    def keep(site: Site):
-        def fn(x: torch.Tensor) -> None:
-            store[site] = x.detach()
-
-        return fn
-
-    with anatomy.hooks({s: keep(s) for s in sites}):
+    with anatomy.hooks({s: keep_in(store, s) for s in sites}):
         anatomy.model(**forward_kwargs)
     return store
 

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from iclft.analysis.capture import keep_in
 from iclft.analysis.pairs import PatchPair
 from iclft.errors import UnknownNameError
 from iclft.models.anatomy import Anatomy, Component, Site, cache_keyword
@@ -248,14 +249,7 @@ def _prepare(
 ) -> _Runs:
     keep = pair.logits_needed
     clean_acts: dict[Site, torch.Tensor] = {}
-
-    def keep_act(site: Site):
-        def fn(x: torch.Tensor) -> None:
-            clean_acts[site] = x.detach()
-
-        return fn
-
-    with anatomy.hooks({s: keep_act(s) for s in sites}):
+    with anatomy.hooks({s: keep_in(clean_acts, s) for s in sites}):
         clean = float(pair.metric(_logits(anatomy, pair.rows("clean"), keep))[0])
     ids = pair.rows("corrupt")
     if not reuse:
@@ -272,14 +266,7 @@ def _prepare(
         cache = DynamicCache(config=anatomy.model.config)
         _logits(anatomy, ids[:, :start], 1, past=cache, start=0)
     resid: dict[int, torch.Tensor] = {}
-
-    def keep_resid(layer: int):
-        def fn(x: torch.Tensor) -> None:
-            resid[layer] = x.detach()
-
-        return fn
-
-    edits = {Site(layer, "resid"): keep_resid(layer) for layer in range(anatomy.n_layers)}
+    edits = {Site(layer, "resid"): keep_in(resid, layer) for layer in range(anatomy.n_layers)}
     with anatomy.hooks(edits):
         past = copy.deepcopy(cache) if cache is not None else None
         logits = _logits(anatomy, ids[:, start:], keep, past=past, start=start)
@@ -469,7 +456,7 @@ def attribution_patching(
     keep = pair.logits_needed
     with torch.no_grad():
         clean_acts: dict[Site, torch.Tensor] = {}
-        with anatomy.hooks({s: _store(clean_acts, s, detach=True) for s in sites}):
+        with anatomy.hooks({s: keep_in(clean_acts, s) for s in sites}):
             clean = float(pair.metric(_logits(anatomy, pair.rows("clean"), keep))[0])
     acts: dict[Site, torch.Tensor] = {}
     embed = anatomy.embedding()
@@ -477,7 +464,7 @@ def attribution_patching(
         lambda m, a, out: out if out.requires_grad else out.detach().requires_grad_(True)
     )
     try:
-        with torch.enable_grad(), anatomy.hooks({s: _store(acts, s) for s in sites}):
+        with torch.enable_grad(), anatomy.hooks({s: keep_in(acts, s, detach=False) for s in sites}):
             m = pair.metric(_logits(anatomy, pair.rows("corrupt"), keep))[0]
             grads = torch.autograd.grad(m, [acts[s] for s in sites])
     finally:
@@ -492,13 +479,6 @@ def attribution_patching(
         [float(contrib[c.site][anatomy.features(c)].sum()) for c in comps], dtype=np.float64
     )
     return PairEffects(pair.id, tuple(c.name for c in comps), clean, corrupt, corrupt + est)
-
-
-def _store(out: dict[Site, torch.Tensor], site: Site, detach: bool = False):
-    def fn(x: torch.Tensor) -> None:
-        out[site] = x.detach() if detach else x
-
-    return fn
 
 
 METHODS: dict[str, Callable[..., PairEffects]] = {

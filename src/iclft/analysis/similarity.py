@@ -482,7 +482,7 @@ def record(
     One forward per query: :func:`~iclft.analysis.capture.capture_qk` runs it, with hooks on the
     attention outputs (the ``ATTN`` sites of :func:`~iclft.analysis.capture.capture`) around it;
     only the last position's logits are computed."""
-    from iclft.analysis.capture import capture_qk
+    from iclft.analysis.capture import capture_qk, keep_in
     from iclft.models.anatomy import Site
 
     layers = range(anatomy.n_layers)
@@ -490,7 +490,7 @@ def record(
     out: dict[int, torch.Tensor] = {}  # layer -> h of the current query
 
     def keep(layer: int) -> Callable[[torch.Tensor], None]:
-        return lambda x: out.__setitem__(layer, x[0, -1].detach())
+        return keep_in(out, layer, select=lambda x: x[0, -1])
 
     hs, ms = [], []
     for q in queries:

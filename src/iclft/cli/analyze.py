@@ -26,23 +26,19 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield lambda description, total: shown.task(description, total).advance
 
 
-#: flags of settings whose option is not --field-name
-CIRCUIT_FLAGS = {
-    "task": ["--task", "-t"],
-    "seed": ["--seed", "-s"],
-    "shots": ["--shots", "-k"],
-    "n": ["-n", "--n"],
-    "n_boot": ["--bootstrap"],
-    "batch_size": ["--batch-size", "-b"],
-    "n_splits": ["--splits"],
-    "n_perm": ["--permutations"],
-}
+#: flags of settings whose option is not --field-name (the circuits' on top of the shared ones)
 SIMILARITY_FLAGS = {
     "task": ["--task", "-t"],
     "seed": ["--seed", "-s"],
     "shots": ["--shots", "-k"],
     "n": ["-n", "--n"],
     "n_boot": ["--bootstrap"],
+}
+CIRCUIT_FLAGS = {
+    **SIMILARITY_FLAGS,
+    "batch_size": ["--batch-size", "-b"],
+    "n_splits": ["--splits"],
+    "n_perm": ["--permutations"],
 }
 
 
