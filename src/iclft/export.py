@@ -34,9 +34,10 @@ import json
 from pathlib import Path
 
 from iclft.errors import UserError
-from iclft.icl.evaluate import EvalSpec, demo_pools, demo_sets_for, new_tokens, scoring_for
+from iclft.icl.evaluate import demo_pools, demo_sets_for, new_tokens, scoring_for
 from iclft.icl.prompts import build_prompt
 from iclft.icl.scoring import PROTOCOLS
+from iclft.icl.settings import EvalSpec
 from iclft.store import (
     claim_output_dir,
     write_json_atomic,
@@ -141,8 +142,7 @@ def _yaml(name: str, data: Path, scoring: str, max_new_tokens: int) -> str:
 
 def export_lm_eval(spec: EvalSpec, out_dir: Path, *, force: bool = False) -> list[str]:
     """Write the task package for ``spec`` into ``out_dir``; return the lm-eval task names."""
-    spec.check()
-    if spec.chat != "none":
+    if spec.chat_template != "none":
         raise UserError(
             "export writes plain prompts; lm-eval applies chat templates itself "
             "(--apply_chat_template), so export with --chat-template none"

@@ -11,26 +11,26 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from iclft.analysis.settings import SimilaritySpec
 from iclft.analysis.similarity import (
-    LAYER_METRICS,
-    RANDOM,
-    UPDATES,
-    Recordings,
-    SimilaritySpec,
     choose_queries,
-    compare,
     key_positions,
-    per_layer,
     query_start,
-    random_update,
-    rec2ftp,
     record,
     run_similarity,
+)
+from iclft.analysis.similarity_metrics import (
+    Recordings,
+    compare,
+    per_layer,
+    rec2ftp,
     simam,
     simam_delta,
     simaou,
     simaou_norm,
 )
+from iclft.analysis.similarity_table import LAYER_METRICS, RANDOM, UPDATES
+from iclft.analysis.similarity_updates import random_update
 from iclft.errors import UserError
 from iclft.finetune.gd import sgd_on_demonstrations
 from iclft.models import LoadedModel, ResolvedModel

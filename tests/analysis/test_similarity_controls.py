@@ -9,19 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from iclft.analysis.similarity import (
+from iclft.analysis.settings import SimilaritySpec
+from iclft.analysis.similarity import choose_queries, run_similarity
+from iclft.analysis.similarity_metrics import (
     Recordings,
-    SimilaritySpec,
     bootstrap_interval,
-    choose_queries,
     dai_uniform,
     random_stat_of,
     rec2ftp_stat,
-    run_similarity,
-    seed_of,
     stat_of,
-    untrained_model,
 )
+from iclft.analysis.similarity_updates import seed_of, untrained_model
 from iclft.finetune.gd import sgd_on_demonstrations
 from iclft.models import LoadedModel, ResolvedModel
 
@@ -212,7 +210,7 @@ def test_lr_grid_is_chosen_on_heldout_queries_and_recorded(
 def test_random_control_interval_includes_the_variance_between_draws():
     """Draws that differ from each other but not between queries: an interval over queries
     alone would be a point; the two-level one (draws, then queries) spans the draws."""
-    from iclft.analysis.similarity import random_stat_of
+    from iclft.analysis.similarity_metrics import random_stat_of
 
     draws = [torch.full((16, 3), v) for v in (-0.2, 0.0, 0.1, 0.3, 0.5)]
     out = random_stat_of(draws, n_boot=2000, rng=np.random.default_rng(0))

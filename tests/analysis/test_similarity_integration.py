@@ -8,14 +8,9 @@ import json
 
 import pytest
 
-from iclft.analysis.similarity import (
-    LAYER_METRICS,
-    MODELS,
-    RANDOM,
-    UPDATES,
-    SimilaritySpec,
-    run_similarity,
-)
+from iclft.analysis.settings import SimilaritySpec
+from iclft.analysis.similarity import run_similarity
+from iclft.analysis.similarity_table import LAYER_METRICS, MODELS, RANDOM, UPDATES
 
 
 @pytest.mark.integration

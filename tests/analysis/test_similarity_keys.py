@@ -13,15 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from iclft.analysis.settings import SimilaritySpec
 from iclft.analysis.similarity import (
-    SimilaritySpec,
     choose_queries,
     layer0_icl_change,
     measure_similarity,
     record,
-    simam_delta,
     simam_layers,
 )
+from iclft.analysis.similarity_metrics import simam_delta
 from iclft.models import LoadedModel, ResolvedModel
 
 TASK, SHOTS, N, SEED, LR = "boolean", 2, 3, 0, 0.05

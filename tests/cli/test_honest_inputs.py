@@ -22,7 +22,7 @@ def test_shots_cut_to_fit_are_recorded_warned_and_reported(short_context_dir, tm
     from iclft.report import build_report
     from iclft.store import read_jsonl
 
-    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3).check()
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3)
     with caplog.at_level(logging.WARNING, logger="iclft"):
         res = run_eval(spec, tmp_path / "ev", model=str(short_context_dir), show_progress=False)
     six = next(r for r in res.results if r.shots == 6)

@@ -69,7 +69,7 @@ def test_lora_saves_an_adapter_that_eval_accepts(tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
     run_finetune(_cfg(tiny_model_dir, method="lora", lr=1e-2), out, show_progress=False)
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
-    spec = EvalSpec(tasks=("boolean",), shots=(0,), n=2).check()
+    spec = EvalSpec(tasks=("boolean",), shots=(0,), n=2)
     res = run_eval(spec, tmp_path / "eval", model=str(out), show_progress=False)
     assert len(res.predictions) == 4
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())

@@ -84,7 +84,9 @@ def test_a_template_that_writes_bos_is_not_given_a_second_one(tiny_tokenizer):
 
 def test_eval_with_a_chat_template_writes_the_rendered_prompt(tiny_models, chat_tok):
     eng = Engine(tiny_models["llama"], chat_tok, batch_size=8, max_new_tokens=3)
-    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, chat="turns").check()
+    spec = EvalSpec(
+        tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, chat_template="turns"
+    )
     task = get_task("parity")
     out = evaluate_task(eng, task, spec, model_label="tiny")
     fmt = ChatFormat(chat_tok, "turns")
@@ -98,8 +100,8 @@ def test_eval_with_a_chat_template_writes_the_rendered_prompt(tiny_models, chat_
 
 def test_a_tokenizer_without_a_chat_template_is_refused_in_one_line(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=3)
-    spec = EvalSpec(tasks=("parity",), shots=(0,), n=1, chat="single").check()
+    spec = EvalSpec(tasks=("parity",), shots=(0,), n=1, chat_template="single")
     with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
         evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
-    with pytest.raises(UserError, match="unknown chat template mode"):
-        EvalSpec(tasks=("parity",), chat="multi").check()
+    with pytest.raises(ValueError, match="unknown chat template mode"):
+        EvalSpec(tasks=("parity",), chat_template="multi")

@@ -78,7 +78,7 @@ def test_evaluation_over_sets_rows_and_predictions(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     spec = EvalSpec(
         tasks=("boolean",), shots=(0, 1, 2), n=5, seed=3, scoring="auto", demo_sets=3, heldout_n=4
-    ).check()
+    )
     task = get_task("boolean")
     out = evaluate_task(eng, task, spec, model_label="tiny")
     held = heldout_items(task, spec)
@@ -116,9 +116,7 @@ def test_a_cell_all_wrong_over_every_set_keeps_the_items_wilson_interval(
     """The crossed interval of all-0 answers is the point 0; the row's interval is never
     narrower than the Wilson interval of its n items."""
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=2)
-    spec = EvalSpec(
-        tasks=("expression",), variants=("clean",), shots=(1,), n=6, demo_sets=2
-    ).check()
+    spec = EvalSpec(tasks=("expression",), variants=("clean",), shots=(1,), n=6, demo_sets=2)
     out = evaluate_task(eng, get_task("expression"), spec, model_label="tiny")
     (row,) = out.results
     mean = row.accuracy
@@ -130,21 +128,23 @@ def test_a_cell_all_wrong_over_every_set_keeps_the_items_wilson_interval(
 def test_no_heldout_items_without_two_shot_counts_to_choose_from(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 2), n=3, heldout_n=5)
-    out = evaluate_task(eng, get_task("parity"), spec.check(), model_label="tiny")
+    out = evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
     assert {p.split for p in out.predictions} == {"test"}
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"demo_sets": 0}, "demo sets must be an integer from 1 to 32"),
-        ({"demo_sets": 33}, "demo sets must be an integer from 1 to 32"),
-        ({"heldout_n": -1}, "held-out items must be a non-negative integer"),
+        ({"demo_sets": 0}, "demo_sets: must be >= 1"),
+        ({"demo_sets": 33}, "demo_sets: must be <= 32"),
+        ({"heldout_n": -1}, "heldout_n: must be >= 0"),
     ],
 )
 def test_bad_set_settings_are_refused(kwargs, match):
+    from iclft.validation import build
+
     with pytest.raises(UserError, match=match):
-        EvalSpec(tasks=("parity",), **kwargs).check()
+        build(EvalSpec, {"tasks": ("parity",), **kwargs})
 
 
 def test_paired_comparisons_read_sets_and_skip_heldout_items():

@@ -20,7 +20,7 @@ def test_wilson_matches_scipy(k, n):
 
 def test_evaluate_task_rows(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
-    spec = EvalSpec(tasks=("boolean",), shots=(0, 2), n=6, seed=1, scoring="auto").check()
+    spec = EvalSpec(tasks=("boolean",), shots=(0, 2), n=6, seed=1, scoring="auto")
     out = evaluate_task(eng, get_task("boolean"), spec, model_label="tiny")
     assert len(out.predictions) == 2 * 2 * 6
     assert {(r.variant, r.shots) for r in out.results} == {
@@ -41,7 +41,7 @@ def test_evaluate_task_rows(tiny_models, tiny_tokenizer):
 def test_truncation_is_recorded(tiny_tokenizer, tiny_model_factory):
     model = tiny_model_factory("llama", len(tiny_tokenizer), max_position_embeddings=200)
     eng = Engine(model, tiny_tokenizer, max_new_tokens=4)
-    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3).check()
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(0, 6), n=3)
     out = evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
     six = [p for p in out.predictions if p.shots == 6]
     assert all(p.shots_used < 6 for p in six)
@@ -53,7 +53,7 @@ def test_truncation_is_recorded(tiny_tokenizer, tiny_model_factory):
 def test_shots_far_beyond_context_are_refused(tiny_tokenizer, tiny_model_factory):
     model = tiny_model_factory("llama", len(tiny_tokenizer), max_position_embeddings=160)
     eng = Engine(model, tiny_tokenizer)
-    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(64,), n=2).check()
+    spec = EvalSpec(tasks=("parity",), variants=("clean",), shots=(64,), n=2)
     with pytest.raises(UserError, match="cannot fit"):
         evaluate_task(eng, get_task("parity"), spec, model_label="tiny")
 
@@ -64,15 +64,22 @@ def test_shots_far_beyond_context_are_refused(tiny_tokenizer, tiny_model_factory
         ({"tasks": ("expression",), "scoring": "loglik"}, "choice task"),
         ({"tasks": ("nope",)}, "unknown task"),
         ({"tasks": ("boolean",), "variants": ("dirty",)}, "unknown variant"),
-        ({"tasks": ("boolean",), "shots": (-1,)}, "non-negative"),
-        ({"tasks": ("boolean",), "n": 0}, "positive"),
+        ({"tasks": ("boolean",), "shots": (-1,)}, "must be >= 0"),
+        ({"tasks": ("boolean",), "n": 0}, "must be >= 1"),
+        ({"tasks": ("boolean",), "protocol": "paper", "scoring": "loglik"}, "generates text"),
         ({"tasks": ("boolean",), "demos": "sharde"}, "did you mean 'shared'"),
         ({"tasks": ("boolean",), "scoring": "greedy"}, "unknown scoring"),
     ],
 )
 def test_spec_validation(kwargs, match):
+    """Built directly, a bad spec raises pydantic's ValidationError; built from the command's
+    options (build), one UserError line naming the setting."""
+    from iclft.validation import build
+
+    with pytest.raises(ValueError):
+        EvalSpec(**kwargs)
     with pytest.raises(UserError, match=match):
-        EvalSpec(**kwargs).check()
+        build(EvalSpec, kwargs)
 
 
 def test_conflict_shortcut_rate_counts_only_items_where_the_shortcut_is_wrong(
@@ -80,7 +87,7 @@ def test_conflict_shortcut_rate_counts_only_items_where_the_shortcut_is_wrong(
 ):
     eng = Engine(tiny_models["qwen2"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     spec = EvalSpec(tasks=("relation",), variants=("misleading",), n=10, scoring="loglik")
-    out = evaluate_task(eng, get_task("relation"), spec.check(), model_label="tiny")
+    out = evaluate_task(eng, get_task("relation"), spec, model_label="tiny")
     (row,) = out.results
     conflict = [p for p in out.predictions if p.shortcut_target != p.target]
     assert row.conflict_n == len(conflict) > 0
@@ -91,7 +98,7 @@ def test_conflict_shortcut_rate_counts_only_items_where_the_shortcut_is_wrong(
 def test_rows_carry_the_shortcut_only_accuracy_of_their_own_items(tiny_models, tiny_tokenizer):
     eng = Engine(tiny_models["qwen2"], tiny_tokenizer, batch_size=8, max_new_tokens=4)
     task = get_task("boolean")
-    spec = EvalSpec(tasks=("boolean",), n=15, seed=3, scoring="loglik").check()
+    spec = EvalSpec(tasks=("boolean",), n=15, seed=3, scoring="loglik")
     rows = {r.variant: r for r in evaluate_task(eng, task, spec, model_label="tiny").results}
     assert rows["clean"].shortcut_only_accuracy == 1.0
     mis = task.generate("misleading", 15, 3)

@@ -192,7 +192,7 @@ def test_lm_eval_hf_backend_agrees_with_iclft_eval_item_by_item(tmp_path):
     from iclft.models.loading import resolve_model
     from iclft.tasks import get_task
 
-    spec = EvalSpec(**SPEC).check()
+    spec = EvalSpec(**SPEC)
     mine = run_eval(spec, tmp_path / "iclft", model="smollm2-135m", show_progress=False)
     names = export_lm_eval(spec, tmp_path / "pkg")
     path = resolve_model("smollm2-135m").path

@@ -69,9 +69,7 @@ def test_few_shot_prompts_are_answered(qwen):
 
 
 def test_small_eval_matches_plain_generate(qwen, tmp_path):
-    spec = EvalSpec(
-        tasks=("boolean", "expression"), variants=("clean",), shots=(0, 2), n=2, seed=5
-    ).check()
+    spec = EvalSpec(tasks=("boolean", "expression"), variants=("clean",), shots=(0, 2), n=2, seed=5)
     res = run_eval(spec, tmp_path, model=ALIAS, device="cpu", show_progress=False)
     assert len(res.results) == 2 * 2
     assert len(res.predictions) == 2 * 2 * 2

@@ -22,7 +22,7 @@ def smollm2():
 
 
 def test_small_eval_matches_plain_generate(smollm2, tmp_path):
-    spec = EvalSpec(tasks=("expression", "boolean"), shots=(0, 2), n=3, seed=11).check()
+    spec = EvalSpec(tasks=("expression", "boolean"), shots=(0, 2), n=3, seed=11)
     res = run_eval(spec, tmp_path, model="smollm2-135m", show_progress=False)
     for name in ("results.jsonl", "predictions.jsonl", "manifest.json"):
         assert (tmp_path / name).exists()

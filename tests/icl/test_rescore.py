@@ -15,7 +15,7 @@ def eval_dir(tmp_path_factory, save_tiny):
     d = save_tiny(tmp_path_factory.mktemp("rescore-model"), seed=2)
     out = tmp_path_factory.mktemp("rescore-eval")
     spec = EvalSpec(tasks=("boolean", "expression"), shots=(0, 1), n=3, seed=1, scoring="auto",
-                    demo_sets=2).check()  # fmt: skip
+                    demo_sets=2)  # fmt: skip
     run_eval(spec, out, model=str(d), show_progress=False)
     return out
 

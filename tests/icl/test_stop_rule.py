@@ -71,7 +71,7 @@ def test_an_answer_on_the_next_line_is_read_not_scored_empty(
     eng = Engine(next_line_model, tiny_tokenizer, batch_size=8, max_new_tokens=8)
     task = get_task("code")  # clean item 16 of seed 0 has the target 5
     spec = EvalSpec(tasks=("code",), variants=("clean",), shots=(0, 2), n=20, demos=demos)
-    out = evaluate_task(eng, task, spec.check(), model_label="bigram")
+    out = evaluate_task(eng, task, spec, model_label="bigram")
     for p in out.predictions:
         assert p.output == "\n5\n"  # stopped at the newline after the answer, not before
         assert p.prediction == "5"
@@ -106,7 +106,7 @@ def test_the_paper_protocol_is_a_fixed_continuation_scored_by_substring(
     spec = EvalSpec(
         tasks=("expression",), variants=("clean",), shots=(0,), n=12, max_new_tokens=6,
         protocol="paper",
-    ).check()  # fmt: skip
+    )  # fmt: skip
     out = evaluate_task(eng, get_task("expression"), spec, model_label="bigram")
     for p in out.predictions:
         assert p.output == "\n5\n"  # the seed's 3 tokens for expression (not 6), no stop
@@ -115,7 +115,7 @@ def test_the_paper_protocol_is_a_fixed_continuation_scored_by_substring(
     assert row.protocol == "paper" and row.max_new_tokens == 3
     assert row.accuracy == sum(p.correct for p in out.predictions) / 12
     boolean = EvalSpec(tasks=("boolean",), shots=(0,), n=2, scoring="auto", protocol="paper")
-    res = evaluate_task(eng, get_task("boolean"), boolean.check(), model_label="bigram")
+    res = evaluate_task(eng, get_task("boolean"), boolean, model_label="bigram")
     assert {r.scoring for r in res.results} == {"generate"}  # the paper generated for all
 
 
@@ -129,7 +129,7 @@ def test_the_paper_budget_counts_from_the_answer_not_a_lone_leading_space(
     for task, budget, expected in [("code", 2, " 12"), ("expression", 3, " 123"),
                                    ("boolean", 1, " 1")]:  # fmt: skip
         spec = EvalSpec(tasks=(task,), variants=("clean",), shots=(shots,), n=3, protocol="paper")
-        out = evaluate_task(eng, get_task(task), spec.check(), model_label="bigram")
+        out = evaluate_task(eng, get_task(task), spec, model_label="bigram")
         assert {p.output for p in out.predictions} == {expected}
         assert out.results[0].max_new_tokens == budget
     # every token counts under "none", and a non-space first token counts under "budget"

@@ -339,7 +339,8 @@ def _loaded(model, tok, name):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_circuits_and_similarity_end_to_end(family, tmp_path, tiny_tokenizer, tiny_model_factory):
     from iclft.analysis.pipeline import CircuitSpec, run_circuits
-    from iclft.analysis.similarity import SimilaritySpec, run_similarity
+    from iclft.analysis.settings import SimilaritySpec
+    from iclft.analysis.similarity import run_similarity
 
     n = len(tiny_tokenizer)
     loaded = {

@@ -42,7 +42,7 @@ def eval_dir(tmp_path_factory, tiny_tokenizer, tiny_model_factory):
     tiny_model_factory("llama", len(tiny_tokenizer), seed=2).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     out = tmp_path_factory.mktemp("frames-eval")
-    spec = EvalSpec(tasks=("boolean",), shots=(0, 1), n=3, seed=1, scoring="auto").check()
+    spec = EvalSpec(tasks=("boolean",), shots=(0, 1), n=3, seed=1, scoring="auto")
     run_eval(spec, out, model=str(d), show_progress=False)
     return out
 

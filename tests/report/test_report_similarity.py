@@ -11,7 +11,8 @@ import torch
 def test_analysis_section_shows_the_similarity_controls(
     tmp_path, make_run, tiny_model_factory, tiny_tokenizer
 ):
-    from iclft.analysis.similarity import SimilaritySpec, run_similarity
+    from iclft.analysis.settings import SimilaritySpec
+    from iclft.analysis.similarity import run_similarity
     from iclft.models import LoadedModel, ResolvedModel
     from iclft.report import build_report
 

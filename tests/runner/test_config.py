@@ -147,3 +147,23 @@ def test_the_command_and_the_config_read_one_settings_model(command):
         if default is None or isinstance(default, tuple):
             continue
         assert f"(default: {default})" in out, (name, default)
+
+
+def test_iclft_eval_and_the_config_read_one_evaluation_settings_model():
+    """The config's evaluation settings are EvalSettings' fields (defaults, bounds), and each
+    is an option of `iclft eval` whose help shows that default; a bad value is refused by the
+    same bound from both, naming the key or the flag."""
+    from typer.testing import CliRunner
+
+    from iclft.cli import app
+    from iclft.icl.settings import EvalSettings
+
+    cfg = validate_config({"tasks": ["boolean"]})
+    assert cfg.model_dump(include=set(EvalSettings.model_fields)) == EvalSettings().model_dump()
+    out = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "400"}).output
+    for name, field in EvalSettings.model_fields.items():
+        assert f"(default: {field.default})" in out, name
+    assert "demo_sets: must be <= 32" in _err({"tasks": ["boolean"], "demo_sets": 33})
+    res = CliRunner().invoke(app, ["eval", "-t", "boolean", "--demo-sets", "33", "-o", "x"])
+    assert isinstance(res.exception, UserError)  # the entry point prints it, exit code 2
+    assert "--demo-sets: must be <= 32" in str(res.exception)

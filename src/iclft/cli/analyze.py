@@ -155,7 +155,8 @@ def similarity_command(
     from rich.console import Console
 
     from iclft.analysis.settings import SimilaritySpec
-    from iclft.analysis.similarity import controls_rows, run_similarity
+    from iclft.analysis.similarity import run_similarity
+    from iclft.analysis.similarity_table import controls_rows
 
     spec = _spec(SimilaritySpec, SIMILARITY_FLAGS, settings)
     task = spec.task

@@ -6,31 +6,19 @@ from pathlib import Path
 
 import typer
 
+from iclft.icl.settings import BATCH_SIZE
 from iclft.models.registry import alias_names
 from iclft.tasks import parse_task_list, parse_variant_list
 
-#: the options that choose items, demonstrations and scoring, shared by ``iclft eval`` and
-#: ``iclft export lm-eval`` (the same command line selects the same items)
+#: the options that choose the cells, shared by ``iclft eval`` and ``iclft export lm-eval`` (the
+#: same command line selects the same items); the evaluation settings are generated from
+#: :class:`~iclft.icl.evaluate.EvalSettings`'s fields (:data:`EVAL_FLAGS` names the flags that
+#: are not ``--field-name``)
 TASK = typer.Option(..., "--task", "-t", help="Task(s), comma-separated, or 'all'.")
 VARIANT = typer.Option("clean,misleading", "--variant", "-v", help="clean, misleading.")
 SHOTS = typer.Option("0", "--shots", "-k", help="Shot counts, e.g. 0,1,2,4,8,16,32.")
-N = typer.Option(50, "-n", "--n", help="Test items per (task, variant).")
-SEED = typer.Option(0, "--seed", "-s")
-DEMOS = typer.Option("shared", "--demos", help="shared or per-query.")
-SCORING = typer.Option("generate", "--scoring", help="generate, loglik or auto.")
-PROTOCOL = typer.Option(
-    "exact",
-    "--protocol",
-    help="exact (skip leading newlines, stop at the next, exact match) or paper (the seed "
-    "code: each task's 1-3 token budget with no stop, target as a substring).",
-)
-DEMO_SETS = typer.Option(
-    1,
-    "--demo-sets",
-    help="Independent demonstration sets per k-shot cell; with 2+, intervals are the "
-    "crossed-design t over sets and items.",
-)
-MAX_NEW_TOKENS = typer.Option(10, "--max-new-tokens")
+SEED = typer.Option(0, "--seed", "-s", help="Seed of the items and demonstrations.")
+EVAL_FLAGS = {"n": ["-n", "--n"]}
 #: ``--force`` of every command that writes an output directory
 FORCE = typer.Option(
     False,
@@ -40,38 +28,26 @@ FORCE = typer.Option(
 )
 
 
-def spec_from_options(
-    task: str,
-    variant: str,
-    shots: str,
-    n: int,
-    seed: int,
-    demos: str,
-    scoring: str,
-    protocol: str,
-    demo_sets: int,
-    max_new_tokens: int,
-    *,
-    heldout_n: int = 0,
-    chat: str = "none",
-):
-    """The checked :class:`~iclft.icl.evaluate.EvalSpec` of the options above."""
-    from iclft.icl.evaluate import EvalSpec, parse_int_list, unique
+def spec_from_options(task: str, variant: str, shots: str, seed: int, settings: dict):
+    """The validated :class:`~iclft.icl.evaluate.EvalSpec` of the cell options and the
+    evaluation settings given (options left out take the settings' defaults)."""
+    from iclft.cli.fields import flag_names, given_values
+    from iclft.icl.evaluate import parse_int_list, unique
+    from iclft.icl.settings import EvalSettings, EvalSpec
+    from iclft.validation import build
 
-    return EvalSpec(
-        tasks=tuple(parse_task_list(task)),
-        variants=unique(parse_variant_list(variant)),
-        shots=unique(parse_int_list(shots, "shots")),
-        n=n,
-        seed=seed,
-        demos=demos,
-        scoring=scoring,
-        max_new_tokens=max_new_tokens,
-        protocol=protocol,
-        demo_sets=demo_sets,
-        heldout_n=heldout_n,
-        chat=chat,
-    ).check()
+    values = {
+        "tasks": tuple(parse_task_list(task)),
+        "variants": unique(parse_variant_list(variant)),
+        "shots": unique(parse_int_list(shots, "shots")),
+        "seed": seed,
+        **given_values(EvalSettings, settings),
+    }
+    return build(EvalSpec, values, flag_names(EvalSpec, {**EVAL_FLAGS, **_CELL_FLAGS}))
+
+
+#: the cell options' flags, for messages about a bad value
+_CELL_FLAGS = {"tasks": ["--task"], "variants": ["--variant"], "shots": ["--shots"]}
 
 
 def eval_command(
@@ -84,31 +60,14 @@ def eval_command(
     task: str = TASK,
     variant: str = VARIANT,
     shots: str = SHOTS,
-    n: int = N,
     seed: int = SEED,
-    demos: str = DEMOS,
-    scoring: str = SCORING,
-    protocol: str = PROTOCOL,
-    demo_sets: int = DEMO_SETS,
-    heldout_n: int = typer.Option(
-        0,
-        "--heldout-n",
-        help="Held-out clean items per k-shot cell, on which `iclft report` chooses the best k.",
-    ),
-    chat_template: str = typer.Option(
-        "none",
-        "--chat-template",
-        help="none (plain prompts), turns (each demonstration a user and an assistant turn) or "
-        "single (one user turn) in the tokenizer's chat template, for instruction-tuned models.",
-    ),
     batch_size: str = typer.Option(
-        "16",
+        str(BATCH_SIZE),
         "--batch-size",
         "-b",
         help="Rows per forward, or auto: the largest that fits, halving on out-of-memory (the "
         "size used is in the manifest).",
     ),
-    max_new_tokens: int = MAX_NEW_TOKENS,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     attn: str = typer.Option(
@@ -130,6 +89,7 @@ def eval_command(
         help="SQLite file of cached responses (opt-in): requests answered before by the same "
         "weights, tokenizer and settings are not recomputed; hits and misses go in the manifest.",
     ),
+    **settings,
 ) -> None:
     """Score a model on tasks with k in-context demonstrations; writes results.jsonl,
     predictions.jsonl and manifest.json into the output directory."""
@@ -138,10 +98,7 @@ def eval_command(
 
     from iclft.icl.evaluate import run_eval
 
-    spec = spec_from_options(
-        task, variant, shots, n, seed, demos, scoring, protocol, demo_sets, max_new_tokens,
-        heldout_n=heldout_n, chat=chat_template,
-    )  # fmt: skip
+    spec = spec_from_options(task, variant, shots, seed, settings)
     res = run_eval(
         spec,
         output,
@@ -174,3 +131,13 @@ def eval_command(
             f"{r.shortcut_rate:.3f}",
         )
     Console().print(table)
+
+
+def _register() -> None:
+    from iclft.cli.fields import with_field_options
+    from iclft.icl.settings import EvalSettings
+
+    with_field_options(eval_command, EvalSettings, EVAL_FLAGS)
+
+
+_register()

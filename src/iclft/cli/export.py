@@ -6,36 +6,16 @@ from pathlib import Path
 
 import typer
 
-from iclft.cli.eval import (
-    DEMO_SETS,
-    DEMOS,
-    FORCE,
-    MAX_NEW_TOKENS,
-    PROTOCOL,
-    SCORING,
-    SEED,
-    SHOTS,
-    TASK,
-    VARIANT,
-    N,
-    spec_from_options,
-)
+from iclft.cli.eval import EVAL_FLAGS, FORCE, SEED, SHOTS, TASK, VARIANT, spec_from_options
 
 app = typer.Typer(help="Export iclft's tasks to other tools.", no_args_is_help=True)
 
 
-@app.command("lm-eval")
 def lm_eval_command(
     task: str = TASK,
     variant: str = VARIANT,
     shots: str = SHOTS,
-    n: int = N,
     seed: int = SEED,
-    demos: str = DEMOS,
-    scoring: str = SCORING,
-    protocol: str = PROTOCOL,
-    demo_sets: int = DEMO_SETS,
-    max_new_tokens: int = MAX_NEW_TOKENS,
     output: Path = typer.Option(
         ...,
         "-o",
@@ -43,6 +23,7 @@ def lm_eval_command(
         help="Directory of the task package (an earlier export there is replaced whole).",
     ),
     force: bool = FORCE,
+    **settings,
 ) -> None:
     """Write the cells `iclft eval` would evaluate with these options as lm-evaluation-harness
     tasks (same prompts, request types and scoring); run them with
@@ -50,12 +31,22 @@ def lm_eval_command(
     environment needs no iclft."""
     from iclft.export import GROUP, export_lm_eval
 
-    spec = spec_from_options(
-        task, variant, shots, n, seed, demos, scoring, protocol, demo_sets, max_new_tokens
-    )
+    spec = spec_from_options(task, variant, shots, seed, settings)
     names = export_lm_eval(spec, output, force=force)
     typer.echo(f"{len(names)} lm-eval tasks in {output}; run them with:")
     typer.echo(
         f"  lm_eval --model hf --model_args pretrained=MODEL --include_path {output} "
         f"--tasks {GROUP} --log_samples --output_path OUT"
     )
+
+
+def _register() -> None:
+    from iclft.cli.fields import with_field_options
+    from iclft.icl.settings import EvalSettings
+
+    #: held-out items are for choosing k in a report, and lm-eval applies chat templates itself
+    skip = ("heldout_n", "chat_template")
+    app.command("lm-eval")(with_field_options(lm_eval_command, EvalSettings, EVAL_FLAGS, skip))
+
+
+_register()

@@ -17,6 +17,7 @@ from iclft.faults import kill_point
 from iclft.finetune.config import check_eval_checkpoints, check_schedule
 from iclft.icl.engine import Engine
 from iclft.icl.evaluate import evaluate_task
+from iclft.icl.settings import BATCH_SIZE
 from iclft.logs import Progress
 from iclft.records import CURVE_FIELDS, CURVE_ITEMS, CurvePoint
 from iclft.store import write_text_atomic
@@ -33,7 +34,7 @@ class CurveCallback(TrainerCallback):
     Step 0 is the base model scored as the baseline cell scores it, on the same items."""
 
     def __init__(self, path: Path, tokenizer, spec, items, examples_per_step, eval_every, guard):
-        self.path, self.tok, self.spec, self.items = Path(path), tokenizer, spec.check(), items
+        self.path, self.tok, self.spec, self.items = Path(path), tokenizer, spec, items
         self.eval_every, self.per_step, self.guard = eval_every, examples_per_step, guard
         self.rows: list[CurvePoint] = []
         if self.path.exists():  # resumed run: keep what is there, skip steps already written
@@ -49,7 +50,8 @@ class CurveCallback(TrainerCallback):
     def evaluate(self, model, step: int, loss=None, lr=None) -> list[CurvePoint]:
         was_training = model.training
         model.eval()
-        engine = Engine(model, self.tok, batch_size=16, max_new_tokens=self.spec.max_new_tokens)
+        budget = self.spec.max_new_tokens
+        engine = Engine(model, self.tok, batch_size=BATCH_SIZE, max_new_tokens=budget)
         rows = []
         for name in self.spec.tasks:
             cell = evaluate_task(

@@ -30,6 +30,7 @@ from iclft.finetune.methods import (
 )
 from iclft.icl.prompts import CHAT_MODES
 from iclft.icl.scoring import PROTOCOLS
+from iclft.icl.settings import MAX_NEW_TOKENS
 from iclft.records import SCORINGS
 from iclft.validation import Strict, load_yaml_file
 
@@ -319,7 +320,9 @@ class FinetuneConfig(TrainingSettings, _Run):
     protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
         "exact", description="Curve protocol (as iclft eval's --protocol)."
     )
-    max_new_tokens: int = Field(10, gt=0, description="Curve generation budget, in tokens.")
+    max_new_tokens: int = Field(
+        MAX_NEW_TOKENS, gt=0, description="Curve generation budget, in tokens."
+    )
     chat_template: Literal[CHAT_MODES] = Field(  # type: ignore[valid-type]
         "none", description="Curve prompts in the chat template (as iclft eval's)."
     )
@@ -340,7 +343,7 @@ class FinetuneConfig(TrainingSettings, _Run):
 
     def curve_spec(self):
         """How the curve's items are evaluated: 0-shot, with the run's scoring settings."""
-        from iclft.icl.evaluate import EvalSpec
+        from iclft.icl.settings import EvalSpec
 
         return EvalSpec(
             tasks=tuple(self.eval_tasks or self.tasks),
@@ -350,8 +353,8 @@ class FinetuneConfig(TrainingSettings, _Run):
             scoring=self.scoring,
             max_new_tokens=self.max_new_tokens,
             protocol=self.protocol,
-            chat=self.chat_template,
-        ).check()
+            chat_template=self.chat_template,
+        )
 
     @field_validator("method")
     @classmethod

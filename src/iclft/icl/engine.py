@@ -60,6 +60,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria
 
 from iclft.faults import oom_point
+from iclft.icl.settings import BATCH_SIZE, MAX_NEW_TOKENS
 from iclft.models.anatomy import cache_keyword, known_family, packable_families
 
 Progress = Callable[[int], None]
@@ -177,9 +178,9 @@ class Engine:
         model,
         tokenizer,
         *,
-        batch_size: int | str = 16,
+        batch_size: int | str = BATCH_SIZE,
         max_batch_tokens: int = 8192,
-        max_new_tokens: int = 10,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         max_cached_prefixes: int = 32,
         pack: bool | None = None,
         max_pack_tokens: int = 1024,

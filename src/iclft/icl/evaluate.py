@@ -23,92 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iclft.errors import UnknownNameError, UserError
+from iclft.errors import UserError
 from iclft.icl.engine import Engine, context_limit, decode_steps
 from iclft.icl.metrics import cell_metrics
 from iclft.icl.prompts import (
-    CHAT_MODES,
-    DEMO_MODES,
-    MAX_DEMO_SETS,
     ChatFormat,
     DemoPool,
     Prompt,
     build_prompt,
 )
 from iclft.icl.scoring import PROTOCOLS, get_scorer, token_budget
-from iclft.records import BASELINE, ICL, SCORINGS, CellResult, Prediction
-from iclft.tasks import VARIANTS, Example, Task, check_variant, get_task, splits
+from iclft.icl.settings import BATCH_SIZE, EvalSpec, parse_batch_size
+from iclft.records import BASELINE, ICL, CellResult, Prediction
+from iclft.tasks import Example, Task, get_task, splits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """What to evaluate. Validated by :meth:`check` before any model is loaded."""
-
-    tasks: tuple[str, ...]
-    variants: tuple[str, ...] = VARIANTS
-    shots: tuple[int, ...] = (0,)
-    n: int = 50
-    seed: int = 0
-    demos: str = "shared"
-    scoring: str = "generate"
-    max_new_tokens: int = 10
-    method: str | None = None  # label for results rows; default: baseline (0-shot) / icl
-    protocol: str = "exact"
-    #: independent demonstration sets per k-shot cell (0-shot prompts have none to vary)
-    demo_sets: int = 1
-    #: held-out clean items per k-shot cell on which the best k is chosen (0: none); used
-    #: only when there are at least two k > 0 to choose from
-    heldout_n: int = 0
-    #: wrap prompts in the tokenizer's chat template: none, turns or single (see prompts)
-    chat: str = "none"
-
-    def check(self) -> EvalSpec:
-        if not self.tasks:
-            raise UserError("no task given")
-        for t in self.tasks:
-            get_task(t)
-        for v in self.variants:
-            check_variant(v)
-        if not self.shots:
-            raise UserError("no shot count given")
-        bad = [k for k in self.shots if not isinstance(k, int) or k < 0]
-        if bad:
-            raise UserError(f"shots must be non-negative integers, got {bad}")
-        if not isinstance(self.n, int) or self.n < 1:
-            raise UserError(f"n (test items per cell) must be a positive integer, got {self.n!r}")
-        if self.demos not in DEMO_MODES:
-            raise UnknownNameError("demonstration mode", self.demos, DEMO_MODES)
-        if self.scoring not in SCORINGS:
-            raise UnknownNameError("scoring", self.scoring, SCORINGS)
-        if self.scoring == "loglik":
-            free = [t for t in self.tasks if not get_task(t).is_choice]
-            if free:
-                raise UserError(
-                    f"loglik scoring needs a choice task; {', '.join(free)} "
-                    "has free answers (use --scoring generate or auto)"
-                )
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not isinstance(self.demo_sets, int) or not 1 <= self.demo_sets <= MAX_DEMO_SETS:
-            raise UserError(
-                f"demo sets must be an integer from 1 to {MAX_DEMO_SETS}, got {self.demo_sets!r}"
-            )
-        if not isinstance(self.heldout_n, int) or self.heldout_n < 0:
-            raise UserError(
-                f"held-out items must be a non-negative integer, got {self.heldout_n!r}"
-            )
-        if self.chat not in CHAT_MODES:
-            raise UnknownNameError("chat template mode", self.chat, CHAT_MODES)
-        if self.protocol not in PROTOCOLS:
-            raise UnknownNameError("protocol", self.protocol, PROTOCOLS)
-        if self.protocol == "paper" and self.scoring == "loglik":
-            raise UserError(
-                "the paper protocol generates text for every task; use --scoring generate or "
-                "auto with --protocol paper"
-            )
-        return self
 
 
 def demo_sets_for(spec: EvalSpec, shots: int) -> range:
@@ -226,7 +155,9 @@ def _check_shots_fit(
 
 def chat_format(engine: Engine, spec: EvalSpec, model: str = "the model") -> ChatFormat | None:
     """The chat template renderer ``spec`` asks for (``None``: plain prompts)."""
-    return None if spec.chat == "none" else ChatFormat(engine.tok, spec.chat, model)
+    return (
+        None if spec.chat_template == "none" else ChatFormat(engine.tok, spec.chat_template, model)
+    )
 
 
 def check_fit(engine: Engine, task: Task, spec: EvalSpec) -> None:
@@ -314,7 +245,7 @@ def evaluate_task(
             shots_used=p.shots_used,
             demo_set=p.demo_set,
             split=label,
-            chat_template=spec.chat,
+            chat_template=spec.chat_template,
             demo_ids=[d.id for d in p.demos],
             scoring=scoring,
             seed=spec.seed,
@@ -360,28 +291,13 @@ def cell_result(
         shots=first.shots,
         split=first.split,
         demos=spec.demos,
-        chat_template=spec.chat,
+        chat_template=spec.chat_template,
         scoring=scoring,
         protocol=spec.protocol,
         max_new_tokens=new_tokens(get_task(task), spec) if scoring == "generate" else None,
         seed=spec.seed,
         **cell_metrics(rows),
     )
-
-
-def parse_batch_size(value: int | str) -> int | str:
-    """A batch size: a positive integer, or ``auto`` (the largest that fits, found by halving
-    on out-of-memory)."""
-    if isinstance(value, str) and value.strip() == "auto":
-        return "auto"
-    try:
-        whole = not isinstance(value, bool) and not (isinstance(value, float) and value % 1)
-        n = int(value) if whole else 0
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        raise UserError(f"batch size must be a positive integer or 'auto', got {value!r}")
-    return n
 
 
 def run_eval(
@@ -392,7 +308,7 @@ def run_eval(
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "auto",
-    batch_size: int | str = 16,
+    batch_size: int | str = BATCH_SIZE,
     show_progress: bool = True,
     cache: Path | str | None = None,
     force: bool = False,
@@ -411,7 +327,6 @@ def run_eval(
     from iclft.models.registry import DEFAULT_MODEL
     from iclft.store import claim_output_dir, write_jsonl_atomic, write_manifest
 
-    spec.check()
     batch_size = parse_batch_size(batch_size)
     shard = distributed.current()
     main = shard is None or shard.rank == 0

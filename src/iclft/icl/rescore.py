@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from iclft.errors import UnknownNameError, UserError
-from iclft.icl.evaluate import EvalSpec, cell_result
+from iclft.icl.evaluate import cell_result
 from iclft.icl.scoring import PROTOCOLS, get_scorer
+from iclft.icl.settings import EvalSpec
 from iclft.records import CellResult, Prediction
 from iclft.store import (
     MANIFEST_NAME,
@@ -70,7 +70,7 @@ def _rescore_cells(
 ) -> tuple[list[Prediction], dict[tuple, CellResult]]:
     """:func:`rescore_rows` with each results row under its cell's key (:func:`_cell_key`)."""
     _check_protocol(protocol)
-    new_spec = replace(spec, protocol=protocol)
+    new_spec = spec.model_copy(update={"protocol": protocol})  # outputs are judged, not made
     rows: list[Prediction] = []
     cells: dict[tuple, list[Prediction]] = {}
     for p in predictions:

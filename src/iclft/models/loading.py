@@ -31,20 +31,6 @@ from iclft.errors import ModelError, UnknownNameError, UserError
 from iclft.models.cache import StepCallback, alias_dir, check_cache, ensure_alias
 from iclft.models.registry import ALIASES, DEFAULT_MODEL, AliasSpec, alias_names
 
-__all__ = [
-    "DTYPES",
-    "AliasStatus",
-    "LoadedModel",
-    "ResolvedModel",
-    "UnknownModelError",
-    "load_model",
-    "model_status",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_model",
-    "weights_sha256",
-]
-
 log = logging.getLogger(__name__)
 
 ModelKind = Literal["alias", "local", "hub"]

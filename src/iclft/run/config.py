@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from iclft.analysis.settings import CircuitSettings, SimilaritySettings
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
-from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
-from iclft.icl.scoring import PROTOCOLS
-from iclft.records import SCORINGS, arms, ft_method, is_finetune
+from iclft.icl.settings import BATCH_SIZE, EvalSettings, parse_batch_size
+from iclft.records import arms, ft_method, is_finetune
 from iclft.validation import Strict, error_location, error_message, known, load_yaml_file
 
 
@@ -37,7 +36,6 @@ def _task_names():
 MethodName = Annotated[str, known("method", arms)]
 TaskName = Annotated[str, known("task", _task_names)]
 VariantName = Annotated[str, known("variant", _variants)]
-ChatMode = Annotated[str, known("chat template mode", CHAT_MODES)]
 
 
 class CircuitsSection(CircuitSettings):
@@ -59,8 +57,13 @@ class AnalysisSettings(Strict):
     similarity: SimilaritySection = SimilaritySection()
 
 
-class ExperimentConfig(Strict):
-    """Everything a run needs; saved resolved as ``RUN_DIR/config.json``."""
+class ExperimentConfig(EvalSettings):
+    """Everything a run needs; saved resolved as ``RUN_DIR/config.json``. Its evaluation
+    settings (``n``, ``demos``, ``scoring``, ``protocol``, ``demo_sets``, ``heldout_n``,
+    ``chat_template``, ``max_new_tokens``) are :class:`~iclft.icl.evaluate.EvalSettings`'s
+    fields, the options of ``iclft eval``, with the same defaults and bounds."""
+
+    model_config = ConfigDict(frozen=False)
 
     name: str = "experiment"
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
@@ -68,23 +71,11 @@ class ExperimentConfig(Strict):
     variants: list[VariantName] = Field(default_factory=lambda: ["clean", "misleading"])
     methods: list[MethodName] = Field(default_factory=lambda: ["baseline", "icl"], min_length=1)
     shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
-    n: int = Field(50, gt=0, description="test items per cell")
-    demos: Literal[DEMO_MODES] = "shared"  # type: ignore[valid-type]
-    scoring: Literal[SCORINGS] = "generate"  # type: ignore[valid-type]
-    #: exact (ours) or paper (per-task token budget, substring): see iclft.icl.scoring
-    protocol: Literal[tuple(PROTOCOLS)] = "exact"  # type: ignore[valid-type]
-    #: independent demonstration sets per k-shot cell (intervals include their variance)
-    demo_sets: int = Field(1, ge=1, le=MAX_DEMO_SETS)
-    #: held-out clean items per k-shot cell, on which the report chooses the best k (0: none)
-    heldout_n: int = Field(0, ge=0)
     #: the k the headline also shows, fixed before any result (default: the largest k)
     fixed_shots: int | None = Field(None, ge=1)
-    #: prompts in the tokenizer's chat template (instruction-tuned models): none, turns, single
-    chat_template: ChatMode = "none"
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     #: evaluation rows per forward, or "auto" (the largest that fits: halved on out-of-memory)
-    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
-    max_new_tokens: int = Field(10, gt=0)
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = BATCH_SIZE
     device: str = "auto"
     dtype: str = "auto"
     #: settings shared by every ``ft-*`` method (see ``iclft finetune --help``), from
@@ -99,8 +90,6 @@ class ExperimentConfig(Strict):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, v: Any) -> Any:
-        from iclft.icl.evaluate import parse_batch_size
-
         try:
             return parse_batch_size(v)
         except UserError as e:
@@ -154,6 +143,9 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
         probs = []
         for err in e.errors():
             loc = error_location(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+            if not err["loc"]:  # a check across settings names them itself
+                probs.append(error_message(err))
+                continue
             msg = error_message(err)
             if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
                 msg += did_you_mean(str(err["loc"][0]), settings)
@@ -186,10 +178,6 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
             )
     if cfg.fixed_shots is not None and cfg.fixed_shots not in cfg.shots:
         problems.append(f"fixed_shots: {cfg.fixed_shots} is not one of shots {cfg.shots}")
-    if cfg.protocol == "paper" and cfg.scoring == "loglik":
-        problems.append(
-            "protocol: paper generates text for every task; use scoring generate or auto"
-        )
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
     return cfg

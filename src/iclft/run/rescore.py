@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UserError
-from iclft.icl.evaluate import EvalSpec
 from iclft.icl.rescore import (
     _cell_key,
     _check_out,
@@ -33,6 +32,7 @@ from iclft.icl.rescore import (
     _rescore_cells,
     rescore_dir,
 )
+from iclft.icl.settings import EvalSpec
 from iclft.records import CellResult
 from iclft.run.config import validate_config
 from iclft.run.plan import plan

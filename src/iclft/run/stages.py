@@ -168,23 +168,16 @@ def _base_and_first_ft(cfg: ExperimentConfig, st: Stage, run_dir: Path) -> list[
 
 def eval_spec(cfg: ExperimentConfig, st: Stage, shots, method):
     """The evaluation of one stage: the config's settings at ``shots``."""
-    from iclft.icl.evaluate import EvalSpec
+    from iclft.icl.settings import EvalSettings, EvalSpec
 
     return EvalSpec(
         tasks=tuple(cfg.tasks),
         variants=tuple(cfg.variants),
         shots=tuple(shots),
-        n=cfg.n,
         seed=st.seed,
-        demos=cfg.demos,
-        scoring=cfg.scoring,
-        max_new_tokens=cfg.max_new_tokens,
         method=method,
-        protocol=cfg.protocol,
-        demo_sets=cfg.demo_sets,
-        heldout_n=cfg.heldout_n,
-        chat=cfg.chat_template,
-    ).check()
+        **cfg.model_dump(include=set(EvalSettings.model_fields)),
+    )
 
 
 def _eval_rows(ctx: RunContext, st: Stage, loaded, shots, method, advance, extra):
