@@ -9,7 +9,7 @@ stage releases it (fine-tuning releases everything, to give training the memory)
 full (it keeps at most ``capacity`` models, least recently used out first).
 
 Add a stage kind by writing ``@stage("kind", loads=...) def _kind(ctx, st): ...`` here and
-planning it in :func:`iclft.run.runner.plan`.
+planning it in :func:`iclft.run.plan.plan`.
 
 Under ``accelerate launch`` (``ctx.shard`` set) a stage kind is either *collective*, run by every
 process together (evaluation stages split each engine call's batches, fine-tuning is one DDP
