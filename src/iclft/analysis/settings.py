@@ -13,18 +13,13 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 
 from iclft.analysis.similarity_table import KEY_SETS
+from iclft.icl.settings import TaskName
 from iclft.names import ESTIMATORS, PATCH_POSITIONS, PER_POSITION_KINDS
 from iclft.stats import N_PERMUTATIONS
 from iclft.validation import FLOAT32_MAX, Settings, known
 
 #: split-halves drawn for each shift's noise floor, unless told otherwise
 N_SPLITS = 100
-
-
-def _task_names() -> list[str]:
-    from iclft.tasks import task_names
-
-    return list(task_names())
 
 
 def _pair_tasks() -> list[str]:
@@ -152,7 +147,5 @@ class SimilaritySpec(SimilaritySettings):
     """The settings applied to one task with one seed: what
     :func:`iclft.analysis.similarity.run_similarity` measures. Validated when built."""
 
-    task: Annotated[str, known("task", _task_names)] = Field(
-        description="Task of the queries and demonstrations."
-    )
+    task: TaskName = Field(description="Task of the queries and demonstrations.")
     seed: int = Field(0, ge=0, description="Seed of the queries, demonstrations and random update.")

@@ -16,7 +16,7 @@ from iclft.errors import UserError
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
 from iclft.icl.scoring import PROTOCOLS
 from iclft.records import SCORINGS
-from iclft.tasks import VARIANTS, get_task
+from iclft.tasks import VARIANTS, get_task, task_names
 from iclft.validation import Settings, known
 
 #: evaluation rows per forward, unless told otherwise (or ``auto``: the largest that fits)
@@ -25,10 +25,9 @@ BATCH_SIZE = 16
 MAX_NEW_TOKENS = 10
 
 
-def _task_names() -> list[str]:
-    from iclft.tasks import task_names
-
-    return list(task_names())
+#: a task name, checked against the registry when validated (so plugin tasks count)
+TaskName = Annotated[str, known("task", task_names)]
+VariantName = Annotated[str, known("variant", VARIANTS)]
 
 
 class EvalSettings(Settings):
@@ -85,8 +84,8 @@ class EvalSpec(EvalSettings):
     """The settings applied to a grid of cells (tasks x variants x shots) with one seed: what
     :func:`evaluate_task` and :func:`run_eval` evaluate. Validated when built."""
 
-    tasks: tuple[Annotated[str, known("task", _task_names)], ...] = Field(min_length=1)
-    variants: tuple[Annotated[str, known("variant", VARIANTS)], ...] = Field(VARIANTS, min_length=1)
+    tasks: tuple[TaskName, ...] = Field(min_length=1)
+    variants: tuple[VariantName, ...] = Field(VARIANTS, min_length=1)
     shots: tuple[Annotated[int, Field(ge=0)], ...] = Field((0,), min_length=1)
     seed: int = Field(0, ge=0)
     #: label for results rows; default: baseline (0-shot) / icl

@@ -16,26 +16,11 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from iclft.analysis.settings import CircuitSettings, SimilaritySettings
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
-from iclft.icl.settings import BATCH_SIZE, EvalSettings, parse_batch_size
+from iclft.icl.settings import BATCH_SIZE, EvalSettings, TaskName, VariantName, parse_batch_size
 from iclft.records import arms, ft_method, is_finetune
 from iclft.validation import Strict, error_location, error_message, known, load_yaml_file
 
-
-def _variants():
-    from iclft.tasks import VARIANTS
-
-    return VARIANTS
-
-
-def _task_names():
-    from iclft.tasks import task_names
-
-    return task_names()
-
-
 MethodName = Annotated[str, known("method", arms)]
-TaskName = Annotated[str, known("task", _task_names)]
-VariantName = Annotated[str, known("variant", _variants)]
 
 
 class CircuitsSection(CircuitSettings):
