@@ -28,7 +28,8 @@ import time
 import torch
 from transformers import StoppingCriteriaList
 
-from iclft.icl.engine import Engine, NewlineStop
+from iclft.icl.decode import NewlineStop
+from iclft.icl.engine import Engine
 from iclft.icl.prompts import DemoPool, build_prompt
 from iclft.models.loading import load_model
 from iclft.tasks import get_task

@@ -49,7 +49,7 @@ from iclft.tasks import get_task
 GROUP = "iclft"
 
 #: the package's scoring, plain Python (lm-eval's environment needs no iclft): iclft's stop
-#: rule (:func:`iclft.icl.engine.finished`), its parse (:meth:`iclft.tasks.base.Task.parse`)
+#: rule (:func:`iclft.icl.decode.finished`), its parse (:meth:`iclft.tasks.base.Task.parse`)
 #: and its judges (:mod:`iclft.icl.scoring`), restated; tests hold them equal to iclft's own
 _UTILS = '''"""Scoring of iclft tasks in lm-evaluation-harness (written by `iclft export lm-eval`).
 

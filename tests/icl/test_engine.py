@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import iclft.icl.engine as engine_mod
+import iclft.icl.kv as kv_mod
 from iclft.icl.engine import Engine, sliding_window
 from iclft.icl.prompts import DemoPool, build_prompt
 from iclft.models.anatomy import cache_keyword
@@ -40,7 +40,7 @@ def test_prefix_cache_logits_equal_full_forward(arch, tiny_models, tiny_tokenize
     else:
         suffixes[1] = suffixes[1][:5]  # unequal lengths force padding
     with torch.inference_mode():
-        ids, mask, pos, cache = eng._batch_inputs([prefix] * len(suffixes), suffixes)
+        ids, mask, pos, cache = eng.kv.batch_inputs([prefix] * len(suffixes), suffixes)
         got = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_keyword(model): cache}
         ).logits
@@ -86,7 +86,7 @@ def test_loglik_with_cache_equals_without(arch, tiny_models, tiny_tokenizer):
 
 
 def test_shared_prefix_is_computed_once_per_shot_count(tiny_models, tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr(engine_mod, "PREFIX_BLOCK", 16)  # so these short prefixes have blocks
+    monkeypatch.setattr(kv_mod, "PREFIX_BLOCK", 16)  # so these short prefixes have blocks
     prompts = _prompts(shots=(0, 1, 2, 4), n=5)
     eng = Engine(tiny_models["llama"], tiny_tokenizer, batch_size=4)
     eng.generate([p.text for p in prompts], [p.prefix for p in prompts])
@@ -103,16 +103,16 @@ def test_a_prefix_cache_does_not_depend_on_what_was_cached_before(
 ):
     """The cache of a prefix is bit for bit the same computed alone or after a shorter prefix it
     extends (so splitting batches between processes cannot change a result)."""
-    monkeypatch.setattr(engine_mod, "PREFIX_BLOCK", 16)
+    monkeypatch.setattr(kv_mod, "PREFIX_BLOCK", 16)
     prompts = _prompts(shots=(1, 4), n=1)
     short, long = sorted({tuple(Engine(tiny_models["llama"], tiny_tokenizer).encode(p.prefix))
                           for p in prompts}, key=len)  # fmt: skip
     assert long[: len(short)] == short and len(long) > 32
     with torch.inference_mode():
-        alone = Engine(tiny_models["llama"], tiny_tokenizer)._prefix_cache(long)
+        alone = Engine(tiny_models["llama"], tiny_tokenizer).kv.prefix_cache(long)
         after = Engine(tiny_models["llama"], tiny_tokenizer)
-        after._prefix_cache(short)
-        again = after._prefix_cache(long)
+        after.kv.prefix_cache(short)
+        again = after.kv.prefix_cache(long)
     for a, b in zip(alone.layers, again.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
@@ -148,7 +148,7 @@ def test_ragged_prefixes_in_one_batch_equal_full_forwards(arch, tiny_models, tin
     suffixes = [eng.encode(task.render_query(e)) for e in task.generate("misleading", 3, 4)]
     suffixes[0] = suffixes[0][:7]
     with torch.inference_mode():
-        ids, mask, pos, cache = eng._batch_inputs(prefixes, suffixes)
+        ids, mask, pos, cache = eng.kv.batch_inputs(prefixes, suffixes)
         got = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_keyword(model): cache}
         ).logits
@@ -196,10 +196,10 @@ def test_packed_logits_equal_full_forwards(arch, attn, tiny_model_factory, tiny_
     suffixes = [eng.encode(task.render_query(e)) for e in task.generate("misleading", 4, 4)]
     suffixes[1] = suffixes[1][:4]
     with torch.inference_mode():
-        cache, ids, pos, rows, slot_row, plen, ends = eng._pack_inputs(prefixes, suffixes)
+        cache, ids, pos, rows, slot_row, plen, ends = eng.kv.pack_inputs(prefixes, suffixes)
         got = model(
             input_ids=ids[None],
-            attention_mask=eng._pack_mask(rows, slot_row, plen),
+            attention_mask=eng.kv.pack_mask(rows, slot_row, plen),
             position_ids=pos[None],
             **{cache_keyword(model): cache},
         ).logits[0]
@@ -207,7 +207,7 @@ def test_packed_logits_equal_full_forwards(arch, attn, tiny_model_factory, tiny_
             want = model(input_ids=torch.tensor([list(p) + list(s)])).logits[0, -len(s) :]
             torch.testing.assert_close(got[rows == r], want, atol=1e-4, rtol=1e-4)
         # the stored prefix cache is untouched by the packed forward
-        assert eng._prefixes[prefixes[2]].get_seq_length() == 61
+        assert eng.kv.prefixes[prefixes[2]].get_seq_length() == 61
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -64,7 +64,7 @@ def test_lm_eval_reads_the_exact_prompts_and_requests(tmp_path, iclft_main):
 def _iclft_cut(text: str) -> str:
     """The continuation as iclft's engine stops it (``finished``: the newline after the answer
     began)."""
-    from iclft.icl.engine import finished
+    from iclft.icl.decode import finished
 
     return next((text[: i + 1] for i in range(len(text)) if finished(text[: i + 1], "newline")),
                 text)  # fmt: skip

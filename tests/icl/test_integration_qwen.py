@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from iclft.icl.engine import Engine, NewlineStop
+from iclft.icl.decode import NewlineStop
+from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, run_eval
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from iclft.icl.engine import NewlineStop
+from iclft.icl.decode import NewlineStop
 from iclft.icl.evaluate import EvalSpec, run_eval
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
-from iclft.icl.engine import Engine, NewlineStop, finished
+from iclft.icl.decode import NewlineStop, finished
+from iclft.icl.engine import Engine
 from iclft.icl.evaluate import EvalSpec, evaluate_task
 from iclft.icl.prompts import build_prompt
 from iclft.tasks import get_task

@@ -32,7 +32,8 @@ from iclft.analysis.patching import (
 from iclft.finetune.config import TrainingSettings
 from iclft.finetune.layer_causal import freeze_readout, layer_causal_losses
 from iclft.finetune.methods import get_method
-from iclft.icl.engine import Engine, NewlineStop
+from iclft.icl.decode import NewlineStop
+from iclft.icl.engine import Engine
 from iclft.icl.prompts import DemoPool, build_prompt
 from iclft.models import LoadedModel, ResolvedModel
 from iclft.models.anatomy import (

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from iclft.errors import UserError
-from iclft.icl.engine import Engine, context_limit, decode_steps
+from iclft.icl.decode import decode_steps
+from iclft.icl.engine import Engine, context_limit
 from iclft.icl.metrics import cell_metrics
 from iclft.icl.prompts import (
     ChatFormat,
