@@ -58,7 +58,7 @@ def test_eval_writes_results_predictions_and_manifest(tiny_dir, tmp_path):
     [
         (["--model", "smollm3-135m"], ["smollm2-135m"]),
         (["--model", "no-such-org/no-such-model-xyz"], ["smollm2-135m"]),
-        (["--task", "expression", "--scoring", "loglik"], ["choice task"]),
+        (["--task", "expression", "--scoring", "loglik"], ["choice tasks"]),
         (["--task", "boolean", "--variant", "clen"], ["clean"]),
         (["--task", "boolean", "--shots", "1,x"], ["integers"]),
         (["--task", "boolean", "--demos", "random"], ["per-query"]),

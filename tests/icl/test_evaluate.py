@@ -61,7 +61,7 @@ def test_shots_far_beyond_context_are_refused(tiny_tokenizer, tiny_model_factory
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"tasks": ("expression",), "scoring": "loglik"}, "choice task"),
+        ({"tasks": ("expression",), "scoring": "loglik"}, "loglik scoring needs choice tasks"),
         ({"tasks": ("nope",)}, "unknown task"),
         ({"tasks": ("boolean",), "variants": ("dirty",)}, "unknown variant"),
         ({"tasks": ("boolean",), "shots": (-1,)}, "must be >= 0"),

@@ -33,7 +33,9 @@ def test_every_problem_is_reported_with_location_and_suggestion():
 
 
 def test_cross_field_checks():
-    assert "loglik needs choice tasks" in _err({"tasks": ["expression"], "scoring": "loglik"})
+    assert "scoring: loglik scoring needs choice tasks" in _err(
+        {"tasks": ["expression"], "scoring": "loglik"}
+    )
     msg = _err({"tasks": ["boolean"], "finetune_overrides": {"ft-full": {"lr": -1}}})
     assert "finetune_overrides.ft-full.lr" in msg
     assert "required setting is missing" in _err({})

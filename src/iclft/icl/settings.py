@@ -93,14 +93,22 @@ class EvalSpec(EvalSettings):
 
     @model_validator(mode="after")
     def _loglik_needs_choices(self) -> EvalSpec:
-        if self.scoring == "loglik":
-            free = [t for t in self.tasks if not get_task(t).is_choice]
-            if free:
-                raise ValueError(
-                    f"loglik scoring needs a choice task; {', '.join(free)} "
-                    "has free answers (use --scoring generate or auto)"
-                )
+        problem = loglik_problem(self.scoring, self.tasks)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def loglik_problem(scoring: str, tasks) -> str | None:
+    """Why ``scoring`` cannot score ``tasks`` (loglik reads a choice, so every task must be a
+    choice task), or ``None``: the check an evaluation spec and an experiment config share."""
+    free = [t for t in tasks if not get_task(t).is_choice] if scoring == "loglik" else []
+    if not free:
+        return None
+    return (
+        f"loglik scoring needs choice tasks, but {', '.join(free)} has free answers "
+        "(use scoring generate or auto)"
+    )
 
 
 def parse_batch_size(value: int | str) -> int | str:

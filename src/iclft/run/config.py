@@ -16,7 +16,14 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from iclft.analysis.settings import CircuitSettings, SimilaritySettings
 from iclft.errors import UserError, did_you_mean
 from iclft.finetune.config import EXPERIMENT_DEFAULTS, TrainingSettings
-from iclft.icl.settings import BATCH_SIZE, EvalSettings, TaskName, VariantName, parse_batch_size
+from iclft.icl.settings import (
+    BATCH_SIZE,
+    EvalSettings,
+    TaskName,
+    VariantName,
+    loglik_problem,
+    parse_batch_size,
+)
 from iclft.records import arms, ft_method, is_finetune
 from iclft.validation import Strict, error_location, error_message, known, load_yaml_file
 
@@ -152,15 +159,9 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
     if cfg.finetune.steps is None or cfg.finetune.epochs is not None:
         problems.append(f"finetune.steps: {_FIXED_STEPS}")
     problems += _unread_settings(cfg)
-    if cfg.scoring == "loglik":
-        from iclft.tasks import get_task
-
-        free = [t for t in cfg.tasks if not get_task(t).is_choice]
-        if free:
-            problems.append(
-                f"scoring: loglik needs choice tasks, but {', '.join(free)} "
-                "has free answers (use auto or generate)"
-            )
+    loglik = loglik_problem(cfg.scoring, cfg.tasks)
+    if loglik:
+        problems.append(f"scoring: {loglik}")
     if cfg.fixed_shots is not None and cfg.fixed_shots not in cfg.shots:
         problems.append(f"fixed_shots: {cfg.fixed_shots} is not one of shots {cfg.shots}")
     if problems:
