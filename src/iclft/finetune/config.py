@@ -30,7 +30,7 @@ from iclft.finetune.methods import (
 )
 from iclft.icl.prompts import CHAT_MODES
 from iclft.icl.scoring import PROTOCOLS
-from iclft.icl.settings import MAX_NEW_TOKENS
+from iclft.icl.settings import EvalSettings, eval_field
 from iclft.records import SCORINGS
 from iclft.validation import Strict, load_yaml_file
 
@@ -314,27 +314,19 @@ class FinetuneConfig(TrainingSettings, _Run):
         description="Held-out items per task (the --heldout-n you evaluate with, at most) kept "
         "apart likewise.",
     )
-    scoring: Literal[SCORINGS] = Field(  # type: ignore[valid-type]
-        "generate", description="How curve items are scored (as iclft eval's --scoring)."
+    # the curve is scored as an evaluation: these are EvalSettings' fields (check, default)
+    scoring: str = eval_field(
+        "scoring", f"How curve items are scored (as iclft eval's): {', '.join(SCORINGS)}."
     )
-    protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
-        "exact", description="Curve protocol (as iclft eval's --protocol)."
+    protocol: str = eval_field(
+        "protocol", f"Curve protocol (as iclft eval's): {', '.join(PROTOCOLS)}."
     )
-    max_new_tokens: int = Field(
-        MAX_NEW_TOKENS, gt=0, description="Curve generation budget, in tokens."
-    )
-    chat_template: Literal[CHAT_MODES] = Field(  # type: ignore[valid-type]
-        "none", description="Curve prompts in the chat template (as iclft eval's)."
-    )
+    max_new_tokens: int = eval_field("max_new_tokens", "Curve generation budget, in tokens.")
+    chat_template: str = eval_field(
+        "chat_template", f"Curve prompts in the chat template (as iclft eval's): "
+        f"{', '.join(CHAT_MODES)}.",
+    )  # fmt: skip
     device: str = Field("auto", description="auto, cpu, cuda, mps.")
-
-    @field_validator("scoring", "protocol", "chat_template", mode="before")
-    @classmethod
-    def _curve_names(cls, v: Any, info) -> Any:
-        allowed = get_args(cls.model_fields[info.field_name].annotation)
-        if v not in allowed:
-            raise UnknownNameError(info.field_name.replace("_", " "), v, allowed)
-        return v
 
     @model_validator(mode="after")
     def _curve_spec(self) -> FinetuneConfig:
@@ -403,6 +395,11 @@ class FinetuneConfig(TrainingSettings, _Run):
     def total_steps(self) -> int | None:
         """Optimizer steps, when the settings fix them (see :func:`fixed_steps`)."""
         return fixed_steps(self.steps, self.epochs, self.data)
+
+
+#: the evaluation settings a fine-tuning run reads under the same name (the curve's scoring,
+#: and the held-out items kept out of training): an experiment passes its own values on
+EVAL_SETTINGS = tuple(f for f in FinetuneConfig.model_fields if f in EvalSettings.model_fields)
 
 
 def make_config(**values) -> FinetuneConfig:

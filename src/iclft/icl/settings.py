@@ -8,9 +8,11 @@ validated when built, before any model is loaded. No torch here: the config read
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated
 
 from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
 
 from iclft.errors import UserError
 from iclft.icl.prompts import CHAT_MODES, DEMO_MODES, MAX_DEMO_SETS
@@ -78,6 +80,15 @@ class EvalSettings(Settings):
                 "generate or auto with protocol paper"
             )
         return self
+
+
+def eval_field(name: str, description: str) -> FieldInfo:
+    """:class:`EvalSettings`' field ``name`` (its check, bounds and default) for another model
+    that reads the same evaluation setting under its own help text: the fine-tuning curve is
+    scored like an evaluation (:class:`iclft.finetune.config.FinetuneConfig`)."""
+    info = copy.copy(EvalSettings.model_fields[name])
+    info.description = description
+    return info
 
 
 class EvalSpec(EvalSettings):

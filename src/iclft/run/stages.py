@@ -234,7 +234,7 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from iclft.finetune import make_config, run_finetune
-    from iclft.finetune.config import METHOD_SPECIFIC, reads_setting
+    from iclft.finetune.config import EVAL_SETTINGS, METHOD_SPECIFIC, reads_setting
     from iclft.layout import TRAIN_CONFIG_NAME
 
     cfg = ctx.cfg
@@ -254,11 +254,7 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
         # the items the run's evaluations score (kept out of the training texts) and how its
         # cells are scored (the curve is scored alike)
         test_n=cfg.n,
-        heldout_n=cfg.heldout_n,
-        scoring=cfg.scoring,
-        protocol=cfg.protocol,
-        max_new_tokens=cfg.max_new_tokens,
-        chat_template=cfg.chat_template,
+        **{name: getattr(cfg, name) for name in EVAL_SETTINGS},
         **settings,
     )
     out = ctx.ft_dir(st)
