@@ -168,3 +168,8 @@ def test_stage_record_round_trips_with_its_rows():
     assert StageRecord.from_json(ft).to_json() == ft
     with pytest.raises(UserError, match="not a StageRecord"):
         StageRecord.from_json({"seconds": 1})
+
+
+def test_an_older_circuits_json_reads_its_estimator_under_the_new_name():
+    old = CircuitsResult.from_json({"task": "parity", "spec": {"method": "exact", "n": 2}})
+    assert old.spec == {"estimator": "exact", "n": 2}

@@ -455,6 +455,15 @@ CURVE_ITEMS = "curve"
 CURVE_FIELDS = [f.name for f in fields(CurvePoint)]
 
 
+def _renamed(d: dict[str, Any], old_to_new: Mapping[str, str]) -> dict[str, Any]:
+    """``d`` with keys older files wrote under another name renamed (the reader maps them)."""
+    out = dict(d)
+    for old, new in old_to_new.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def _as_dict(v: Any) -> dict[str, Any]:
     return dict(v) if isinstance(v, Mapping) else {}
 
@@ -494,7 +503,7 @@ class CircuitsResult(Record):
         shifts = [dict(s) for s in raw if isinstance(s, Mapping)]
         return cls(
             task=d["task"] if isinstance(d.get("task"), str) else None,
-            spec=_as_dict(d.get("spec")),
+            spec=_renamed(_as_dict(d.get("spec")), {"method": "estimator"}),
             model=_as_dict(d.get("model")),
             ft_model=_as_dict(d.get("ft_model")) or None,
             anatomy=_as_dict(d.get("anatomy")),

@@ -18,19 +18,19 @@ def _loaded(model, tokenizer, name):
     return LoadedModel(model, tokenizer, resolved, torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("method", ["exact", "attribution"])
-def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, tiny_tokenizer):
+@pytest.mark.parametrize("estimator", ["exact", "attribution"])
+def test_run_circuits_writes_everything(estimator, tmp_path, tiny_model_factory, tiny_tokenizer):
     n = len(tiny_tokenizer)
     loaded = {
         "base": _loaded(tiny_model_factory("qwen2", n, seed=0), tiny_tokenizer, "base"),
         "ft": _loaded(tiny_model_factory("qwen2", n, seed=1), tiny_tokenizer, "ft"),
     }
-    per_position = ("resid",) if method == "attribution" else ()
+    per_position = ("resid",) if estimator == "attribution" else ()
     spec = CircuitSpec(
         task="parity",
         shots=1,
         n=3,
-        method=method,
+        estimator=estimator,
         top_k=3,
         n_boot=20,
         per_position=per_position,
@@ -56,7 +56,7 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
             == g["identified"]
             == (g["gap_ci_low"] is not None and g["gap_ci_low"] > 0)
         )
-        if method == "exact":
+        if estimator == "exact":
             assert s["attribution_check"] is None
         else:  # attribution's top 2 x 3 heads/MLPs re-measured exactly
             a = s["attribution_check"]
@@ -97,14 +97,14 @@ def test_run_circuits_writes_everything(method, tmp_path, tiny_model_factory, ti
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["command"] == "analyze circuits"
-    assert manifest["spec"]["method"] == method
+    assert manifest["spec"]["estimator"] == estimator
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--task", "nope"], "unknown task"),
-        (["--task", "parity", "--method", "magic"], "unknown patching estimator"),
+        (["--task", "parity", "--estimator", "magic"], "unknown patching estimator"),
         (["--task", "parity", "--shots", "0"], "--shots: must be >= 1"),
         (["--task", "parity", "-n", "0"], "-n: must be >= 1"),
         (["--task", "parity", "--positions", "first"], "unknown positions"),

@@ -15,7 +15,7 @@ def test_circuits_on_smollm2(tmp_path):
         task="parity",
         shots=1,
         n=2,
-        method="attribution",
+        estimator="attribution",
         top_k=5,
         n_boot=50,
         per_position=("resid",),

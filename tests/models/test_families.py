@@ -348,7 +348,7 @@ def test_circuits_and_similarity_end_to_end(family, tmp_path, tiny_tokenizer, ti
         "base": _loaded(tiny_model_factory(family, n, seed=0), tiny_tokenizer, "base"),
         "ft": _loaded(tiny_model_factory(family, n, seed=1), tiny_tokenizer, "ft"),
     }
-    spec = CircuitSpec(task="parity", shots=1, n=2, method="attribution", top_k=2, n_boot=10)
+    spec = CircuitSpec(task="parity", shots=1, n=2, estimator="attribution", top_k=2, n_boot=10)
     report = run_circuits(spec, tmp_path / "circuits", loaded=loaded, ft_model=None).to_json()
     assert set(report["settings"]) == {"base", "icl", "ft"}
     assert report["anatomy"]["arch"] == family

@@ -110,7 +110,7 @@ def test_batch_size_is_a_positive_integer_or_auto():
     "section, message",
     [
         ({"circuits": {"shots": 0}}, "analysis.circuits.shots: must be >= 1"),
-        ({"circuits": {"method": "exakt"}}, "analysis.circuits.method: unknown patching estimator"),
+        ({"circuits": {"estimator": "exakt"}}, "analysis.circuits.estimator: unknown patching"),
         ({"circuits": {"share": 2}}, "analysis.circuits.share: must be <= 1"),
         ({"similarity": {"lr": []}}, "analysis.similarity.lr: must be a positive finite number"),
         ({"similarity": {"keys": "all"}}, "analysis.similarity.keys: unknown SimAM key set"),
@@ -169,3 +169,17 @@ def test_iclft_eval_and_the_config_read_one_evaluation_settings_model():
     res = CliRunner().invoke(app, ["eval", "-t", "boolean", "--demo-sets", "33", "-o", "x"])
     assert isinstance(res.exception, UserError)  # the entry point prints it, exit code 2
     assert "--demo-sets: must be <= 32" in str(res.exception)
+
+
+def test_the_circuits_estimators_old_name_is_read_as_the_new():
+    """Configs written before the patching estimator had its own word call it ``method``: they
+    load with the same meaning, and a wrong value is still refused under either name."""
+    old = validate_config({"tasks": ["parity"], "analysis": {"circuits": {"method": "exact"}}}, "x")
+    assert old.analysis.circuits.estimator == "exact"
+    new = validate_config(
+        {"tasks": ["parity"], "analysis": {"circuits": {"estimator": "exact"}}}, "x"
+    )
+    assert new == old
+    assert "unknown patching estimator 'magic'" in _err(
+        {"tasks": ["parity"], "analysis": {"circuits": {"method": "magic"}}}
+    )

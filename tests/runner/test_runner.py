@@ -91,7 +91,7 @@ def test_analysis_stages_run_and_reach_the_report(tiny_dir, tmp_path):
         methods=["baseline", "icl"],
         shots=[0, 2],
         analysis={
-            "circuits": {"enabled": True, "shots": 1, "n": 2, "method": "attribution"},
+            "circuits": {"enabled": True, "shots": 1, "n": 2, "estimator": "attribution"},
             "similarity": {"enabled": True, "shots": 2, "n": 3, "lr": 1e-2},
         },
     )

@@ -481,7 +481,8 @@ def attribution_patching(
     return PairEffects(pair.id, tuple(c.name for c in comps), clean, corrupt, corrupt + est)
 
 
-METHODS: dict[str, Callable[..., PairEffects]] = {
+#: patching estimator (:data:`iclft.names.ESTIMATORS`) -> its function
+ESTIMATE: dict[str, Callable[..., PairEffects]] = {
     "exact": exact_patching,
     "attribution": attribution_patching,
 }

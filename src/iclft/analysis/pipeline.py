@@ -113,7 +113,7 @@ def find_circuits(
     )
     from iclft.analysis.pairs import make_pairs
     from iclft.analysis.patching import (
-        METHODS,
+        ESTIMATE,
         encode_pair,
         exact_patching,
         exact_patching_per_position,
@@ -157,9 +157,9 @@ def find_circuits(
         )
     timings["pairs_s"] = round(time.time() - t0, 3)
 
-    method = METHODS[spec.method]
+    estimate = ESTIMATE[spec.estimator]
     kwargs: dict[str, Any] = {"positions": spec.positions}
-    if spec.method == "exact":
+    if spec.estimator == "exact":
         kwargs["batch_size"] = spec.batch_size
     tables: dict[str, EffectTable] = {}
     results: dict[str, Any] = {}
@@ -172,9 +172,9 @@ def find_circuits(
         an = anats[which]
         comps = an.components()
         per_pair = []
-        advance = track(f"{name}: patching {len(chosen)} pairs ({spec.method})", len(chosen))
+        advance = track(f"{name}: patching {len(chosen)} pairs ({spec.estimator})", len(chosen))
         for pid in chosen:
-            per_pair.append(method(an, tokens[name][pid], comps, **kwargs))
+            per_pair.append(estimate(an, tokens[name][pid], comps, **kwargs))
             advance(1)
         table = EffectTable.from_pairs(per_pair)
         tables[name] = table
@@ -353,7 +353,7 @@ def write_circuits(
             res["effects"],
             an["n_layers"],
             an["n_heads"],
-            f"{report.task} · {name} ({res['shots']}-shot, {spec['method']}, "
+            f"{report.task} · {name} ({res['shots']}-shot, {spec['estimator']}, "
             f"{report.n_pairs} pairs)"
             + ("" if res["identified"] else " · NOT IDENTIFIED: gap interval reaches 0"),
             out_dir / f"heatmap_{name}.png",

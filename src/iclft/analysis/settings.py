@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.icl.settings import TaskName
@@ -35,7 +35,7 @@ class CircuitSettings(Settings):
 
     shots: int = Field(4, ge=1, description="Demonstrations in the ICL setting.")
     n: int = Field(20, ge=1, description="Clean/corrupt pairs per task.")
-    method: Annotated[str, known("patching estimator", ESTIMATORS)] = Field(
+    estimator: Annotated[str, known("patching estimator", ESTIMATORS)] = Field(
         "attribution", description=f"Patching estimator: {' or '.join(ESTIMATORS)}."
     )
     positions: Annotated[str, known("positions", PATCH_POSITIONS)] = Field(
@@ -69,9 +69,17 @@ class CircuitSettings(Settings):
         )
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        """Configs and runs written before the estimator had its own word call it ``method``."""
+        if isinstance(data, dict) and "method" in data and "estimator" not in data:
+            data = {("estimator" if k == "method" else k): v for k, v in data.items()}
+        return data
+
     def verify_count(self, circuit_size: int, eligible: int) -> int:
         """Components to re-measure exactly (0 with exact patching: nothing to check)."""
-        if self.method != "attribution":
+        if self.estimator != "attribution":
             return 0
         want = 2 * max(circuit_size, 1) if self.verify is None else self.verify
         return min(want, eligible)
