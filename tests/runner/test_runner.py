@@ -77,6 +77,8 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_dir, tmp_path):
     old = json.loads(saved.read_text())
     for key in ("positions", "share", "n_boot", "batch_size"):  # added to analysis.circuits
         del old["analysis"]["circuits"][key]
+    # and the patching estimator was called ``method``
+    old["analysis"]["circuits"]["method"] = old["analysis"]["circuits"].pop("estimator")
     saved.write_text(json.dumps(old))
     again = run_experiment(cfg, tmp_path / "r", show_progress=False)
     assert (again.ran, again.skipped) == (0, 1)
