@@ -372,7 +372,7 @@ def test_cli_writes_the_report(tmp_path, monkeypatch, tiny_model_factory, tiny_t
     data = json.loads((out / "similarity.json").read_text())
     assert data["spec"] == {
         "task": "expression", "shots": 1, "n": 2, "lr": 0.01, "seed": 0, "keys": "reference",
-        "random_draws": 2, "untrained": False, "n_boot": 1000, "heldout": 16,
+        "random_draws": 2, "untrained": False, "n_boot": 1000, "heldout": 16, "dtype": "float32",
     }  # fmt: skip
     assert set(data["metrics"]) == {"trained"}
     assert (out / "similarity_per_layer.png").exists()

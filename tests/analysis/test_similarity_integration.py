@@ -16,7 +16,7 @@ from iclft.analysis.similarity_table import LAYER_METRICS, MODELS, RANDOM, UPDAT
 @pytest.mark.integration
 def test_similarity_on_smollm2(tmp_path):
     spec = SimilaritySpec(task="parity", shots=2, n=4, lr=1e-3, seed=0, random_draws=2)
-    run_similarity(spec, tmp_path, model="smollm2-135m", device="cpu", dtype="float32")
+    run_similarity(spec, tmp_path, model="smollm2-135m", device="cpu")
     data = json.loads((tmp_path / "similarity.json").read_text())
     assert data["anatomy"] == {"arch": "llama", "n_layers": 30, "n_heads": 9}
     assert data["n_queries"] == 4

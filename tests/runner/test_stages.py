@@ -50,3 +50,20 @@ def test_the_pool_loads_each_model_once_and_releases_on_request(tiny_dir, tmp_pa
     pool.release()
     assert set(pool.resolved) == {str(tiny_dir), str(other), str(third)}
     assert all(r["attn_implementation"] == "sdpa" for r in pool.resolved.values())
+
+
+def test_a_stage_that_needs_another_dtype_gets_its_own_copy(tiny_dir):
+    """The similarity analysis runs in its own dtype (float32 by default) whatever the run's:
+    the pool shares the run's model when the two resolve alike and loads a copy otherwise."""
+    import torch
+
+    pool = ModelPool("cpu", "auto")
+    run = pool.get(str(tiny_dir))
+    assert pool.get(str(tiny_dir), dtype="float32") is run  # auto is float32 on a CPU
+    half = ModelPool("cpu", "bfloat16")
+    bf16 = half.get(str(tiny_dir))
+    fp32 = half.get(str(tiny_dir), dtype="float32")
+    assert fp32 is not bf16 and half.get(str(tiny_dir)) is bf16
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert set(half.resolved) == {str(tiny_dir), f"{tiny_dir} [float32]"}

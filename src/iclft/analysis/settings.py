@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.icl.settings import TaskName
+from iclft.models.loading import DTYPES
 from iclft.names import ESTIMATORS, PATCH_POSITIONS, PER_POSITION_KINDS
 from iclft.stats import N_PERMUTATIONS
 from iclft.validation import FLOAT32_MAX, Settings, known
@@ -122,6 +123,13 @@ class SimilaritySettings(Settings):
     untrained: bool = Field(True, description="Also measure a randomly initialised model.")
     n_boot: int = Field(
         1000, ge=0, description="Bootstrap resamples for the 95% intervals (0: none)."
+    )
+    dtype: Annotated[str, known("dtype", DTYPES)] = Field(
+        "float32",
+        description="Evaluation dtype: float32, bfloat16, float16 or auto (bfloat16 on a CUDA "
+        "GPU that has it). GD always runs in fp32; a half-precision model rounds small updates "
+        "away (update_cast in the output). Under iclft run, a dtype that differs from the "
+        "run's loads the model once more.",
     )
 
     @field_validator("lr", mode="before")

@@ -533,13 +533,12 @@ def run_similarity(
     *,
     model: str | None = None,
     device: str = "auto",
-    dtype: str = "auto",
     track: Track | None = None,
     loaded: Any = None,
     force: bool = False,
 ) -> SimilarityResult:
-    """``iclft analyze similarity``: load the model (``loaded`` may be an already loaded
-    ``LoadedModel``: tests, the runner), :func:`measure_similarity`, then
+    """``iclft analyze similarity``: load the model at ``spec.dtype`` (``loaded`` may be an
+    already loaded ``LoadedModel``: tests, the runner), :func:`measure_similarity`, then
     :func:`write_similarity` into ``out_dir``; returns the record. ``out_dir`` is new, empty or
     an earlier similarity output (replaced whole); another's is refused unless ``force``."""
     from iclft.models import load_model
@@ -549,7 +548,7 @@ def run_similarity(
     out_dir = claim.path
     started = time.time()
     t0 = time.time()
-    lm = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+    lm = loaded if loaded is not None else load_model(model, device=device, dtype=spec.dtype)
     timings = {"load_s": round(time.time() - t0, 3)}
     report = measure_similarity(spec, lm, track, timings)
     if claim.state == "own":  # an earlier analysis here: replaced whole

@@ -138,12 +138,6 @@ def similarity_command(
         None, "--model", "-m", help="Base model: alias, directory or hub id."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    dtype: str = typer.Option(
-        "float32",
-        "--dtype",
-        help="Evaluation dtype: float32 (default), bfloat16, float16 or auto. GD always runs in "
-        "fp32; a half-precision model rounds small updates away (update_cast in the output).",
-    ),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     force: bool = FORCE,
     **settings,
@@ -161,9 +155,7 @@ def similarity_command(
     spec = _spec(SimilaritySpec, SIMILARITY_FLAGS, settings)
     task = spec.task
     with _progress() as track:
-        report = run_similarity(
-            spec, output, model=model, device=device, dtype=dtype, track=track, force=force
-        )
+        report = run_similarity(spec, output, model=model, device=device, track=track, force=force)
     columns, rows = controls_rows(report)
     out = Console()
     out.print(

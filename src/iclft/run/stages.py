@@ -44,17 +44,24 @@ class ModelPool:
         self._held: OrderedDict[str, Any] = OrderedDict()
         self.resolved: dict[str, dict] = {}
 
-    def get(self, spec: str):
-        from iclft.models.loading import load_model
+    def get(self, spec: str, dtype: str | None = None):
+        """Model ``spec`` at the run's dtype, or at ``dtype`` (held apart when the two resolve
+        to different dtypes on this device, as ``spec [dtype]``)."""
+        from iclft.models.loading import load_model, resolve_device, resolve_dtype
 
-        if spec in self._held:
-            self._held.move_to_end(spec)
-            return self._held[spec]
+        key = spec
+        if dtype is not None:
+            dev = resolve_device(self.device)
+            if resolve_dtype(dtype, dev) != resolve_dtype(self.dtype, dev):
+                key = f"{spec} [{dtype}]"
+        if key in self._held:
+            self._held.move_to_end(key)
+            return self._held[key]
         while len(self._held) >= self.capacity:
             self._held.popitem(last=False)
-        loaded = load_model(spec, device=self.device, dtype=self.dtype)
-        self._held[spec] = loaded
-        self.resolved[spec] = loaded.describe()
+        loaded = load_model(spec, device=self.device, dtype=self.dtype if key == spec else dtype)
+        self._held[key] = loaded
+        self.resolved[key] = loaded.describe()
         return loaded
 
     def release(self, spec: str | None = None) -> None:
@@ -366,7 +373,7 @@ def _similarity(ctx: RunContext, st: Stage) -> dict[str, Any]:
         spec,
         out,
         model=st.model,
-        loaded=ctx.models.get(st.model),
+        loaded=ctx.models.get(st.model, dtype=spec.dtype),
         track=lambda d, n: ctx.track(f"{st.label} · {d}", n),
     )
     return {"analysis": {"dir": ctx.rel(out), "summary": result.summary}}
