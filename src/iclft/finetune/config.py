@@ -7,7 +7,7 @@ fine-tuning directory is :mod:`iclft.layout`'s."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AliasChoices,
@@ -32,7 +32,7 @@ from iclft.icl.prompts import CHAT_MODES
 from iclft.icl.scoring import PROTOCOLS
 from iclft.icl.settings import EvalSettings, eval_field
 from iclft.records import SCORINGS
-from iclft.validation import Strict, load_yaml_file
+from iclft.validation import Strict, known, load_yaml_file
 
 
 def fixed_steps(steps: int | None, epochs: float | None, data: str | None) -> int | None:
@@ -157,7 +157,7 @@ class TrainingSettings(Strict):
         description="Training logs (off when empty): tensorboard (under OUT/tensorboard) and/or "
         "wandb, with the loss, learning rate and the curve points of curves.csv.",
     )
-    params: str = Field(
+    params: Annotated[str, known("parameter set", PARAM_SET_NAMES)] = Field(
         "kv", description=f"layer-causal: the parameters it trains ({', '.join(PARAM_SET_NAMES)})."
     )
     lora_rank: int = Field(8, gt=0, validation_alias=_lora("lora_rank"), description="LoRA rank.")
@@ -214,13 +214,6 @@ class TrainingSettings(Strict):
                 )
         return list(dict.fromkeys(v))
 
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: str) -> str:
-        if v not in PARAM_SET_NAMES:
-            raise UnknownNameError("parameter set", v, PARAM_SET_NAMES)
-        return v
-
     @field_validator("eval_checkpoints")
     @classmethod
     def _eval_checkpoints(cls, v: list[int], info) -> list[int]:
@@ -253,7 +246,9 @@ class _Run(Strict):
     """What is trained on what (declared before the settings, whose checks read ``data``)."""
 
     model: str = Field("smollm2-135m", description="Alias, directory or hub id.")
-    method: str = Field("full", description=f"Fine-tuning method: {', '.join(METHOD_NAMES)}.")
+    method: Annotated[str, known("method", METHOD_NAMES)] = Field(
+        "full", description=f"Fine-tuning method: {', '.join(METHOD_NAMES)}."
+    )
     tasks: list[str] = Field(["expression"], description="Training tasks.")
     data: Literal["tasks", "demonstrations"] = Field(
         "tasks", description="Train on task texts, or on one k-shot prompt's demonstrations."
@@ -347,13 +342,6 @@ class FinetuneConfig(TrainingSettings, _Run):
             protocol=self.protocol,
             chat_template=self.chat_template,
         )
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHOD_NAMES:
-            raise UnknownNameError("method", v, METHOD_NAMES)
-        return v
 
     @field_validator("tasks", "eval_tasks")
     @classmethod

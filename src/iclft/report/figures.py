@@ -99,6 +99,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, axes: Sequence, title: str, path: Path, ncol: int) -> None:
+    """One legend for all panels, the figure's title, and the PNG written."""
+    _shared_legend(fig, axes, ncol=ncol)
+    fig.suptitle(title, fontsize=12)
+    _save(fig, path)
+
+
 def _shared_legend(fig, axes: Sequence, ncol: int = 4) -> None:
     handles, labels = [], []
     for ax in axes:
@@ -218,10 +225,9 @@ def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile 
             ticks = sorted(set(all_shots))
             ax.set_xticks(ticks, [str(int(t)) for t in ticks])
             ax.minorticks_off()
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(task)
-            ax.set_xlabel("shots k")
-            ax.set_ylabel("accuracy (exact match)")
+            ax.set(
+                ylim=(-0.02, 1.02), title=task, xlabel="shots k", ylabel="accuracy (exact match)"
+            )
         methods = sorted(
             {c.method for c in data.cells.values() if c.model == model}, key=method_sort_key
         )
@@ -335,15 +341,9 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
                         fontsize=8,
                         color=colour,
                     )
-            ax.set_xlim(-0.03, 1.03)
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_aspect("equal")
-            ax.set_title(panel.task)
-            ax.set_xlabel("clean accuracy")
-            ax.set_ylabel("misleading accuracy")
-        _shared_legend(fig, axes, ncol=6)
-        fig.suptitle(f"{model}: robustness to misleading inputs", fontsize=12)
-        _save(fig, path)
+            ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), aspect="equal", title=panel.task,
+                   xlabel="clean accuracy", ylabel="misleading accuracy")  # fmt: skip
+        _finish(fig, axes, f"{model}: robustness to misleading inputs", path, ncol=6)
     caption = (
         f"{model}: clean accuracy (x) vs misleading accuracy (y) for the 0-shot baseline, ICL at "
         "its k chosen by clean accuracy on held-out items (on the test items in runs without "
@@ -449,9 +449,7 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
             pad = max(1.0, 0.03 * (max(span) - min(span)))
             for ax in (ax_loss, ax_acc):
                 ax.set_xlim(min(span) - pad, max(span) + pad)
-            ax_loss.set_title(f"{run.method}: training loss")
-            ax_loss.set_xlabel("step")
-            ax_loss.set_ylabel("loss")
+            ax_loss.set(title=f"{run.method}: training loss", xlabel="step", ylabel="loss")
             for task in tasks:
                 for variant in VARIANTS:
                     pts = _curve_series(run.curve, task, variant)
@@ -476,13 +474,9 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
                         [], [], marker=CHECKPOINT_MARKER, label="checkpoint, test items", **grey
                     )
                 ax_acc.plot([], [], color="0.55", ls=":", lw=1.2, label="step evaluated")
-            ax_acc.set_ylim(-0.02, 1.02)
-            ax_acc.set_title(f"{run.method}: 0-shot accuracy")
-            ax_acc.set_xlabel("step")
-            ax_acc.set_ylabel("accuracy")
-        _shared_legend(fig, axes, ncol=4)
-        fig.suptitle(f"{model}: fine-tuning curves", fontsize=12)
-        _save(fig, path)
+            ax_acc.set(ylim=(-0.02, 1.02), title=f"{run.method}: 0-shot accuracy",
+                       xlabel="step", ylabel="accuracy")  # fmt: skip
+        _finish(fig, axes, f"{model}: fine-tuning curves", path, ncol=4)
     caption = (
         f"{model}: training loss and 0-shot accuracy on {curve_items_text(runs)} over "
         "fine-tuning steps, per method; solid lines clean, dash-dot misleading. Dotted vertical "
@@ -576,10 +570,7 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
                     color="0.3",
                 )
             _symlog_x(ax, xs_all)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(task)
-            ax.set_xlabel("task examples given")
-            ax.set_ylabel("accuracy")
+            ax.set(ylim=(-0.02, 1.02), title=task, xlabel="task examples given", ylabel="accuracy")
         methods = (
             [ICL, *ft_runs]
             if any(data.cells_for(model, t, method=ICL) for t in panels)
