@@ -292,6 +292,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: the evaluation settings the curve is scored with (declared below as EvalSettings' fields)
+CURVE_SCORING = ("scoring", "protocol", "max_new_tokens", "chat_template")
+
+
 class FinetuneConfig(TrainingSettings, _Run):
     """Everything that determines a fine-tuning run (saved as ``train_config.json``, with the
     LoRA settings nested as ``lora: {rank, alpha, dropout, target_modules}``)."""
@@ -309,7 +313,7 @@ class FinetuneConfig(TrainingSettings, _Run):
         description="Held-out items per task (the --heldout-n you evaluate with, at most) kept "
         "apart likewise.",
     )
-    # the curve is scored as an evaluation: these are EvalSettings' fields (check, default)
+    # CURVE_SCORING: the curve is scored as an evaluation, by EvalSettings' fields
     scoring: str = eval_field(
         "scoring", f"How curve items are scored (as iclft eval's): {', '.join(SCORINGS)}."
     )
@@ -332,16 +336,9 @@ class FinetuneConfig(TrainingSettings, _Run):
         """How the curve's items are evaluated: 0-shot, with the run's scoring settings."""
         from iclft.icl.settings import EvalSpec
 
-        return EvalSpec(
-            tasks=tuple(self.eval_tasks or self.tasks),
-            shots=(0,),
-            n=self.eval_n,
-            seed=self.seed,
-            scoring=self.scoring,
-            max_new_tokens=self.max_new_tokens,
-            protocol=self.protocol,
-            chat_template=self.chat_template,
-        )
+        scored = {name: getattr(self, name) for name in CURVE_SCORING}
+        tasks = tuple(self.eval_tasks or self.tasks)
+        return EvalSpec(tasks=tasks, shots=(0,), n=self.eval_n, seed=self.seed, **scored)
 
     @field_validator("tasks", "eval_tasks")
     @classmethod

@@ -99,9 +99,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _finish(fig, axes: Sequence, title: str, path: Path, ncol: int) -> None:
-    """One legend for all panels, the figure's title, and the PNG written."""
-    _shared_legend(fig, axes, ncol=ncol)
+def _finish(fig, title: str, path: Path) -> None:
+    """The figure's title, and its PNG written."""
     fig.suptitle(title, fontsize=12)
     _save(fig, path)
 
@@ -232,8 +231,7 @@ def plot_accuracy_vs_shots(data: RunData, model: str, path: Path) -> FigureFile 
             {c.method for c in data.cells.values() if c.model == model}, key=method_sort_key
         )
         _method_variant_legend(fig, methods, data.variants, refs=True)
-        fig.suptitle(f"{model}: accuracy vs shots", fontsize=12)
-        _save(fig, path)
+        _finish(fig, f"{model}: accuracy vs shots", path)
     caption = (
         f"{model}: accuracy against the number of in-context demonstrations k, per task. Bands: "
         "95% interval (Wilson over items; with several demonstration sets the crossed-design "
@@ -343,7 +341,8 @@ def plot_robustness(data: RunData, model: str, path: Path) -> FigureFile | None:
                     )
             ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), aspect="equal", title=panel.task,
                    xlabel="clean accuracy", ylabel="misleading accuracy")  # fmt: skip
-        _finish(fig, axes, f"{model}: robustness to misleading inputs", path, ncol=6)
+        _shared_legend(fig, axes, ncol=6)
+        _finish(fig, f"{model}: robustness to misleading inputs", path)
     caption = (
         f"{model}: clean accuracy (x) vs misleading accuracy (y) for the 0-shot baseline, ICL at "
         "its k chosen by clean accuracy on held-out items (on the test items in runs without "
@@ -476,7 +475,8 @@ def plot_finetune_curves(data: RunData, model: str, path: Path) -> FigureFile | 
                 ax_acc.plot([], [], color="0.55", ls=":", lw=1.2, label="step evaluated")
             ax_acc.set(ylim=(-0.02, 1.02), title=f"{run.method}: 0-shot accuracy",
                        xlabel="step", ylabel="accuracy")  # fmt: skip
-        _finish(fig, axes, f"{model}: fine-tuning curves", path, ncol=4)
+        _shared_legend(fig, axes, ncol=4)
+        _finish(fig, f"{model}: fine-tuning curves", path)
     caption = (
         f"{model}: training loss and 0-shot accuracy on {curve_items_text(runs)} over "
         "fine-tuning steps, per method; solid lines clean, dash-dot misleading. Dotted vertical "
@@ -579,8 +579,7 @@ def plot_data_efficiency(data: RunData, model: str, path: Path) -> FigureFile | 
         _method_variant_legend(
             fig, methods, data.variants, refs=False, final=bool(ft_runs), checkpoints=any_ckpt
         )
-        fig.suptitle(f"{model}: data efficiency", fontsize=12)
-        _save(fig, path)
+        _finish(fig, f"{model}: data efficiency", path)
     caption = (
         f"{model}: accuracy against the number of task examples the model was given: k "
         "demonstrations for ICL (0 is the baseline), examples seen so far for fine-tuning (lines "
