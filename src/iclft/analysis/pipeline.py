@@ -102,25 +102,9 @@ def find_circuits(
     """The circuits of every setting (base, ICL, fine-tuned when ``models`` has ``ft``) and
     the shifts between them, from loaded models; returns the record and the seconds each
     setting took. Writes nothing (:func:`write_circuits` does)."""
-    from iclft.analysis.circuits import (
-        EffectTable,
-        PositionTable,
-        agreement,
-        circuit,
-        circuit_shift,
-        compare_shifts,
-        gap_check,
-    )
-    from iclft.analysis.pairs import make_pairs
-    from iclft.analysis.patching import (
-        ESTIMATE,
-        encode_pair,
-        exact_patching,
-        exact_patching_per_position,
-        patched_metric,
-    )
+    from iclft.analysis.circuits import EffectTable
     from iclft.faults import kill_point
-    from iclft.models.anatomy import anatomy, parse_component
+    from iclft.models.anatomy import anatomy
 
     timings: dict[str, float] = {}
     settings = _settings(spec, "ft" in models)
@@ -129,8 +113,60 @@ def find_circuits(
     if len(shapes) != 1:
         raise UserError(f"the base and fine-tuned models differ in shape (layers, heads): {shapes}")
 
-    # pairs usable in every setting: same token length under each setting's tokenizer
     t0 = time.time()
+    chosen, tokens, skipped = _usable_pairs(spec, settings, models)
+    timings["pairs_s"] = round(time.time() - t0, 3)
+
+    tables: dict[str, EffectTable] = {}
+    results: dict[str, Any] = {}
+    gaps: dict[str, Any] = {}
+    # the attribution check draws from its own stream, so the shift bootstrap (rng below) is
+    # the same whether or not it runs
+    check_rng = np.random.default_rng([spec.seed, 2])
+    for name, (which, shots) in settings.items():
+        t0 = time.time()
+        pairs = [tokens[name][pid] for pid in chosen]
+        tables[name], gaps[name], results[name] = _setting_circuit(
+            spec, name, anats[which], pairs, check_rng, track
+        )
+        results[name] = {"model": which, "shots": shots, **results[name]}
+        timings[f"{name}_s"] = round(time.time() - t0, 3)
+        if spec.per_position:
+            results[name]["per_position"] = _per_position(
+                spec, name, anats[which], models[which].tokenizer, pairs, track
+            )
+            timings[f"{name}_s"] = round(time.time() - t0, 3)
+        kill_point(f"circuits:{name}")
+
+    shifts, comparison = _shifts(spec, tables, gaps)
+    decide(shifts, comparison)
+    an = anats["base"]
+    report = CircuitsResult(
+        task=spec.task,
+        spec=spec.model_dump(mode="json"),
+        model=models["base"].describe(),
+        ft_model=models["ft"].describe() if "ft" in models else None,
+        anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
+        n_pairs=len(chosen),
+        n_pairs_skipped_unequal_tokens=skipped,
+        metric="logp(clean answer) - logp(corrupt answer), all answer tokens",
+        effect="(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
+        positions=spec.positions,
+        settings=results,
+        shifts=shifts,
+        shift_comparison=comparison,
+    )
+    return report, timings
+
+
+def _usable_pairs(
+    spec: CircuitSpec, settings: dict[str, tuple[str, int]], models: dict[str, Any]
+) -> tuple[list[str], dict[str, dict[str, Any]], int]:
+    """The first ``spec.n`` pairs usable in every setting (the same token length under each
+    setting's tokenizer): their ids, their encodings per setting, and how many were skipped."""
+    from iclft.analysis.pairs import make_pairs
+    from iclft.analysis.patching import encode_pair
+
     shot_counts = sorted({s for _, s in settings.values()})
     tries = spec.n * 4 + 8
     texts = {s: make_pairs(spec.task, tries, seed=spec.seed, shots=s) for s in shot_counts}
@@ -155,113 +191,111 @@ def find_circuits(
         raise UserError(
             f"no {spec.task} pair tokenises to equal lengths with this model's tokenizer"
         )
-    timings["pairs_s"] = round(time.time() - t0, 3)
+    return chosen, tokens, skipped
+
+
+def _setting_circuit(
+    spec: CircuitSpec, name: str, an, pairs: list, check_rng, track: Track
+) -> tuple[Any, Any, dict[str, Any]]:
+    """One setting's patching: its effect table, its gap check, and its entry of
+    ``circuits.json`` (effects, circuit, the attribution check, faithfulness, per-pair
+    values)."""
+    from iclft.analysis.circuits import EffectTable, agreement, circuit, gap_check
+    from iclft.analysis.patching import ESTIMATE, exact_patching, patched_metric
+    from iclft.models.anatomy import parse_component
 
     estimate = ESTIMATE[spec.estimator]
     kwargs: dict[str, Any] = {"positions": spec.positions}
     if spec.estimator == "exact":
         kwargs["batch_size"] = spec.batch_size
-    tables: dict[str, EffectTable] = {}
-    results: dict[str, Any] = {}
-    gaps: dict[str, Any] = {}
-    # the attribution check draws from its own stream, so the shift bootstrap (rng below) is
-    # the same whether or not it runs
-    check_rng = np.random.default_rng([spec.seed, 2])
-    for name, (which, shots) in settings.items():
-        t0 = time.time()
-        an = anats[which]
-        comps = an.components()
-        per_pair = []
-        advance = track(f"{name}: patching {len(chosen)} pairs ({spec.estimator})", len(chosen))
-        for pid in chosen:
-            per_pair.append(estimate(an, tokens[name][pid], comps, **kwargs))
-            advance(1)
-        table = EffectTable.from_pairs(per_pair)
-        tables[name] = table
-        eff = table.effects()
-        gaps[name] = gap_check(table.gap)
-        circ = circuit(eff, table.components, top_k=spec.top_k, share=spec.share)
-        # attribution checked: its top components re-measured by exact patching, batched
-        ranked = circuit(eff, table.components, top_k=len(table.components))
-        n_check = spec.verify_count(len(circ), len(ranked))
-        check = None
-        if n_check:
-            top = [parse_component(c) for c in ranked[:n_check]]
-            advance = track(f"{name}: exact re-measure of the top {n_check}", len(chosen))
-            exact = []
-            for pid in chosen:
-                exact.append(
-                    exact_patching(
-                        an,
-                        tokens[name][pid],
-                        top,
-                        positions=spec.positions,
-                        batch_size=spec.batch_size,
-                    )
-                )
-                advance(1)
-            check = agreement(
-                table,
-                EffectTable.from_pairs(exact),
-                top_k=max(len(circ), 1),
-                n_boot=spec.n_boot,
-                rng=check_rng,
-            ).to_dict()
-        # faithfulness: the circuit's components patched together (exact, one forward a pair)
-        circ_comps = [parse_component(c) for c in circ]
-        faith = [
-            patched_metric(an, tokens[name][pid], circ_comps, positions=spec.positions)
-            for pid in chosen
-        ]
-        raw = np.array([p - c for _, c, p in faith])
-        gap = np.array([cl - c for cl, c, _ in faith])
-        timings[f"{name}_s"] = round(time.time() - t0, 3)
-        effects = {c: _num(e) for c, e in zip(table.components, eff)}
-        results[name] = {
-            "model": which,
-            "shots": shots,
-            "effects": effects,
-            "circuit": circ,
-            "identified": gaps[name].identified,
-            "gap_check": gaps[name].to_dict(),
-            "attribution_check": check,
-            "circuit_faithfulness": _num(raw.mean() / gap.mean()) if gap.mean() else None,
-            "clean_metric_mean": _num(table.clean.mean()),
-            "corrupt_metric_mean": _num(table.corrupt.mean()),
-            "per_pair": {
-                "pair_ids": list(table.pair_ids),
-                "clean": [_num(v) for v in table.clean],
-                "corrupt": [_num(v) for v in table.corrupt],
-                "raw_effects": [[_num(v) for v in row] for row in table.raw],
-            },
-        }
-        if spec.per_position:
-            pos_comps = an.components(tuple(spec.per_position))
-            first = tokens[name][chosen[0]]
-            n_cells = len(pos_comps) * sum(
-                tokens[name][p].length - tokens[name][p].first_diff for p in chosen
+    comps = an.components()
+    per_pair = []
+    advance = track(f"{name}: patching {len(pairs)} pairs ({spec.estimator})", len(pairs))
+    for pair in pairs:
+        per_pair.append(estimate(an, pair, comps, **kwargs))
+        advance(1)
+    table = EffectTable.from_pairs(per_pair)
+    eff = table.effects()
+    gap_ok = gap_check(table.gap)
+    circ = circuit(eff, table.components, top_k=spec.top_k, share=spec.share)
+    # attribution checked: its top components re-measured by exact patching, batched
+    ranked = circuit(eff, table.components, top_k=len(table.components))
+    n_check = spec.verify_count(len(circ), len(ranked))
+    check = None
+    if n_check:
+        top = [parse_component(c) for c in ranked[:n_check]]
+        advance = track(f"{name}: exact re-measure of the top {n_check}", len(pairs))
+        exact = []
+        for pair in pairs:
+            exact.append(
+                exact_patching(an, pair, top, positions=spec.positions, batch_size=spec.batch_size)
             )
-            advance = track(f"{name}: per-position patching ({n_cells} patches)", n_cells)
-            per_pos = [
-                exact_patching_per_position(
-                    an, tokens[name][pid], pos_comps, batch_size=spec.batch_size, progress=advance
-                )
-                for pid in chosen
-            ]
-            ptable = PositionTable.from_pairs(per_pos)
-            rows = first.rows("clean")[0].tolist()
-            labels = []
-            for o in ptable.offsets:
-                p = first.prompt_len - 1 + o
-                tok = models[which].tokenizer.decode([rows[p]]) if 0 <= p < len(rows) else ""
-                labels.append(repr(tok)[1:-1][:8])
-            results[name]["per_position"] = {
-                **ptable.to_dict(),
-                "tokens_of_first_pair": labels,
-                "method": "exact, one component at one position",
-            }
-            timings[f"{name}_s"] = round(time.time() - t0, 3)
-        kill_point(f"circuits:{name}")
+            advance(1)
+        check = agreement(
+            table,
+            EffectTable.from_pairs(exact),
+            top_k=max(len(circ), 1),
+            n_boot=spec.n_boot,
+            rng=check_rng,
+        ).to_dict()
+    # faithfulness: the circuit's components patched together (exact, one forward a pair)
+    circ_comps = [parse_component(c) for c in circ]
+    faith = [patched_metric(an, pair, circ_comps, positions=spec.positions) for pair in pairs]
+    raw = np.array([p - c for _, c, p in faith])
+    gap = np.array([cl - c for cl, c, _ in faith])
+    result = {
+        "effects": {c: _num(e) for c, e in zip(table.components, eff)},
+        "circuit": circ,
+        "identified": gap_ok.identified,
+        "gap_check": gap_ok.to_dict(),
+        "attribution_check": check,
+        "circuit_faithfulness": _num(raw.mean() / gap.mean()) if gap.mean() else None,
+        "clean_metric_mean": _num(table.clean.mean()),
+        "corrupt_metric_mean": _num(table.corrupt.mean()),
+        "per_pair": {
+            "pair_ids": list(table.pair_ids),
+            "clean": [_num(v) for v in table.clean],
+            "corrupt": [_num(v) for v in table.corrupt],
+            "raw_effects": [[_num(v) for v in row] for row in table.raw],
+        },
+    }
+    return table, gap_ok, result
+
+
+def _per_position(spec: CircuitSpec, name: str, an, tokenizer, pairs: list, track: Track):
+    """Exact patching of ``spec.per_position``'s kinds one position at a time, with the tokens
+    of the first pair at each offset (``circuits.json``'s ``per_position``)."""
+    from iclft.analysis.circuits import PositionTable
+    from iclft.analysis.patching import exact_patching_per_position
+
+    pos_comps = an.components(tuple(spec.per_position))
+    first = pairs[0]
+    n_cells = len(pos_comps) * sum(p.length - p.first_diff for p in pairs)
+    advance = track(f"{name}: per-position patching ({n_cells} patches)", n_cells)
+    per_pos = [
+        exact_patching_per_position(
+            an, pair, pos_comps, batch_size=spec.batch_size, progress=advance
+        )
+        for pair in pairs
+    ]
+    ptable = PositionTable.from_pairs(per_pos)
+    rows = first.rows("clean")[0].tolist()
+    labels = []
+    for o in ptable.offsets:
+        p = first.prompt_len - 1 + o
+        tok = tokenizer.decode([rows[p]]) if 0 <= p < len(rows) else ""
+        labels.append(repr(tok)[1:-1][:8])
+    return {
+        **ptable.to_dict(),
+        "tokens_of_first_pair": labels,
+        "method": "exact, one component at one position",
+    }
+
+
+def _shifts(spec: CircuitSpec, tables: dict, gaps: dict):
+    """Each circuit shift (base->icl, base->ft, icl->ft, as the settings exist) with its noise
+    floor and test, and whether ICL's shift is larger than fine-tuning's."""
+    from iclft.analysis.circuits import circuit_shift, compare_shifts
 
     rng = np.random.default_rng(spec.seed)
     order = [("base", "icl"), ("base", "ft"), ("icl", "ft")]
@@ -287,24 +321,7 @@ def find_circuits(
         comparison = compare_shifts(tables["base"], tables["icl"], tables["ft"]).to_dict()
         if missing:
             comparison.update(p_value=None, reason="not identified: " + ", ".join(missing))
-    decide(shifts, comparison)
-    an = anats["base"]
-    report = CircuitsResult(
-        task=spec.task,
-        spec=spec.model_dump(mode="json"),
-        model=models["base"].describe(),
-        ft_model=models["ft"].describe() if "ft" in models else None,
-        anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
-        n_pairs=len(chosen),
-        n_pairs_skipped_unequal_tokens=skipped,
-        metric="logp(clean answer) - logp(corrupt answer), all answer tokens",
-        effect="(m_patched - m_corrupt) / (m_clean - m_corrupt), ratio of means over pairs",
-        positions=spec.positions,
-        settings=results,
-        shifts=shifts,
-        shift_comparison=comparison,
-    )
-    return report, timings
+    return shifts, comparison
 
 
 def decide(shifts: list[dict[str, Any]], comparison: dict[str, Any] | None) -> None:
