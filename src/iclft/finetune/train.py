@@ -72,7 +72,7 @@ from iclft.tasks.splits import CURVE_BASE, ITEM_LAYOUT, ITEM_LAYOUT_KEY, TRAIN_B
 #: Dai et al.'s and Deutch et al.'s SGD on the demonstrations (``data: demonstrations``), as
 #: TrainingArguments over the settings: batch 1, one epoch in prompt order, plain SGD at a
 #: constant lr, no gradient clipping (:mod:`iclft.finetune.gd` runs the same loop in memory)
-DEMONSTRATIONS_PROTOCOL = {
+DEMONSTRATIONS_RECIPE = {
     "num_train_epochs": 1.0,
     "per_device_train_batch_size": 1,
     "gradient_accumulation_steps": 1,
@@ -267,7 +267,7 @@ def run_finetune(
 def _run_finetune(
     cfg, out_dir, rank, resume, show_progress, extra_callbacks, force=False
 ) -> FinetuneResult:
-    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from iclft.models.loading import load_model, resolve_device
@@ -304,39 +304,7 @@ def _run_finetune(
         raise UserError("no parameter is trainable with these settings")
 
     ckpts = out_dir / CHECKPOINTS_DIR
-    protocol = {
-        "num_train_epochs": cfg.epochs or 1.0,
-        "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "lr_scheduler_type": cfg.schedule,
-        "warmup_steps": cfg.warmup_steps,
-        "max_grad_norm": 1.0,
-        "optim": "sgd" if cfg.optimizer == "sgd" else "adamw_torch",
-        "train_sampling_strategy": "random",
-    }
-    if cfg.data == "demonstrations":
-        protocol.update(DEMONSTRATIONS_PROTOCOL)
-    args = TrainingArguments(
-        output_dir=str(ckpts),
-        max_steps=cfg.total_steps or -1,
-        learning_rate=cfg.lr,
-        weight_decay=0.0 if method.decay_off(model) else cfg.weight_decay,
-        **protocol,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # the NaN guard must see the real loss
-        save_strategy="steps" if cfg.save_every else "no",
-        save_steps=cfg.save_every or 500,
-        # tensorboard gets its own callback below (so its logs live in OUT/tensorboard)
-        report_to=[r for r in cfg.report_to if r != "tensorboard"] or "none",
-        use_cpu=device.type == "cpu",
-        bf16=cfg.precision == "bf16",
-        fp16=cfg.precision == "fp16",
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = _training_arguments(cfg, ckpts, device, decay=not method.decay_off(model))
     world = max(1, args.world_size)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     nan = NanGuard()
@@ -394,25 +362,7 @@ def _run_finetune(
         learning_rates=learning_rates(trainer.state.log_history),
     )
     if nan.tripped:
-        last = _last_checkpoint(ckpts)
-        if trainer.is_world_process_zero():
-            write_manifest(
-                out_dir,
-                **common,
-                status=DIVERGED,
-                diverged={
-                    "step": nan.bad_step,
-                    "reason": nan.reason,
-                    "nonfinite_parameters": nan.bad_parameters[:20],
-                    "lr": cfg.lr,
-                },
-                last_good_checkpoint=last,
-            )
-        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
-        raise TrainingDiverged(
-            f"training diverged at step {nan.bad_step} ({nan.reason}); no model was saved; "
-            f"{keep}; the reason is in {out_dir / MANIFEST_NAME} (lower the learning rate)"
-        )
+        _diverged(out_dir, cfg, nan, common, write=trainer.is_world_process_zero())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = losses[-1] if losses else None
     if trainer.is_world_process_zero():
@@ -440,6 +390,70 @@ def _run_finetune(
         )
     return FinetuneResult(
         out_dir, trainer.state.global_step, final_loss, train_seconds, trainable, total, per_step
+    )
+
+
+def _training_arguments(cfg: FinetuneConfig, ckpts: Path, device, decay: bool):
+    """The Trainer's arguments: the training recipe (the paper's, or the demonstrations
+    mode's), the seeds, logging every step, checkpoints and precision."""
+    from transformers import TrainingArguments
+
+    recipe = {
+        "num_train_epochs": cfg.epochs or 1.0,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "lr_scheduler_type": cfg.schedule,
+        "warmup_steps": cfg.warmup_steps,
+        "max_grad_norm": 1.0,
+        "optim": "sgd" if cfg.optimizer == "sgd" else "adamw_torch",
+        "train_sampling_strategy": "random",
+    }
+    if cfg.data == "demonstrations":
+        recipe.update(DEMONSTRATIONS_RECIPE)
+    return TrainingArguments(
+        output_dir=str(ckpts),
+        max_steps=cfg.total_steps or -1,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay if decay else 0.0,
+        **recipe,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # the NaN guard must see the real loss
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        # tensorboard gets its own callback (so its logs live in OUT/tensorboard)
+        report_to=[r for r in cfg.report_to if r != "tensorboard"] or "none",
+        use_cpu=device.type == "cpu",
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _diverged(out_dir: Path, cfg: FinetuneConfig, nan, common: dict, write: bool):
+    """A run the NaN guard stopped: its manifest says why and where (``write``: this process
+    writes it), and no model is saved."""
+    last = _last_checkpoint(out_dir / CHECKPOINTS_DIR)
+    if write:
+        write_manifest(
+            out_dir,
+            **common,
+            status=DIVERGED,
+            diverged={
+                "step": nan.bad_step,
+                "reason": nan.reason,
+                "nonfinite_parameters": nan.bad_parameters[:20],
+                "lr": cfg.lr,
+            },
+            last_good_checkpoint=last,
+        )
+    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+    raise TrainingDiverged(
+        f"training diverged at step {nan.bad_step} ({nan.reason}); no model was saved; "
+        f"{keep}; the reason is in {out_dir / MANIFEST_NAME} (lower the learning rate)"
     )
 
 
