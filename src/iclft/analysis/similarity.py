@@ -633,7 +633,7 @@ def measure_similarity(
         model=lm.describe(),
         anatomy={"arch": an.arch, "n_layers": an.n_layers, "n_heads": an.n_heads},
         dtype=str(lm.dtype),
-        protocol=protocol(spec, layers, an.n_layers, change),
+        protocol=how_measured(spec, layers, an.n_layers, change),  # on disk: "protocol"
         n_queries=len(queries),
         skipped=skipped,
         lr=lr_choice,
@@ -700,7 +700,7 @@ def write_similarity(
     )
 
 
-def protocol(
+def how_measured(
     spec: SimilaritySpec,
     layers: Sequence[int] = (),
     n_layers: int = 0,
