@@ -38,7 +38,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_
         "--main_process_port", str(_free_port()),
     ]  # fmt: skip
     two = subprocess.run(
-        [*launch, *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
+        [*launch, *common, "--batch-size", "4", "-o", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]

@@ -40,7 +40,7 @@ def test_help_lists_every_flag_and_short_option():
         assert f"--{name.replace('_', '-')}" in res.output, name
     for short in ("-m", "-t", "-b", "-s", "-o", "-c"):
         assert f" {short} " in res.output
-    assert "Per-device batch size" in res.output and "(default: 16)" in res.output
+    assert "the global batch" in res.output and "(default: 16)" in res.output
 
 
 def test_experiment_defaults_differ_from_the_cli_only_by_the_preset():
@@ -83,3 +83,13 @@ def test_method_names_come_from_the_registry():
         get_method("layer-causal", "everything")
     with pytest.raises(UserError, match="unknown optimizer 'adam' \\(did you mean 'adamw'"):
         make_config(optimizer="adam")
+
+
+def test_the_batch_is_global_and_must_split_evenly():
+    """``batch_size`` is the global batch under iclft finetune as under iclft run: N processes
+    take batch_size / N rows each, and a batch they cannot share equally is refused."""
+    from iclft.finetune.config import per_process_batch
+
+    assert per_process_batch(16, 1) == 16 and per_process_batch(16, 4) == 4
+    with pytest.raises(UserError, match="batch_size 6 cannot be split across 4 processes"):
+        per_process_batch(6, 4)

@@ -133,7 +133,12 @@ class TrainingSettings(Strict):
         "constant_with_warmup", description="Learning-rate schedule."
     )
     warmup_steps: int = Field(20, ge=0, description="Warm-up steps of the schedule.")
-    batch_size: int = Field(16, gt=0, description="Per-device batch size.")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description="Batch size: the global batch (with N processes under accelerate launch, "
+        "each takes batch_size / N rows).",
+    )
     grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW/SGD weight decay.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
@@ -385,6 +390,17 @@ class FinetuneConfig(TrainingSettings, _Run):
 #: the evaluation settings a fine-tuning run reads under the same name (the curve's scoring,
 #: and the held-out items kept out of training): an experiment passes its own values on
 EVAL_SETTINGS = tuple(f for f in FinetuneConfig.model_fields if f in EvalSettings.model_fields)
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """The rows each of ``processes`` takes of the global ``batch_size`` (refused when they
+    cannot share it equally: the batch, hence the trained model, would depend on N)."""
+    if batch_size % processes:
+        raise UserError(
+            f"batch_size {batch_size} cannot be split across {processes} processes; use a "
+            f"multiple of {processes} (each process takes batch_size / {processes} rows)"
+        )
+    return batch_size // processes
 
 
 def make_config(**values) -> FinetuneConfig:

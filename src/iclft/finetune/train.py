@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from iclft.distributed import launched_processes
 from iclft.errors import TrainingDiverged, UserError
 from iclft.faults import kill_point
 from iclft.finetune.callbacks import (
@@ -45,7 +46,7 @@ from iclft.finetune.callbacks import (
     StopWhenTrained,
     learning_rates,
 )
-from iclft.finetune.config import FinetuneConfig, make_config
+from iclft.finetune.config import FinetuneConfig, make_config, per_process_batch
 from iclft.finetune.data import TokenizedTexts, training_data
 from iclft.finetune.methods import Method, trainable_count
 from iclft.layout import (
@@ -277,6 +278,7 @@ def _run_finetune(
     if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
         raise UserError("demonstrations mode trains on one task's k-shot prompt; give one task")
     _check_model_modules(cfg)
+    per_process_batch(cfg.batch_size, launched_processes())  # refused before anything is written
     ensure_writable_dir(out_dir)
     started = time.time()
     device = resolve_device(cfg.device)
@@ -400,7 +402,7 @@ def _training_arguments(cfg: FinetuneConfig, ckpts: Path, device, decay: bool):
 
     recipe = {
         "num_train_epochs": cfg.epochs or 1.0,
-        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_train_batch_size": per_process_batch(cfg.batch_size, launched_processes()),
         "gradient_accumulation_steps": cfg.grad_accum,
         "lr_scheduler_type": cfg.schedule,
         "warmup_steps": cfg.warmup_steps,

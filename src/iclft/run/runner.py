@@ -204,13 +204,13 @@ def run_experiment(
 def check_processes(cfg: ExperimentConfig, processes: int) -> None:
     """Refuse a fine-tuning batch that N processes cannot share equally (the global batch is
     the config's, so results do not depend on N)."""
+    from iclft.finetune.config import per_process_batch
+
     for m in cfg.ft_methods():
-        b = cfg.finetune_for(m).batch_size
-        if b % processes:
-            raise UserError(
-                f"{m}: batch_size {b} cannot be split across {processes} processes; use a "
-                f"multiple of {processes} (each process takes batch_size / {processes} rows)"
-            )
+        try:
+            per_process_batch(cfg.finetune_for(m).batch_size, processes)
+        except UserError as e:
+            raise UserError(f"{m}: {e}") from None
 
 
 def _run_locked(

@@ -250,8 +250,6 @@ def _finetune(ctx: RunContext, st: Stage) -> dict[str, Any]:
     for name in METHOD_SPECIFIC:  # the shared block's settings this method does not read
         if not reads_setting(ft_method(st.method), s.params, name):
             settings.pop(name)
-    # N processes (DDP) each take batch_size / N rows: the global batch is the config's
-    settings["batch_size"] = s.batch_size // ctx.processes
     ft = make_config(
         model=st.model,
         method=ft_method(st.method),
