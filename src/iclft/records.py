@@ -171,6 +171,11 @@ class CellResult(Record):
 
     #: fields a row cannot do without
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "task", "variant", "method", "accuracy")
+    #: the fields that name a cell, which each of its predictions carries too
+    KEY: ClassVar[tuple[str, ...]] = ("model", "task", "variant", "method", "shots", "split")
+    #: the evaluation settings a row copies as they are (its scoring and token budget are
+    #: resolved per task)
+    FROM_SPEC: ClassVar[tuple[str, ...]] = ("demos", "chat_template", "protocol", "seed")
     #: fields the runner adds to a row (the last ones), which rescoring keeps from the original
     ADDED_BY_RUNNER: ClassVar[tuple[str, ...]] = (
         "stage", "step", "train_examples", "ft_dir", "checkpoint",

@@ -89,6 +89,7 @@ def test_unknown_scorer_or_protocol_is_a_user_error():
 def _pred(i: int, demo_set: int, correct: bool, *, conflict: bool, shortcut: bool, parsed=True):
     return Prediction(
         id=f"q{i}", model="m", method="icl", task="expression", variant="misleading", shots=2,
+        scoring="generate",
         shots_used=2 - (i == 0), demo_set=demo_set, seed=3, output="x",
         prediction="1" if parsed else None, target="1", shortcut_target="2" if conflict else "1",
         correct=correct, substring_correct=correct or i == 1, shortcut_answer=shortcut,
@@ -106,7 +107,7 @@ def test_a_cell_row_is_its_key_the_spec_and_every_metric():
         _pred(2, 1, False, conflict=False, shortcut=True),
     ]
     spec = EvalSpec(tasks=("expression",), seed=3, demos="per-query", protocol="exact")
-    row = cell_result(rows, spec, model_label="m", task="expression", scoring="generate")
+    row = cell_result(rows, spec)
     assert (row.n, row.n_scored, row.demo_sets, row.correct) == (3, 6, 2, 3)
     assert row.accuracy == 0.5 and row.set_accuracies == pytest.approx([2 / 3, 1 / 3])
     assert row.interval == CROSSED and row.ci_low <= 0.5 <= row.ci_high
@@ -121,7 +122,8 @@ def test_a_cell_row_is_its_key_the_spec_and_every_metric():
     assert row.max_new_tokens == spec.max_new_tokens
     # every field is the cell's key, the spec's, a registered metric's or the runner's
     key = {"model", "task", "variant", "method", "shots", "split"}
-    from_spec = {"demos", "chat_template", "scoring", "protocol", "max_new_tokens", "seed"}
+    assert set(CellResult.KEY) == key
+    from_spec = {*CellResult.FROM_SPEC, "scoring", "max_new_tokens"}
     metric_fields = set(cell_metrics(rows))
     assert metric_fields == (set(METRICS) - {"interval"}) | {"ci_low", "ci_high", "interval"}
     names = {f.name for f in fields(CellResult)}
@@ -129,6 +131,6 @@ def test_a_cell_row_is_its_key_the_spec_and_every_metric():
     assert not (key | from_spec) & metric_fields
 
     one_set = [r for r in rows if r.demo_set == 0]
-    row = cell_result(one_set, spec, model_label="m", task="expression", scoring="generate")
+    row = cell_result(one_set, spec)
     assert row.interval == WILSON and (row.ci_low, row.ci_high) == wilson_interval(2, 3)
     assert row.set_sd is None

@@ -263,9 +263,7 @@ def evaluate_task(
         out.predictions.append(row)
         cells.setdefault((label, q.variant, p.shots), []).append(row)
     for rows in cells.values():
-        out.results.append(
-            cell_result(rows, spec, model_label=model_label, task=task.name, scoring=scoring)
-        )
+        out.results.append(cell_result(rows, spec))
     for r in out.results:
         if r.truncated:
             split = " (held-out)" if r.split == "heldout" else ""
@@ -278,25 +276,17 @@ def evaluate_task(
     return out
 
 
-def cell_result(
-    rows: Sequence[Prediction], spec: EvalSpec, *, model_label: str, task: str, scoring: str
-) -> CellResult:
-    """The results row of one cell: its key, the spec's settings, and every metric of
-    :mod:`iclft.icl.metrics` over its predictions (every demonstration set's)."""
+def cell_result(rows: Sequence[Prediction], spec: EvalSpec) -> CellResult:
+    """The results row of one cell: its key and scoring (its predictions'), the spec's
+    settings, and every metric of :mod:`iclft.icl.metrics` over its predictions (every
+    demonstration set's)."""
     first = rows[0]
+    scoring = first.scoring
     return CellResult(
-        model=model_label,
-        task=task,
-        variant=first.variant,
-        method=first.method,
-        shots=first.shots,
-        split=first.split,
-        demos=spec.demos,
-        chat_template=spec.chat_template,
+        **{name: getattr(first, name) for name in CellResult.KEY},
+        **spec.model_dump(include=set(CellResult.FROM_SPEC)),
         scoring=scoring,
-        protocol=spec.protocol,
-        max_new_tokens=new_tokens(get_task(task), spec) if scoring == "generate" else None,
-        seed=spec.seed,
+        max_new_tokens=new_tokens(get_task(first.task), spec) if scoring == "generate" else None,
         **cell_metrics(rows),
     )
 

@@ -88,12 +88,7 @@ def _rescore_cells(
         )
         rows.append(row)
         cells.setdefault(_cell_key(p), []).append(row)
-    results = {
-        key: cell_result(
-            cell, new_spec, model_label=cell[0].model, task=cell[0].task, scoring=cell[0].scoring
-        )
-        for key, cell in cells.items()
-    }
+    results = {key: cell_result(cell, new_spec) for key, cell in cells.items()}
     return rows, results
 
 
