@@ -273,12 +273,13 @@ def _run_finetune(
 
     from iclft.models.loading import load_model, resolve_device
 
+    if cfg.data == "tasks":  # refused before anything is written or moved aside
+        per_process_batch(cfg.batch_size, launched_processes())
     if rank == 0:  # other ranks would see the settings rank 0 is about to write
         _check_out_dir(out_dir, cfg, resume, force)
     if cfg.data == "demonstrations" and len(cfg.tasks) != 1:
         raise UserError("demonstrations mode trains on one task's k-shot prompt; give one task")
     _check_model_modules(cfg)
-    per_process_batch(cfg.batch_size, launched_processes())  # refused before anything is written
     ensure_writable_dir(out_dir)
     started = time.time()
     device = resolve_device(cfg.device)
@@ -400,18 +401,19 @@ def _training_arguments(cfg: FinetuneConfig, ckpts: Path, device, decay: bool):
     mode's), the seeds, logging every step, checkpoints and precision."""
     from transformers import TrainingArguments
 
-    recipe = {
-        "num_train_epochs": cfg.epochs or 1.0,
-        "per_device_train_batch_size": per_process_batch(cfg.batch_size, launched_processes()),
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "lr_scheduler_type": cfg.schedule,
-        "warmup_steps": cfg.warmup_steps,
-        "max_grad_norm": 1.0,
-        "optim": "sgd" if cfg.optimizer == "sgd" else "adamw_torch",
-        "train_sampling_strategy": "random",
-    }
     if cfg.data == "demonstrations":
-        recipe.update(DEMONSTRATIONS_RECIPE)
+        recipe = DEMONSTRATIONS_RECIPE
+    else:
+        recipe = {
+            "num_train_epochs": cfg.epochs or 1.0,
+            "per_device_train_batch_size": per_process_batch(cfg.batch_size, launched_processes()),
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "lr_scheduler_type": cfg.schedule,
+            "warmup_steps": cfg.warmup_steps,
+            "max_grad_norm": 1.0,
+            "optim": "sgd" if cfg.optimizer == "sgd" else "adamw_torch",
+            "train_sampling_strategy": "random",
+        }
     return TrainingArguments(
         output_dir=str(ckpts),
         max_steps=cfg.total_steps or -1,

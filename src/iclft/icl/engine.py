@@ -185,7 +185,7 @@ class Engine:
         """Forget cached prefixes (e.g. after the model's weights change)."""
         self.kv.clear()
 
-    # ----- grouping ---------------------------------------------------------------------
+    # ----- planning, and sharing a plan between processes -------------------------------
     def _caps(self) -> Caps:
         return Caps(self.batch_size, self.max_batch_tokens, self.max_pack_tokens)
 
