@@ -12,3 +12,6 @@ PATCH_POSITIONS: tuple[str, ...] = ("query", "last", "all")
 #: component kinds that per-position patching takes (heads: a layer x head x position table is
 #: not drawn)
 PER_POSITION_KINDS: tuple[str, ...] = ("resid", "mlp")
+#: circuits settings that configs, runs and circuits.json files once wrote under another name
+#: (old -> new), mapped where they are read
+CIRCUIT_RENAMED: dict[str, str] = {"method": "estimator"}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from iclft.errors import UserError
+from iclft.names import CIRCUIT_RENAMED
 from iclft.stats import ALPHA  # the level comparisons decide at (re-exported)
 
 #: experiment arms (the ``method`` of a row): the 0-shot base model, in-context learning, and
@@ -460,7 +461,7 @@ CURVE_ITEMS = "curve"
 CURVE_FIELDS = [f.name for f in fields(CurvePoint)]
 
 
-def _renamed(d: dict[str, Any], old_to_new: Mapping[str, str]) -> dict[str, Any]:
+def renamed_keys(d: Mapping[str, Any], old_to_new: Mapping[str, str]) -> dict[str, Any]:
     """``d`` with keys older files wrote under another name renamed (the reader maps them)."""
     out = dict(d)
     for old, new in old_to_new.items():
@@ -508,7 +509,7 @@ class CircuitsResult(Record):
         shifts = [dict(s) for s in raw if isinstance(s, Mapping)]
         return cls(
             task=d["task"] if isinstance(d.get("task"), str) else None,
-            spec=_renamed(_as_dict(d.get("spec")), {"method": "estimator"}),
+            spec=renamed_keys(_as_dict(d.get("spec")), CIRCUIT_RENAMED),
             model=_as_dict(d.get("model")),
             ft_model=_as_dict(d.get("ft_model")) or None,
             anatomy=_as_dict(d.get("anatomy")),

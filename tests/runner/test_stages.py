@@ -67,3 +67,12 @@ def test_a_stage_that_needs_another_dtype_gets_its_own_copy(tiny_dir):
     assert next(fp32.model.parameters()).dtype == torch.float32
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     assert set(half.resolved) == {str(tiny_dir), f"{tiny_dir} [float32]"}
+
+
+def test_releasing_a_model_releases_its_copy_at_another_dtype(tiny_dir):
+    pool = ModelPool("cpu", "bfloat16")
+    bf16 = pool.get(str(tiny_dir))
+    fp32 = pool.get(str(tiny_dir), dtype="float32")
+    pool.release(str(tiny_dir))
+    assert pool.get(str(tiny_dir)) is not bf16
+    assert pool.get(str(tiny_dir), dtype="float32") is not fp32

@@ -15,7 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from iclft.analysis.similarity_table import KEY_SETS
 from iclft.icl.settings import TaskName
 from iclft.models.loading import DTYPES
-from iclft.names import ESTIMATORS, PATCH_POSITIONS, PER_POSITION_KINDS
+from iclft.names import CIRCUIT_RENAMED, ESTIMATORS, PATCH_POSITIONS, PER_POSITION_KINDS
+from iclft.records import renamed_keys
 from iclft.stats import N_PERMUTATIONS
 from iclft.validation import FLOAT32_MAX, Settings, known
 
@@ -74,9 +75,7 @@ class CircuitSettings(Settings):
     @classmethod
     def _old_name(cls, data: Any) -> Any:
         """Configs and runs written before the estimator had its own word call it ``method``."""
-        if isinstance(data, dict) and "method" in data and "estimator" not in data:
-            data = {("estimator" if k == "method" else k): v for k, v in data.items()}
-        return data
+        return renamed_keys(data, CIRCUIT_RENAMED) if isinstance(data, dict) else data
 
     def verify_count(self, circuit_size: int, eligible: int) -> int:
         """Components to re-measure exactly (0 with exact patching: nothing to check)."""

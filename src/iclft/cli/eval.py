@@ -12,7 +12,7 @@ from iclft.tasks import parse_task_list, parse_variant_list
 
 #: the options that choose the cells, shared by ``iclft eval`` and ``iclft export lm-eval`` (the
 #: same command line selects the same items); the evaluation settings are generated from
-#: :class:`~iclft.icl.evaluate.EvalSettings`'s fields (:data:`EVAL_FLAGS` names the flags that
+#: :class:`~iclft.icl.settings.EvalSettings`'s fields (:data:`EVAL_FLAGS` names the flags that
 #: are not ``--field-name``)
 TASK = typer.Option(..., "--task", "-t", help="Task(s), comma-separated, or 'all'.")
 VARIANT = typer.Option("clean,misleading", "--variant", "-v", help="clean, misleading.")
@@ -29,7 +29,7 @@ FORCE = typer.Option(
 
 
 def spec_from_options(task: str, variant: str, shots: str, seed: int, settings: dict):
-    """The validated :class:`~iclft.icl.evaluate.EvalSpec` of the cell options and the
+    """The validated :class:`~iclft.icl.settings.EvalSpec` of the cell options and the
     evaluation settings given (options left out take the settings' defaults)."""
     from iclft.cli.fields import flag_names, given_values
     from iclft.icl.evaluate import parse_int_list, unique

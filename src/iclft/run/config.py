@@ -52,7 +52,7 @@ class AnalysisSettings(Strict):
 class ExperimentConfig(EvalSettings):
     """Everything a run needs; saved resolved as ``RUN_DIR/config.json``. Its evaluation
     settings (``n``, ``demos``, ``scoring``, ``protocol``, ``demo_sets``, ``heldout_n``,
-    ``chat_template``, ``max_new_tokens``) are :class:`~iclft.icl.evaluate.EvalSettings`'s
+    ``chat_template``, ``max_new_tokens``) are :class:`~iclft.icl.settings.EvalSettings`'s
     fields, the options of ``iclft eval``, with the same defaults and bounds."""
 
     model_config = ConfigDict(frozen=False)

@@ -65,11 +65,12 @@ class ModelPool:
         return loaded
 
     def release(self, spec: str | None = None) -> None:
-        """Drop ``spec`` (every model when ``None``), so its memory can be reclaimed."""
+        """Drop ``spec``, at every dtype it is held at (every model when ``None``), so its
+        memory can be reclaimed."""
         if spec is None:
             self._held.clear()
-        else:
-            self._held.pop(spec, None)
+        for key in [k for k in self._held if k == spec or k.startswith(f"{spec} [")]:
+            del self._held[key]
 
 
 @dataclass
